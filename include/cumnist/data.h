@@ -1,0 +1,50 @@
+// MNIST-format data: the IDX reader (raw or gzip), the validated in-memory Dataset, the data
+// folder layout, and the per-epoch sample order.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cumnist {
+
+// An IDX file of unsigned bytes: dims (e.g. {60000, 28, 28} or {60000}) and the data.
+struct IdxArray {
+    std::vector<uint32_t> dims;
+    std::vector<uint8_t> data;
+};
+
+// Reads an IDX file of type 0x08 (unsigned byte), raw or gzip-compressed (detected by content).
+// Validates the magic, the element type, the number of dimensions (`expected_rank`), and that the
+// data size matches the header exactly, before allocating; each failure throws cumnist::Error
+// naming the file, what was expected and what was found.
+IdxArray read_idx(const std::string& path, int expected_rank);
+// The same over bytes already in memory (`name` is used in messages).
+IdxArray parse_idx(const std::string& name, const uint8_t* bytes, std::size_t size, int expected_rank);
+
+struct Dataset {
+    std::string name;
+    int n = 0, rows = 0, cols = 0;
+    std::vector<uint8_t> images;  // n × rows × cols, row-major
+    std::vector<uint8_t> labels;  // n, each < classes
+    int features() const { return rows * cols; }
+};
+
+// Pairs an image file and a label file into a Dataset: counts must agree, labels < classes.
+Dataset load_idx_pair(const std::string& images_path, const std::string& labels_path, int classes = 10);
+
+enum class Split { Train, Test };
+
+// The data folder holds one sub-folder per data set ("mnist", "fashion") with the four files
+// under their original names, raw or with ".gz". A missing file gives an error that says how to
+// fetch the data.
+Dataset load_dataset(const std::string& data_dir, const std::string& dataset, Split split);
+
+// $CUMNIST_DATA, else $XDG_CACHE_HOME/cumnist, else ~/.cache/cumnist.
+std::string default_data_dir();
+
+// A permutation of 0..n-1 for `epoch`, from Philox under `seed` (Fisher–Yates): the same on every
+// platform and independent of how many epochs ran before.
+std::vector<int32_t> epoch_order(int n, uint64_t seed, uint64_t epoch);
+
+}  // namespace cumnist

@@ -1,0 +1,46 @@
+// Optimizers over the flat parameter buffer: one op call (one kernel) per step. The step
+// counter is device data owned by the trainer, so a captured step advances it itself.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "cumnist/buffer.h"
+#include "cumnist/ops.h"
+
+namespace cumnist {
+
+enum class OptimizerKind { Adam, Sgd, RmsProp };
+
+const char* to_string(OptimizerKind kind);
+OptimizerKind parse_optimizer(const std::string& name);  // "adam" | "sgd" | "rmsprop"
+
+struct OptimizerConfig {
+    OptimizerKind kind = OptimizerKind::Adam;
+    float lr = 1e-3f;
+    float beta1 = 0.9f, beta2 = 0.999f;  // Adam
+    float epsilon = 1e-7f;               // Adam, RMSprop
+    float momentum = 0.0f;               // SGD
+    float rho = 0.9f;                    // RMSprop
+    std::string describe() const;
+    void validate() const;
+};
+
+class Optimizer {
+public:
+    Optimizer(OptimizerConfig config, std::size_t n_params, Device device);
+
+    // w ← update(w, g, state); `step` is the 0-based step index on the device.
+    void step(Buffer<float>& params, const Buffer<float>& grads, const uint64_t* step);
+
+    const OptimizerConfig& config() const { return m_config; }
+    // The state buffers (Adam: m, v; SGD: velocity; RMSprop: s), for checkpoints.
+    std::vector<Buffer<float>>& state() { return m_state; }
+    std::vector<std::string> state_names() const;
+
+private:
+    OptimizerConfig m_config;
+    std::vector<Buffer<float>> m_state;
+};
+
+}  // namespace cumnist

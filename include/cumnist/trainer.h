@@ -1,0 +1,89 @@
+// The training loop, written once for every device: the data set resident on the device, the
+// step as a fixed sequence of ops reading its batch and step number from device memory (so on
+// the GPU it is captured once as a CUDA Graph), metrics accumulated on the device and read back
+// once per epoch.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cumnist/data.h"
+#include "cumnist/mlp.h"
+#include "cumnist/optim.h"
+
+namespace cumnist {
+
+struct TrainConfig {
+    int epochs = 20;
+    int batch = 32;
+    int eval_batch = 1000;
+    uint64_t seed = 42;
+    Device device = Device::Cpu;
+    bool use_graph = true;  // CUDA only: capture the step once and replay it
+    bool tf32 = false;      // CUDA only
+    void validate(int n_train) const;
+};
+
+struct EpochMetrics {
+    int epoch = 0;  // 1-based
+    double train_loss = 0, train_accuracy = 0;
+    double test_loss = 0, test_accuracy = 0;
+    double seconds = 0;        // training only, evaluation excluded
+    double eval_seconds = 0;
+    double samples_per_second = 0;
+};
+
+struct Evaluation {
+    double loss = 0, accuracy = 0;
+    int n = 0;
+};
+
+// Called while an epoch runs: steps done, steps in the epoch, and, when the metrics are readable
+// without synchronising the device (CPU), the running mean loss and accuracy (else NaN).
+using ProgressFn = std::function<void(int step, int n_steps, double loss, double accuracy)>;
+
+// A data set copied once to a device: uint8 images and labels, and the sample order.
+struct ResidentData {
+    ResidentData(const Dataset& ds, Device device);
+    int n, features;
+    Buffer<uint8_t> images, labels;
+    Buffer<int32_t> order;
+};
+
+class Trainer {
+public:
+    Trainer(const MlpConfig& model, const OptimizerConfig& optimizer, const TrainConfig& config, const Dataset& train);
+    ~Trainer();
+
+    // One pass over the training set (epoch is 1-based), then evaluation on `test` when given.
+    EpochMetrics train_epoch(int epoch, const ResidentData* test, const ProgressFn& progress = {});
+    Evaluation evaluate(const ResidentData& data);
+
+    Mlp& model() { return m_model; }
+    Optimizer& optimizer() { return m_optimizer; }
+    const TrainConfig& config() const { return m_config; }
+    int steps_per_epoch() const;
+    uint64_t step() const;           // optimizer steps taken so far (reads the device counter)
+    void set_step(uint64_t step);    // for resuming
+    std::size_t graph_nodes() const; // kernels in the captured step, 0 when none
+
+private:
+    void run_step(int rows);  // one training step on the batch at the device's batch index
+
+    TrainConfig m_config;
+    Mlp m_model;
+    Optimizer m_optimizer;
+    ResidentData m_train;
+    MlpWorkspace m_ws;
+    Buffer<float> m_x;
+    Buffer<uint8_t> m_y;
+    Buffer<uint64_t> m_counters;  // [0] optimizer step, [1] batch index in the epoch
+    Buffer<double> m_totals;      // [0] loss sum, [1] correct count
+    struct Graph;
+    std::unique_ptr<Graph> m_graph;
+};
+
+}  // namespace cumnist

@@ -1,0 +1,191 @@
+// The CPU backend: OpenBLAS sgemm and OpenMP loops, one function per op of backend_ops.inc.
+// The per-element formulas (dropout keep test, optimizer updates) come from philox.h, shared
+// with the CUDA kernels. Every loop runs in a fixed order, so results are deterministic for a
+// given thread count.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "backend.h"
+#include "cumnist/philox.h"
+
+namespace cumnist::cpu {
+namespace {
+
+// Below this many elements a loop is not worth an OpenMP fork/join.
+constexpr std::size_t kParallelThreshold = 1 << 15;
+
+inline float activate(Activation act, float x) {
+    switch (act) {
+        case Activation::Relu: return x > 0.0f ? x : 0.0f;
+        case Activation::Sigmoid: return 1.0f / (1.0f + std::exp(-x));
+        case Activation::None: break;
+    }
+    return x;
+}
+
+// act'(pre) expressed through the saved output a = act(pre).
+inline float activation_derivative(Activation act, float a) {
+    switch (act) {
+        case Activation::Relu: return a > 0.0f ? 1.0f : 0.0f;
+        case Activation::Sigmoid: return a * (1.0f - a);
+        case Activation::None: break;
+    }
+    return 1.0f;
+}
+
+}  // namespace
+
+void gemm(float* c, const float* a, const float* b, int m, int n, int k, Trans ta, Trans tb, float alpha, float beta) {
+    const int lda = ta == Trans::No ? k : m;
+    const int ldb = tb == Trans::No ? n : k;
+    if (k == 0) {  // sgemm with k == 0 scales C by beta; make beta == 0 an overwrite even over NaN
+        for (std::size_t i = 0; i < static_cast<std::size_t>(m) * n; ++i) c[i] = beta == 0.0f ? 0.0f : beta * c[i];
+        return;
+    }
+    cblas_sgemm(CblasRowMajor, ta == Trans::No ? CblasNoTrans : CblasTrans, tb == Trans::No ? CblasNoTrans : CblasTrans,
+                m, n, k, alpha, a, lda, b, ldb, beta, c, n);
+}
+
+void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int cols, Activation act, float rate,
+                              uint32_t keep_threshold, uint64_t seed, uint32_t stream, bool dropout,
+                              const uint64_t* step) {
+    const std::size_t total = static_cast<std::size_t>(n) * cols;
+    const float scale = 1.0f / (1.0f - rate);
+    const uint64_t t = dropout ? *step : 0;
+#pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
+    for (int r = 0; r < n; ++r) {
+        const std::size_t row = static_cast<std::size_t>(r) * cols;
+        for (int c = 0; c < cols; ++c) {
+            const std::size_t i = row + c;
+            const float y = activate(act, a[i] + bias[c]);
+            a[i] = y;
+            if (dropout)
+                h[i] = dropout_keep(seed, stream, t, i, keep_threshold) ? y * scale : 0.0f;
+            else
+                h[i] = y;
+        }
+    }
+}
+
+void act_dropout_backward(float* dpre, const float* dh, const float* a, int n, int cols, Activation act, float rate,
+                          uint32_t keep_threshold, uint64_t seed, uint32_t stream, bool dropout, const uint64_t* step) {
+    const std::size_t total = static_cast<std::size_t>(n) * cols;
+    const float scale = 1.0f / (1.0f - rate);
+    const uint64_t t = dropout ? *step : 0;
+#pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
+    for (std::size_t i = 0; i < total; ++i) {
+        float g = dh[i] * activation_derivative(act, a[i]);
+        if (dropout) g = dropout_keep(seed, stream, t, i, keep_threshold) ? g * scale : 0.0f;
+        dpre[i] = g;
+    }
+}
+
+void bias_grad(float* db, const float* dy, int n, int cols) {
+    // db[c] = Σ_r dy[r, c]: rows in order, columns vectorised; threads own disjoint column blocks.
+    constexpr int kBlock = 64;
+    const int n_blocks = (cols + kBlock - 1) / kBlock;
+#pragma omp parallel for schedule(static) if (static_cast<std::size_t>(n) * cols >= kParallelThreshold)
+    for (int blk = 0; blk < n_blocks; ++blk) {
+        const int c0 = blk * kBlock, c1 = std::min(cols, c0 + kBlock);
+        float acc[kBlock] = {};
+        for (int r = 0; r < n; ++r) {
+            const float* row = dy + static_cast<std::size_t>(r) * cols;
+            for (int c = c0; c < c1; ++c) acc[c - c0] += row[c];
+        }
+        std::copy(acc, acc + (c1 - c0), db + c0);
+    }
+}
+
+void softmax_xent(float* dlogits, float* row_loss, float* row_correct, const float* logits, const uint8_t* labels,
+                  int n, int classes, float grad_scale) {
+    for (int r = 0; r < n; ++r) {
+        const float* z = logits + static_cast<std::size_t>(r) * classes;
+        // Stable log-sum-exp: lse = max + log Σ exp(z − max).
+        int arg = 0;
+        for (int c = 1; c < classes; ++c)
+            if (z[c] > z[arg]) arg = c;
+        const float zmax = z[arg];
+        float sum = 0.0f;
+        for (int c = 0; c < classes; ++c) sum += std::exp(z[c] - zmax);
+        const float lse = zmax + std::log(sum);
+        const int label = labels[r];
+        row_loss[r] = lse - z[label];  // −log p[label]
+        row_correct[r] = arg == label ? 1.0f : 0.0f;
+        if (dlogits) {
+            // ∂loss/∂z = (p − onehot(label)) / batch; p = exp(z − lse).
+            float* d = dlogits + static_cast<std::size_t>(r) * classes;
+            for (int c = 0; c < classes; ++c) {
+                const float p = std::exp(z[c] - lse);
+                d[c] = (p - (c == label ? 1.0f : 0.0f)) * grad_scale;
+            }
+        }
+    }
+}
+
+void softmax(float* probs, const float* logits, int n, int classes) {
+    for (int r = 0; r < n; ++r) {
+        const float* z = logits + static_cast<std::size_t>(r) * classes;
+        float* p = probs + static_cast<std::size_t>(r) * classes;
+        const float zmax = *std::max_element(z, z + classes);
+        float sum = 0.0f;
+        for (int c = 0; c < classes; ++c) sum += std::exp(z[c] - zmax);
+        const float lse = zmax + std::log(sum);
+        for (int c = 0; c < classes; ++c) p[c] = std::exp(z[c] - lse);
+    }
+}
+
+void accumulate_metrics(double* totals, const float* row_loss, const float* row_correct, int n) {
+    double loss = 0.0, correct = 0.0;
+    for (int r = 0; r < n; ++r) {
+        loss += row_loss[r];
+        correct += row_correct[r];
+    }
+    totals[0] += loss;
+    totals[1] += correct;
+}
+
+void gather_batch(float* x, uint8_t* labels_out, const uint8_t* images, const uint8_t* labels, const int32_t* order,
+                  const uint64_t* batch_index, int rows, int cols, int batch_size) {
+    const std::size_t first = static_cast<std::size_t>(*batch_index) * batch_size;
+    constexpr float kScale = 1.0f / 255.0f;
+#pragma omp parallel for schedule(static) if (static_cast<std::size_t>(rows) * cols >= kParallelThreshold)
+    for (int r = 0; r < rows; ++r) {
+        const std::size_t sample = static_cast<std::size_t>(order[first + r]);
+        const uint8_t* src = images + sample * cols;
+        float* dst = x + static_cast<std::size_t>(r) * cols;
+        for (int c = 0; c < cols; ++c) dst[c] = static_cast<float>(src[c]) * kScale;
+        labels_out[r] = labels[sample];
+    }
+}
+
+void u8_to_float(float* x, const uint8_t* pixels, std::size_t count) {
+    constexpr float kScale = 1.0f / 255.0f;
+#pragma omp parallel for schedule(static) if (count >= kParallelThreshold)
+    for (std::size_t i = 0; i < count; ++i) x[i] = static_cast<float>(pixels[i]) * kScale;
+}
+
+void increment(uint64_t* counter) { ++*counter; }
+
+void adam_step(float* w, float* m, float* v, const float* g, std::size_t count, float lr, float beta1, float beta2,
+               float epsilon, const uint64_t* step) {
+    const float alpha = adam_alpha(lr, beta1, beta2, *step + 1);
+#pragma omp parallel for schedule(static) if (count >= kParallelThreshold)
+    for (std::size_t i = 0; i < count; ++i) adam_update(w[i], m[i], v[i], g[i], alpha, beta1, beta2, epsilon);
+}
+
+void sgd_step(float* w, float* velocity, const float* g, std::size_t count, float lr, float momentum) {
+#pragma omp parallel for schedule(static) if (count >= kParallelThreshold)
+    for (std::size_t i = 0; i < count; ++i) sgd_update(w[i], velocity[i], g[i], lr, momentum);
+}
+
+void rmsprop_step(float* w, float* s, const float* g, std::size_t count, float lr, float rho, float epsilon) {
+#pragma omp parallel for schedule(static) if (count >= kParallelThreshold)
+    for (std::size_t i = 0; i < count; ++i) rmsprop_update(w[i], s[i], g[i], lr, rho, epsilon);
+}
+
+void fill_zero(float* x, std::size_t count) { std::memset(x, 0, count * sizeof(float)); }
+
+}  // namespace cumnist::cpu

@@ -1,0 +1,84 @@
+// Device names and the memory primitives behind Buffer<T>, dispatched to the host or to CUDA.
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <new>
+#include <string>
+
+#include "cumnist/buffer.h"
+#include "cumnist/device.h"
+#include "cuda_host.h"
+
+namespace cumnist {
+
+const char* to_string(Device device) { return device == Device::Cpu ? "cpu" : "cuda"; }
+
+std::string cuda_unavailable_reason() { return cuda::unavailable_reason(); }
+
+bool built_with_cuda() {
+#ifdef CUMNIST_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+}
+
+namespace {
+std::string cpu_model_name() {
+    std::ifstream cpuinfo("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(cpuinfo, line)) {
+        if (line.rfind("model name", 0) == 0) {
+            const auto colon = line.find(':');
+            if (colon != std::string::npos) return line.substr(line.find_first_not_of(" \t", colon + 1));
+        }
+    }
+    return "unknown CPU";
+}
+}  // namespace
+
+std::string device_name(Device device) {
+    return device == Device::Cpu ? cpu_model_name() : cuda::device_description();
+}
+
+namespace memory {
+
+namespace {
+constexpr std::size_t kHostAlignment = 64;
+}
+
+void* allocate(std::size_t bytes, Device device) {
+    if (bytes == 0) return nullptr;
+    if (device == Device::Cuda) return cuda::allocate(bytes);
+    const std::size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
+    void* p = std::aligned_alloc(kHostAlignment, rounded);
+    if (!p) throw Error(fmt::format("out of host memory allocating {} bytes", bytes));
+    return p;
+}
+
+void release(void* ptr, Device device) noexcept {
+    if (!ptr) return;
+    if (device == Device::Cuda)
+        cuda::release(ptr);
+    else
+        std::free(ptr);
+}
+
+void copy(void* dst, Device dst_device, const void* src, Device src_device, std::size_t bytes) {
+    if (bytes == 0) return;
+    if (dst_device == Device::Cpu && src_device == Device::Cpu)
+        std::memcpy(dst, src, bytes);
+    else
+        cuda::copy(dst, dst_device == Device::Cuda, src, src_device == Device::Cuda, bytes);
+}
+
+void zero(void* ptr, Device device, std::size_t bytes) {
+    if (bytes == 0) return;
+    if (device == Device::Cpu)
+        std::memset(ptr, 0, bytes);
+    else
+        cuda::zero(ptr, bytes);
+}
+
+}  // namespace memory
+}  // namespace cumnist

@@ -1,0 +1,257 @@
+// The op seam: checks shapes, devices and aliasing once per call, then dispatches to
+// cumnist::cpu or cumnist::cuda with raw pointers.
+#include "cumnist/ops.h"
+
+#include "backend.h"
+#include "cumnist/philox.h"
+
+namespace cumnist {
+
+const char* to_string(Activation a) {
+    switch (a) {
+        case Activation::None: return "none";
+        case Activation::Relu: return "relu";
+        case Activation::Sigmoid: return "sigmoid";
+    }
+    return "?";
+}
+
+namespace ops {
+namespace {
+
+// Runs backend::fn(args...) on `device`.
+#define CUMNIST_DISPATCH(device, fn, ...)         \
+    do {                                          \
+        if ((device) == Device::Cpu)              \
+            ::cumnist::cpu::fn(__VA_ARGS__);      \
+        else                                      \
+            ::cumnist::cuda::fn(__VA_ARGS__);     \
+    } while (0)
+
+template <class T>
+void require_shape(const char* op, const char* name, const MatrixView<T>& v, int rows, int cols) {
+    CUMNIST_CHECK(v.rows == rows && v.cols == cols, "{}: {} is ({}, {}), expected ({}, {})", op, name, v.rows, v.cols,
+                  rows, cols);
+}
+
+template <class T>
+void require_data(const char* op, const char* name, const MatrixView<T>& v) {
+    CUMNIST_CHECK(v.data != nullptr || v.size() == 0, "{}: {} has no data", op, name);
+    CUMNIST_CHECK(v.rows >= 0 && v.cols >= 0, "{}: {} has negative shape ({}, {})", op, name, v.rows, v.cols);
+}
+
+template <class T, class... Rest>
+void require_device(const char* op, Device device, const MatrixView<T>& v, const Rest&... rest) {
+    CUMNIST_CHECK(v.device == device, "{}: tensors on different devices ({} and {})", op, to_string(v.device),
+                  to_string(device));
+    if constexpr (sizeof...(rest) > 0) require_device(op, device, rest...);
+}
+
+// True when the two views' memory ranges overlap.
+template <class A, class B>
+bool overlaps(const MatrixView<A>& a, const MatrixView<B>& b) {
+    const auto* a0 = reinterpret_cast<const char*>(a.data);
+    const auto* b0 = reinterpret_cast<const char*>(b.data);
+    return a.size() > 0 && b.size() > 0 && a0 < b0 + b.size() * sizeof(B) && b0 < a0 + a.size() * sizeof(A);
+}
+
+template <class A, class B>
+bool same_view(const MatrixView<A>& a, const MatrixView<B>& b) {
+    return static_cast<const void*>(a.data) == static_cast<const void*>(b.data) && a.rows == b.rows && a.cols == b.cols;
+}
+
+void check_dropout(const char* op, const Dropout& d, const uint64_t* step) {
+    CUMNIST_CHECK(d.rate >= 0.0f && d.rate < 1.0f, "{}: dropout rate {} outside [0, 1)", op, d.rate);
+    CUMNIST_CHECK(!d.active() || step != nullptr, "{}: dropout needs the step counter", op);
+}
+
+}  // namespace
+
+void gemm(MatrixView<float> c, MatrixView<const float> a, Trans ta, MatrixView<const float> b, Trans tb, float alpha,
+          float beta) {
+    constexpr const char* op = "gemm";
+    require_data(op, "c", c), require_data(op, "a", a), require_data(op, "b", b);
+    require_device(op, c.device, a, b);
+    const int m = ta == Trans::No ? a.rows : a.cols;
+    const int k = ta == Trans::No ? a.cols : a.rows;
+    const int kb = tb == Trans::No ? b.rows : b.cols;
+    const int n = tb == Trans::No ? b.cols : b.rows;
+    CUMNIST_CHECK(k == kb, "gemm: inner dimensions differ: op(a) is ({}, {}), op(b) is ({}, {})", m, k, kb, n);
+    require_shape(op, "c", c, m, n);
+    CUMNIST_CHECK(!overlaps(c, a) && !overlaps(c, b), "gemm: c overlaps an input");
+    if (m == 0 || n == 0) return;
+    CUMNIST_DISPATCH(c.device, gemm, c.data, a.data, b.data, m, n, k, ta, tb, alpha, beta);
+}
+
+void bias_act_dropout_forward(MatrixView<float> h, MatrixView<float> a, MatrixView<const float> bias, Activation act,
+                              const Dropout& dropout, const uint64_t* step) {
+    constexpr const char* op = "bias_act_dropout_forward";
+    require_data(op, "h", h), require_data(op, "a", a), require_data(op, "bias", bias);
+    require_device(op, a.device, h, bias);
+    require_shape(op, "h", h, a.rows, a.cols);
+    require_shape(op, "bias", bias, 1, a.cols);
+    check_dropout(op, dropout, step);
+    CUMNIST_CHECK(!overlaps(h, a) || (same_view(h, a) && !dropout.active()),
+                  "{}: h may alias a only without active dropout", op);
+    CUMNIST_CHECK(!overlaps(bias, a) && !overlaps(bias, h), "{}: bias overlaps an output", op);
+    if (a.size() == 0) return;
+    CUMNIST_DISPATCH(a.device, bias_act_dropout_forward, h.data, a.data, bias.data, a.rows, a.cols, act, dropout.rate,
+                     dropout_keep_threshold(dropout.rate), dropout.seed, dropout.stream, dropout.active(), step);
+}
+
+void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, MatrixView<const float> a,
+                          Activation act, const Dropout& dropout, const uint64_t* step) {
+    constexpr const char* op = "act_dropout_backward";
+    require_data(op, "dpre", dpre), require_data(op, "dh", dh), require_data(op, "a", a);
+    require_device(op, dpre.device, dh, a);
+    require_shape(op, "dh", dh, dpre.rows, dpre.cols);
+    require_shape(op, "a", a, dpre.rows, dpre.cols);
+    check_dropout(op, dropout, step);
+    CUMNIST_CHECK(!overlaps(dpre, dh) || same_view(dpre, dh), "{}: dpre partially overlaps dh", op);
+    CUMNIST_CHECK(!overlaps(dpre, a), "{}: dpre overlaps a", op);
+    if (dpre.size() == 0) return;
+    CUMNIST_DISPATCH(dpre.device, act_dropout_backward, dpre.data, dh.data, a.data, dpre.rows, dpre.cols, act,
+                     dropout.rate, dropout_keep_threshold(dropout.rate), dropout.seed, dropout.stream,
+                     dropout.active(), step);
+}
+
+void bias_grad(MatrixView<float> db, MatrixView<const float> dy) {
+    constexpr const char* op = "bias_grad";
+    require_data(op, "db", db), require_data(op, "dy", dy);
+    require_device(op, db.device, dy);
+    require_shape(op, "db", db, 1, dy.cols);
+    CUMNIST_CHECK(!overlaps(db, dy), "{}: db overlaps dy", op);
+    if (dy.cols == 0) return;
+    CUMNIST_DISPATCH(db.device, bias_grad, db.data, dy.data, dy.rows, dy.cols);
+}
+
+void softmax_xent(MatrixView<float> dlogits, MatrixView<float> row_loss, MatrixView<float> row_correct,
+                  MatrixView<const float> logits, MatrixView<const uint8_t> labels, float grad_scale) {
+    constexpr const char* op = "softmax_xent";
+    require_data(op, "logits", logits), require_data(op, "labels", labels);
+    require_data(op, "row_loss", row_loss), require_data(op, "row_correct", row_correct);
+    const int n = logits.rows;
+    CUMNIST_CHECK(logits.cols >= 1, "{}: logits need at least one class", op);
+    CUMNIST_CHECK(logits.cols <= 256, "{}: {} classes exceed the uint8 label range", op, logits.cols);
+    require_device(op, logits.device, labels, row_loss, row_correct);
+    require_shape(op, "labels", labels, 1, n);
+    require_shape(op, "row_loss", row_loss, 1, n);
+    require_shape(op, "row_correct", row_correct, 1, n);
+    if (dlogits.data != nullptr) {
+        require_device(op, logits.device, dlogits);
+        require_shape(op, "dlogits", dlogits, n, logits.cols);
+        CUMNIST_CHECK(!overlaps(dlogits, logits) || same_view(dlogits, logits), "{}: dlogits partially overlaps logits",
+                      op);
+    }
+    if (n == 0) return;
+    CUMNIST_DISPATCH(logits.device, softmax_xent, dlogits.data, row_loss.data, row_correct.data, logits.data,
+                     labels.data, n, logits.cols, grad_scale);
+}
+
+void softmax(MatrixView<float> probs, MatrixView<const float> logits) {
+    constexpr const char* op = "softmax";
+    require_data(op, "probs", probs), require_data(op, "logits", logits);
+    require_device(op, probs.device, logits);
+    require_shape(op, "probs", probs, logits.rows, logits.cols);
+    CUMNIST_CHECK(!overlaps(probs, logits) || same_view(probs, logits), "{}: probs partially overlaps logits", op);
+    if (probs.size() == 0) return;
+    CUMNIST_DISPATCH(probs.device, softmax, probs.data, logits.data, logits.rows, logits.cols);
+}
+
+void accumulate_metrics(double* totals, MatrixView<const float> row_loss, MatrixView<const float> row_correct) {
+    constexpr const char* op = "accumulate_metrics";
+    require_data(op, "row_loss", row_loss), require_data(op, "row_correct", row_correct);
+    CUMNIST_CHECK(totals != nullptr, "{}: no totals", op);
+    require_device(op, row_loss.device, row_correct);
+    require_shape(op, "row_correct", row_correct, row_loss.rows, row_loss.cols);
+    if (row_loss.size() == 0) return;
+    CUMNIST_DISPATCH(row_loss.device, accumulate_metrics, totals, row_loss.data, row_correct.data,
+                     static_cast<int>(row_loss.size()));
+}
+
+void gather_batch(MatrixView<float> x, MatrixView<uint8_t> labels_out, MatrixView<const uint8_t> images,
+                  MatrixView<const uint8_t> labels, MatrixView<const int32_t> order, const uint64_t* batch_index,
+                  int batch_size) {
+    constexpr const char* op = "gather_batch";
+    require_data(op, "x", x), require_data(op, "labels_out", labels_out), require_data(op, "images", images);
+    require_data(op, "labels", labels), require_data(op, "order", order);
+    require_device(op, x.device, labels_out, images, labels, order);
+    CUMNIST_CHECK(batch_index != nullptr, "{}: no batch index", op);
+    require_shape(op, "images", images, images.rows, x.cols);
+    require_shape(op, "labels", labels, 1, images.rows);
+    require_shape(op, "labels_out", labels_out, 1, x.rows);
+    require_shape(op, "order", order, 1, images.rows);
+    CUMNIST_CHECK(x.rows <= batch_size, "{}: {} rows exceed the batch size {}", op, x.rows, batch_size);
+    if (x.size() == 0) return;
+    CUMNIST_DISPATCH(x.device, gather_batch, x.data, labels_out.data, images.data, labels.data, order.data, batch_index,
+                     x.rows, x.cols, batch_size);
+}
+
+void u8_to_float(MatrixView<float> x, MatrixView<const uint8_t> pixels) {
+    constexpr const char* op = "u8_to_float";
+    require_data(op, "x", x), require_data(op, "pixels", pixels);
+    require_device(op, x.device, pixels);
+    require_shape(op, "pixels", pixels, x.rows, x.cols);
+    if (x.size() == 0) return;
+    CUMNIST_DISPATCH(x.device, u8_to_float, x.data, pixels.data, x.size());
+}
+
+void increment(uint64_t* counter, Device device) {
+    CUMNIST_CHECK(counter != nullptr, "increment: no counter");
+    CUMNIST_DISPATCH(device, increment, counter);
+}
+
+namespace {
+void check_update(const char* op, MatrixView<float> w, MatrixView<const float> g) {
+    require_data(op, "w", w), require_data(op, "g", g);
+    require_device(op, w.device, g);
+    require_shape(op, "g", g, w.rows, w.cols);
+    CUMNIST_CHECK(!overlaps(w, g), "{}: w overlaps g", op);
+}
+void check_state(const char* op, const char* name, MatrixView<float> s, MatrixView<float> w) {
+    require_data(op, name, s);
+    require_device(op, w.device, s);
+    require_shape(op, name, s, w.rows, w.cols);
+    CUMNIST_CHECK(!overlaps(s, w), "{}: {} overlaps w", op, name);
+}
+}  // namespace
+
+void adam_step(MatrixView<float> w, MatrixView<float> m, MatrixView<float> v, MatrixView<const float> g,
+               const AdamConfig& cfg, const uint64_t* step) {
+    constexpr const char* op = "adam_step";
+    check_update(op, w, g);
+    check_state(op, "m", m, w);
+    check_state(op, "v", v, w);
+    CUMNIST_CHECK(!overlaps(m, v), "{}: m overlaps v", op);
+    CUMNIST_CHECK(step != nullptr, "{}: no step counter", op);
+    if (w.size() == 0) return;
+    CUMNIST_DISPATCH(w.device, adam_step, w.data, m.data, v.data, g.data, w.size(), cfg.lr, cfg.beta1, cfg.beta2,
+                     cfg.epsilon, step);
+}
+
+void sgd_step(MatrixView<float> w, MatrixView<float> velocity, MatrixView<const float> g, const SgdConfig& cfg) {
+    constexpr const char* op = "sgd_step";
+    check_update(op, w, g);
+    check_state(op, "velocity", velocity, w);
+    if (w.size() == 0) return;
+    CUMNIST_DISPATCH(w.device, sgd_step, w.data, velocity.data, g.data, w.size(), cfg.lr, cfg.momentum);
+}
+
+void rmsprop_step(MatrixView<float> w, MatrixView<float> s, MatrixView<const float> g, const RmsPropConfig& cfg) {
+    constexpr const char* op = "rmsprop_step";
+    check_update(op, w, g);
+    check_state(op, "s", s, w);
+    if (w.size() == 0) return;
+    CUMNIST_DISPATCH(w.device, rmsprop_step, w.data, s.data, g.data, w.size(), cfg.lr, cfg.rho, cfg.epsilon);
+}
+
+void fill_zero(MatrixView<float> x) {
+    require_data("fill_zero", "x", x);
+    if (x.size() == 0) return;
+    CUMNIST_DISPATCH(x.device, fill_zero, x.data, x.size());
+}
+
+#undef CUMNIST_DISPATCH
+
+}  // namespace ops
+}  // namespace cumnist

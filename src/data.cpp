@@ -39,101 +39,113 @@ std::vector<uint8_t> read_file(const std::string& path) {
     return bytes;
 }
 
-// Inflates a gzip stream whose uncompressed size must be exactly `expected` bytes.
-std::vector<uint8_t> gunzip_exact(const std::string& name, const uint8_t* bytes, std::size_t size, std::size_t expected) {
-    std::vector<uint8_t> out(expected);
+// Inflates gzip data (one or more concatenated members) into at most `limit` bytes, growing the
+// output as data actually arrives: a forged size field or header never causes a large allocation.
+// Returns the bytes, or throws on corrupt or truncated data; `*overflow` is set when the stream
+// holds more than `limit` bytes.
+std::vector<uint8_t> gunzip_bounded(const std::string& name, const uint8_t* bytes, std::size_t size, std::size_t limit,
+                                    bool* overflow) {
+    std::vector<uint8_t> out;
     z_stream zs{};
     if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) throw Error(fmt::format("'{}': cannot initialise zlib", name));
     zs.next_in = const_cast<Bytef*>(bytes);
     zs.avail_in = static_cast<uInt>(size);
-    zs.next_out = out.data();
-    zs.avail_out = static_cast<uInt>(expected);
-    int rc = inflate(&zs, Z_FINISH);
-    uint8_t extra = 0;
-    if (rc == Z_BUF_ERROR && zs.avail_out == 0) {  // output full: is there more?
-        zs.next_out = &extra;
-        zs.avail_out = 1;
-        rc = inflate(&zs, Z_FINISH);
-        if (zs.avail_out == 0) rc = Z_BUF_ERROR;
+    *overflow = false;
+    int rc = Z_OK;
+    constexpr std::size_t kChunk = std::size_t{1} << 20;
+    while (true) {
+        if (out.size() > limit) {
+            *overflow = true;
+            break;
+        }
+        const std::size_t used = out.size();
+        out.resize(std::min(limit + 1, used + kChunk));
+        zs.next_out = out.data() + used;
+        zs.avail_out = static_cast<uInt>(out.size() - used);
+        rc = inflate(&zs, Z_NO_FLUSH);
+        out.resize(out.size() - zs.avail_out);
+        if (rc == Z_STREAM_END) {
+            if (zs.avail_in == 0) break;
+            if (inflateReset(&zs) != Z_OK) break;  // another gzip member follows
+            continue;
+        }
+        if (rc == Z_BUF_ERROR && zs.avail_in == 0) break;  // input exhausted before the stream's end
+        if (rc != Z_OK && rc != Z_BUF_ERROR) break;
     }
-    const uLong produced = zs.total_out;
     const char* msg = zs.msg;
+    const std::string detail = msg ? msg : "inflate failed";
     inflateEnd(&zs);
+    if (*overflow) return out;
     if (rc == Z_DATA_ERROR || rc == Z_NEED_DICT || rc == Z_MEM_ERROR || rc == Z_STREAM_ERROR)
-        throw Error(fmt::format("'{}': corrupt gzip data ({})", name, msg ? msg : "inflate failed"));
-    if (rc != Z_STREAM_END) {
-        if (produced > expected)
-            throw Error(fmt::format("'{}': the header promises {} bytes but the file holds more", name, expected));
-        throw Error(fmt::format("'{}': truncated: the header promises {} bytes, the gzip stream ends early", name, expected));
-    }
+        throw Error(fmt::format("'{}': corrupt gzip data ({})", name, detail));
+    if (rc != Z_STREAM_END) throw Error(fmt::format("'{}': truncated: the gzip stream ends early", name));
     return out;
 }
 
 }  // namespace
 
-IdxArray parse_idx(const std::string& name, const uint8_t* bytes, std::size_t size, int expected_rank) {
-    if (size == 0) throw Error(fmt::format("'{}' is empty, expected an IDX file", name));
-
-    // The header comes first: decode just enough of a gzip stream to read it.
-    uint8_t header[4 + 4 * 4] = {};
+namespace {
+// Checks the IDX header at the start of `bytes` and returns the dimensions it declares.
+std::vector<uint32_t> parse_idx_header(const std::string& name, const uint8_t* bytes, std::size_t size,
+                                       int expected_rank) {
     const std::size_t header_size = 4 + 4 * static_cast<std::size_t>(expected_rank);
-    const bool gz = is_gzip(bytes, size);
-    if (gz) {
-        z_stream zs{};
-        if (inflateInit2(&zs, 16 + MAX_WBITS) != Z_OK) throw Error(fmt::format("'{}': cannot initialise zlib", name));
-        zs.next_in = const_cast<Bytef*>(bytes);
-        zs.avail_in = static_cast<uInt>(size);
-        zs.next_out = header;
-        zs.avail_out = static_cast<uInt>(header_size);
-        const int rc = inflate(&zs, Z_SYNC_FLUSH);
-        const std::size_t got = header_size - zs.avail_out;
-        inflateEnd(&zs);
-        if (rc != Z_OK && rc != Z_STREAM_END && rc != Z_BUF_ERROR)
-            throw Error(fmt::format("'{}': corrupt gzip data", name));
-        if (got < 4) throw Error(fmt::format("'{}': truncated: no IDX header", name));
-        if (got < header_size && header[2] == 0x08 && header[3] == expected_rank)
-            throw Error(fmt::format("'{}': truncated: the IDX header needs {} bytes, found {}", name, header_size, got));
-    } else {
-        std::memcpy(header, bytes, std::min(size, header_size));
-        if (size < 4) throw Error(fmt::format("'{}': truncated: {} bytes, no IDX header", name, size));
-    }
-
-    if (header[0] != 0 || header[1] != 0)
+    if (size < 4) throw Error(fmt::format("'{}': truncated: {} bytes, no IDX header", name, size));
+    if (bytes[0] != 0 || bytes[1] != 0)
         throw Error(fmt::format("'{}': not an IDX file (magic {:02x}{:02x}{:02x}{:02x}, expected 0000080{})", name,
-                                header[0], header[1], header[2], header[3], expected_rank));
-    if (header[2] != 0x08)
-        throw Error(fmt::format("'{}': IDX element type 0x{:02x}, expected 0x08 (unsigned byte)", name, header[2]));
-    if (header[3] != expected_rank)
-        throw Error(fmt::format("'{}': IDX file has {} dimensions, expected {}", name, header[3], expected_rank));
-    if (!gz && size < header_size)
+                                bytes[0], bytes[1], bytes[2], bytes[3], expected_rank));
+    if (bytes[2] != 0x08)
+        throw Error(fmt::format("'{}': IDX element type 0x{:02x}, expected 0x08 (unsigned byte)", name, bytes[2]));
+    if (bytes[3] != expected_rank)
+        throw Error(fmt::format("'{}': IDX file has {} dimensions, expected {}", name, bytes[3], expected_rank));
+    if (size < header_size)
         throw Error(fmt::format("'{}': truncated: the IDX header needs {} bytes, found {}", name, header_size, size));
-
-    IdxArray out;
+    std::vector<uint32_t> dims;
     uint64_t count = 1;
     for (int d = 0; d < expected_rank; ++d) {
-        out.dims.push_back(read_be32(header + 4 + 4 * d));
-        count *= out.dims.back();
+        dims.push_back(read_be32(bytes + 4 + 4 * d));
+        count *= dims.back();
         if (count > kMaxIdxBytes)
             throw Error(fmt::format("'{}': header dimensions claim more than {} bytes of data", name, kMaxIdxBytes));
     }
-    const uint64_t total = header_size + count;
+    return dims;
+}
+}  // namespace
 
+IdxArray parse_idx(const std::string& name, const uint8_t* bytes, std::size_t size, int expected_rank) {
+    CUMNIST_CHECK(expected_rank >= 1 && expected_rank <= 4, "IDX rank {} is not supported", expected_rank);
+    if (size == 0) throw Error(fmt::format("'{}' is empty, expected an IDX file", name));
+    const std::size_t header_size = 4 + 4 * static_cast<std::size_t>(expected_rank);
+    const bool gz = is_gzip(bytes, size);
+
+    IdxArray out;
+    std::vector<uint8_t> inflated;
+    bool overflow = false;
     if (gz) {
-        // The gzip trailer's ISIZE is the uncompressed length mod 2^32: check it before allocating.
-        if (size < 18) throw Error(fmt::format("'{}': truncated gzip file", name));
-        const uint32_t isize = uint32_t{bytes[size - 4]} | (uint32_t{bytes[size - 3]} << 8) |
-                               (uint32_t{bytes[size - 2]} << 16) | (uint32_t{bytes[size - 1]} << 24);
-        if (isize != static_cast<uint32_t>(total))
-            throw Error(fmt::format("'{}': the header promises {} bytes of data, the gzip file holds {}", name, count,
-                                    isize >= header_size ? isize - header_size : 0));
-        std::vector<uint8_t> all = gunzip_exact(name, bytes, size, static_cast<std::size_t>(total));
-        out.data.assign(all.begin() + static_cast<std::ptrdiff_t>(header_size), all.end());
+        // Inflate the header alone, then at most the size it declares (plus one byte to detect
+        // excess); the output grows only as data arrives, so a forged header or gzip size field
+        // never causes a large allocation.
+        bool more = false;
+        const std::vector<uint8_t> head = gunzip_bounded(name, bytes, size, header_size, &more);
+        if (head.empty()) throw Error(fmt::format("'{}': truncated: no IDX header", name));
+        out.dims = parse_idx_header(name, head.data(), head.size(), expected_rank);
     } else {
-        if (size != total)
-            throw Error(fmt::format("'{}': the header promises {} bytes of data, the file holds {}{}", name, count,
-                                    size - header_size, size < total ? " (truncated)" : ""));
-        out.data.assign(bytes + header_size, bytes + size);
+        out.dims = parse_idx_header(name, bytes, size, expected_rank);
     }
+    uint64_t count = 1;
+    for (uint32_t d : out.dims) count *= d;
+    const uint64_t total = header_size + count;
+    if (gz) {
+        inflated = gunzip_bounded(name, bytes, size, static_cast<std::size_t>(total), &overflow);
+        bytes = inflated.data();
+        size = inflated.size();
+    }
+    const char* where = gz ? "the gzip file" : "the file";
+    if (overflow)
+        throw Error(fmt::format("'{}': the header promises {} bytes of data, {} holds more", name, count, where));
+    if (size != total)
+        throw Error(fmt::format("'{}': the header promises {} bytes of data, {} holds {}{}", name, count, where,
+                                size - header_size, size < total ? " (truncated)" : ""));
+    out.data.assign(bytes + header_size, bytes + size);
     return out;
 }
 
@@ -185,8 +197,9 @@ Dataset load_dataset(const std::string& data_dir, const std::string& dataset, Sp
         throw Error(fmt::format("unknown dataset '{}' (expected mnist or fashion)", dataset));
     const std::string dir = data_dir + "/" + dataset;
     const std::string prefix = split == Split::Train ? "train" : "t10k";
-    Dataset ds = load_idx_pair(find_idx(dir, prefix + "-images-idx3-ubyte", dataset),
-                               find_idx(dir, prefix + "-labels-idx1-ubyte", dataset));
+    const std::string images = find_idx(dir, prefix + "-images-idx3-ubyte", dataset);
+    const std::string labels = find_idx(dir, prefix + "-labels-idx1-ubyte", dataset);
+    Dataset ds = load_idx_pair(images, labels);
     ds.name = dataset + (split == Split::Train ? " train" : " test");
     return ds;
 }

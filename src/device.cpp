@@ -1,4 +1,5 @@
 // Device names and the memory primitives behind Buffer<T>, dispatched to the host or to CUDA.
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -45,10 +46,14 @@ namespace memory {
 
 namespace {
 constexpr std::size_t kHostAlignment = 64;
-}
+std::atomic<std::size_t> g_allocations{0};
+}  // namespace
+
+std::size_t allocation_count() { return g_allocations.load(std::memory_order_relaxed); }
 
 void* allocate(std::size_t bytes, Device device) {
     if (bytes == 0) return nullptr;
+    g_allocations.fetch_add(1, std::memory_order_relaxed);
     if (device == Device::Cuda) return cuda::allocate(bytes);
     const std::size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
     void* p = std::aligned_alloc(kHostAlignment, rounded);

@@ -22,6 +22,9 @@ void release(void* ptr, Device device) noexcept;
 void copy(void* dst, Device dst_device, const void* src, Device src_device, std::size_t bytes);
 // Sets bytes to zero.
 void zero(void* ptr, Device device, std::size_t bytes);
+// How many allocations allocate() has made since start-up, on any device (tests use it to show
+// that the training step allocates nothing).
+std::size_t allocation_count();
 }  // namespace memory
 
 template <class T>

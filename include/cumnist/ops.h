@@ -57,7 +57,8 @@ void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, Ma
 void bias_grad(MatrixView<float> db, MatrixView<const float> dy);
 
 // Softmax cross-entropy over logits (n, classes) with integer labels (n) in [0, classes):
-//   p = softmax(z − max z) per row;  row_loss[r] = −log p[label[r]]  (computed as lse − z_label)
+//   p = exp(z − max z) / Σ exp(z − max z) per row;  row_loss[r] = −log p[label[r]]
+//   (computed as (max z − z_label) + log Σ exp(z − max z))
 //   row_correct[r] = 1 if argmax(z) == label (first maximum on ties), else 0
 //   dlogits = (p − onehot(label)) · grad_scale   (grad_scale = 1/batch: the only place the mean's 1/n is applied)
 // Overwrites row_loss, row_correct and, unless dlogits.data is null, dlogits (which may alias logits).

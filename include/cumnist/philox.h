@@ -46,7 +46,9 @@ CUMNIST_HD uint32_t philox_word(uint64_t seed, uint32_t stream, uint64_t step, u
     const Philox4 r = philox4x32_10(static_cast<uint32_t>(i >> 2), stream, static_cast<uint32_t>(step),
                                     static_cast<uint32_t>(step >> 32), static_cast<uint32_t>(seed),
                                     static_cast<uint32_t>(seed >> 32));
-    return r.v[i & 3u];
+    // A select rather than r.v[i & 3]: a dynamic index would put r in local memory on the GPU.
+    const uint32_t j = static_cast<uint32_t>(i & 3u);
+    return j == 0 ? r.v[0] : j == 1 ? r.v[1] : j == 2 ? r.v[2] : r.v[3];
 }
 
 // A float uniform in [0, 1) from the top 24 bits of a word (exact in float).

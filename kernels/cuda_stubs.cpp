@@ -1,0 +1,87 @@
+// The CUDA backend of a build without CUDA: compiled instead of kernels/*.cu. Every op and every
+// GPU control call throws "built without CUDA support"; unavailable_reason() says so, and the
+// release functions, constructors and destructors do nothing, so CPU-only runs are unaffected.
+#include "backend.h"
+#include "cuda_host.h"
+#include "cumnist/error.h"
+
+namespace cumnist::cuda {
+
+namespace {
+constexpr const char* kNoCuda = "built without CUDA support";
+[[noreturn]] void no_cuda() { throw Error(kNoCuda); }
+}  // namespace
+
+// --- Ops (backend_ops.inc) -----------------------------------------------------------------------
+
+void gemm(float*, const float*, const float*, int, int, int, Trans, Trans, float, float) { no_cuda(); }
+
+void bias_act_dropout_forward(float*, float*, const float*, int, int, Activation, float, uint32_t, uint64_t, uint32_t,
+                              bool, const uint64_t*) {
+    no_cuda();
+}
+
+void act_dropout_backward(float*, const float*, const float*, int, int, Activation, float, uint32_t, uint64_t, uint32_t,
+                          bool, const uint64_t*) {
+    no_cuda();
+}
+
+void bias_grad(float*, const float*, int, int) { no_cuda(); }
+
+void softmax_xent(float*, float*, float*, const float*, const uint8_t*, int, int, float) { no_cuda(); }
+
+void softmax(float*, const float*, int, int) { no_cuda(); }
+
+void accumulate_metrics(double*, const float*, const float*, int) { no_cuda(); }
+
+void gather_batch(float*, uint8_t*, const uint8_t*, const uint8_t*, const int32_t*, const uint64_t*, int, int, int) {
+    no_cuda();
+}
+
+void u8_to_float(float*, const uint8_t*, std::size_t) { no_cuda(); }
+
+void increment(uint64_t*) { no_cuda(); }
+
+void adam_step(float*, float*, float*, const float*, std::size_t, float, float, float, float, const uint64_t*) {
+    no_cuda();
+}
+
+void sgd_step(float*, float*, const float*, std::size_t, float, float) { no_cuda(); }
+
+void rmsprop_step(float*, float*, const float*, std::size_t, float, float, float) { no_cuda(); }
+
+void fill_zero(float*, std::size_t) { no_cuda(); }
+
+// --- Host control (cuda_host.h) ------------------------------------------------------------------
+
+std::string unavailable_reason() { return kNoCuda; }
+std::string device_description() { no_cuda(); }
+void* allocate(std::size_t) { no_cuda(); }
+void release(void*) noexcept {}
+void* allocate_pinned(std::size_t) { no_cuda(); }
+void release_pinned(void*) noexcept {}
+void copy(void*, bool, const void*, bool, std::size_t) { no_cuda(); }
+void zero(void*, std::size_t) { no_cuda(); }
+void synchronize() { no_cuda(); }
+void set_tf32(bool) { no_cuda(); }
+
+// A StepGraph or StreamTimer may exist in a CPU-only run; using one throws. ready() and
+// node_count() describe the (never captured) graph: false and 0.
+struct StepGraph::Impl {};
+StepGraph::StepGraph() = default;
+StepGraph::~StepGraph() = default;
+StepGraph::StepGraph(StepGraph&&) noexcept = default;
+StepGraph& StepGraph::operator=(StepGraph&&) noexcept = default;
+void StepGraph::capture(const std::function<void()>&) { no_cuda(); }
+void StepGraph::launch() { no_cuda(); }
+bool StepGraph::ready() const { return false; }
+std::size_t StepGraph::node_count() const { return 0; }
+
+struct StreamTimer::Impl {};
+StreamTimer::StreamTimer() = default;
+StreamTimer::~StreamTimer() = default;
+void StreamTimer::start() { no_cuda(); }
+void StreamTimer::stop() { no_cuda(); }
+float StreamTimer::elapsed_ms() { no_cuda(); }
+
+}  // namespace cumnist::cuda

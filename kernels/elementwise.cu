@@ -1,0 +1,155 @@
+// Elementwise CUDA ops: the fused layer epilogue (bias + activation + dropout) and its backward,
+// uint8 → float conversion, the device-side counter increment and fill_zero. The dropout mask
+// comes from philox.h's dropout_keep(), so CPU and GPU drop exactly the same elements.
+#include "backend.h"
+#include "cuda_common.cuh"
+#include "cumnist/philox.h"
+
+namespace cumnist::cuda {
+
+namespace {
+
+// act(x): relu(x) = max(x, 0);  sigmoid(x) = 1 / (1 + e^−x);  none(x) = x.
+template <Activation kAct>
+__device__ __forceinline__ float activate(float x) {
+    if constexpr (kAct == Activation::Relu) return x > 0.0f ? x : 0.0f;
+    else if constexpr (kAct == Activation::Sigmoid) return 1.0f / (1.0f + expf(-x));
+    else return x;
+}
+
+// act'(x) written in terms of the activation's output a = act(x):
+//   relu' = [a > 0];  sigmoid' = a (1 − a);  none' = 1.
+template <Activation kAct>
+__device__ __forceinline__ float activation_derivative(float a) {
+    if constexpr (kAct == Activation::Relu) return a > 0.0f ? 1.0f : 0.0f;
+    else if constexpr (kAct == Activation::Sigmoid) return a * (1.0f - a);
+    else return 1.0f;
+}
+
+// a (n, cols) ← act(a + bias);  h ← keep(i) ? a · scale : 0  (kDropout),  h ← a  (otherwise),
+// with scale = 1 / (1 − rate) and i the flat row-major index. h may alias a only when !kDropout.
+template <Activation kAct, bool kDropout>
+static __global__ void bias_act_dropout_kernel(float* h, float* a, const float* __restrict__ bias, int n, int cols,
+                                               float scale, uint32_t keep_threshold, uint64_t seed, uint32_t stream,
+                                               const uint64_t* __restrict__ step) {
+    const uint64_t t = kDropout ? *step : 0;  // the step counter is read only when dropout is active
+    // Rows over grid y, columns over grid x (no 64-bit modulo to find the bias column).
+    for (int r = static_cast<int>(blockIdx.y); r < n; r += static_cast<int>(gridDim.y)) {
+        const std::size_t row_start = static_cast<std::size_t>(r) * static_cast<std::size_t>(cols);
+        for (int c = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x); c < cols;
+             c += static_cast<int>(gridDim.x * blockDim.x)) {
+            const std::size_t i = row_start + static_cast<std::size_t>(c);
+            const float x = activate<kAct>(a[i] + bias[c]);
+            a[i] = x;
+            if constexpr (kDropout) h[i] = dropout_keep(seed, stream, t, i, keep_threshold) ? x * scale : 0.0f;
+            else h[i] = x;
+        }
+    }
+}
+
+// g = dh · act'(a);  dpre = keep(i) ? g · scale : 0  (kDropout),  dpre = g  (otherwise).
+// Same operation order as the CPU backend. dpre may alias dh: each element is read, then written,
+// by the same thread.
+template <Activation kAct, bool kDropout>
+static __global__ void act_dropout_backward_kernel(float* dpre, const float* dh, const float* __restrict__ a,
+                                                   std::size_t total, float scale, uint32_t keep_threshold,
+                                                   uint64_t seed, uint32_t stream, const uint64_t* __restrict__ step) {
+    const uint64_t t = kDropout ? *step : 0;  // the step counter is read only when dropout is active
+    for (std::size_t i = grid_thread_index(); i < total; i += grid_stride()) {
+        const float g = dh[i] * activation_derivative<kAct>(a[i]);
+        if constexpr (kDropout) dpre[i] = dropout_keep(seed, stream, t, i, keep_threshold) ? g * scale : 0.0f;
+        else dpre[i] = g;
+    }
+}
+
+// x = p · (1/255), the CPU backend's formula (multiplication by the float nearest 1/255).
+static __global__ void u8_to_float_kernel(float* __restrict__ x, const uint8_t* __restrict__ pixels, std::size_t count) {
+    constexpr float kPixelScale = 1.0f / 255.0f;
+    for (std::size_t i = grid_thread_index(); i < count; i += grid_stride()) x[i] = static_cast<float>(pixels[i]) * kPixelScale;
+}
+
+// *counter += 1, by one thread, so a captured step advances its own step and batch counters.
+static __global__ void increment_kernel(uint64_t* counter) { *counter += 1; }
+
+template <Activation kAct, bool kDropout>
+void launch_forward(float* h, float* a, const float* bias, int n, int cols, float scale,
+                    uint32_t keep_threshold, uint64_t seed, uint32_t stream, const uint64_t* step) {
+    bias_act_dropout_kernel<kAct, kDropout><<<grid_for_rows(n, cols), kBlockSize, 0, context().stream()>>>(
+        h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
+    CUMNIST_CHECK_LAUNCH();
+}
+
+template <Activation kAct, bool kDropout>
+void launch_backward(float* dpre, const float* dh, const float* a, std::size_t total, float scale,
+                     uint32_t keep_threshold, uint64_t seed, uint32_t stream, const uint64_t* step) {
+    act_dropout_backward_kernel<kAct, kDropout><<<grid_for(total), kBlockSize, 0, context().stream()>>>(
+        dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+    CUMNIST_CHECK_LAUNCH();
+}
+
+// Exactly the CPU's inverted-dropout scale: 1 / (1 − rate) in float, computed on the host.
+float dropout_scale(float rate) { return 1.0f / (1.0f - rate); }
+
+}  // namespace
+
+void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int cols, Activation act, float rate,
+                              uint32_t keep_threshold, uint64_t seed, uint32_t stream, bool dropout,
+                              const uint64_t* step) {
+    const std::size_t total = static_cast<std::size_t>(n) * static_cast<std::size_t>(cols);
+    if (total == 0) return;
+    const float scale = dropout ? dropout_scale(rate) : 1.0f;
+    switch (act) {
+    case Activation::Relu:
+        if (dropout) launch_forward<Activation::Relu, true>(h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
+        else launch_forward<Activation::Relu, false>(h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
+        break;
+    case Activation::Sigmoid:
+        if (dropout) launch_forward<Activation::Sigmoid, true>(h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
+        else launch_forward<Activation::Sigmoid, false>(h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
+        break;
+    case Activation::None:
+        if (dropout) launch_forward<Activation::None, true>(h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
+        else launch_forward<Activation::None, false>(h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
+        break;
+    }
+}
+
+void act_dropout_backward(float* dpre, const float* dh, const float* a, int n, int cols, Activation act, float rate,
+                          uint32_t keep_threshold, uint64_t seed, uint32_t stream, bool dropout, const uint64_t* step) {
+    const std::size_t total = static_cast<std::size_t>(n) * static_cast<std::size_t>(cols);
+    if (total == 0) return;
+    const float scale = dropout ? dropout_scale(rate) : 1.0f;
+    switch (act) {
+    case Activation::Relu:
+        if (dropout) launch_backward<Activation::Relu, true>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+        else launch_backward<Activation::Relu, false>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+        break;
+    case Activation::Sigmoid:
+        if (dropout) launch_backward<Activation::Sigmoid, true>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+        else launch_backward<Activation::Sigmoid, false>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+        break;
+    case Activation::None:
+        if (dropout) launch_backward<Activation::None, true>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+        else launch_backward<Activation::None, false>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+        break;
+    }
+}
+
+void u8_to_float(float* x, const uint8_t* pixels, std::size_t count) {
+    if (count == 0) return;
+    u8_to_float_kernel<<<grid_for(count), kBlockSize, 0, context().stream()>>>(x, pixels, count);
+    CUMNIST_CHECK_LAUNCH();
+}
+
+void increment(uint64_t* counter) {
+    increment_kernel<<<1, 1, 0, context().stream()>>>(counter);
+    CUMNIST_CHECK_LAUNCH();
+}
+
+void fill_zero(float* x, std::size_t count) {
+    if (count == 0) return;
+    // All-zero bytes are +0.0f. A memset node in a captured graph.
+    CUDA_CHECK(cudaMemsetAsync(x, 0, count * sizeof(float), context().stream()));
+}
+
+}  // namespace cumnist::cuda

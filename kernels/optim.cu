@@ -1,0 +1,74 @@
+// Optimizer steps over the whole flat parameter buffer, one launch each. The per-element update is
+// philox.h's adam_update / sgd_update / rmsprop_update, the very functions the CPU backend runs.
+#include "backend.h"
+#include "cuda_common.cuh"
+#include "cumnist/philox.h"
+
+namespace cumnist::cuda {
+
+namespace {
+
+// Adam with t = *step + 1 read from the device (so a captured step needs no new arguments):
+//   α = lr · √(1 − β2ᵗ) / (1 − β1ᵗ)          once per block, by thread 0 (adam_alpha)
+//   m ← m + (1 − β1)(g − m);  v ← v + (1 − β2)(g² − v);  w ← w − α · m / (√v + ε)   per element
+static __global__ void adam_kernel(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v,
+                                   const float* __restrict__ g, std::size_t count, float lr, float beta1, float beta2,
+                                   float epsilon, const uint64_t* __restrict__ step) {
+    __shared__ float s_alpha;
+    if (threadIdx.x == 0) s_alpha = adam_alpha(lr, beta1, beta2, *step + 1);
+    __syncthreads();
+    const float alpha = s_alpha;
+    for (std::size_t i = grid_thread_index(); i < count; i += grid_stride()) {
+        float wi = w[i], mi = m[i], vi = v[i];
+        adam_update(wi, mi, vi, g[i], alpha, beta1, beta2, epsilon);
+        w[i] = wi;
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
+// SGD with momentum μ: velocity ← μ · velocity − lr · g;  w ← w + velocity.
+static __global__ void sgd_kernel(float* __restrict__ w, float* __restrict__ velocity, const float* __restrict__ g,
+                                  std::size_t count, float lr, float momentum) {
+    for (std::size_t i = grid_thread_index(); i < count; i += grid_stride()) {
+        float wi = w[i], vel = velocity[i];
+        sgd_update(wi, vel, g[i], lr, momentum);
+        w[i] = wi;
+        velocity[i] = vel;
+    }
+}
+
+// RMSprop: s ← ρ s + (1 − ρ) g²;  w ← w − lr · g / (√s + ε).
+static __global__ void rmsprop_kernel(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g,
+                                      std::size_t count, float lr, float rho, float epsilon) {
+    for (std::size_t i = grid_thread_index(); i < count; i += grid_stride()) {
+        float wi = w[i], si = s[i];
+        rmsprop_update(wi, si, g[i], lr, rho, epsilon);
+        w[i] = wi;
+        s[i] = si;
+    }
+}
+
+}  // namespace
+
+void adam_step(float* w, float* m, float* v, const float* g, std::size_t count, float lr, float beta1, float beta2,
+               float epsilon, const uint64_t* step) {
+    if (count == 0) return;
+    adam_kernel<<<grid_for(count), kBlockSize, 0, context().stream()>>>(w, m, v, g, count, lr, beta1, beta2, epsilon,
+                                                                          step);
+    CUMNIST_CHECK_LAUNCH();
+}
+
+void sgd_step(float* w, float* velocity, const float* g, std::size_t count, float lr, float momentum) {
+    if (count == 0) return;
+    sgd_kernel<<<grid_for(count), kBlockSize, 0, context().stream()>>>(w, velocity, g, count, lr, momentum);
+    CUMNIST_CHECK_LAUNCH();
+}
+
+void rmsprop_step(float* w, float* s, const float* g, std::size_t count, float lr, float rho, float epsilon) {
+    if (count == 0) return;
+    rmsprop_kernel<<<grid_for(count), kBlockSize, 0, context().stream()>>>(w, s, g, count, lr, rho, epsilon);
+    CUMNIST_CHECK_LAUNCH();
+}
+
+}  // namespace cumnist::cuda

@@ -1,0 +1,138 @@
+// Softmax cross-entropy (loss, correctness and the logits' gradient in one kernel) and plain
+// softmax, one warp per row, max-subtracted, with expf/logf (no fast math). Any classes ≥ 1.
+#include <climits>
+#include <cmath>
+
+#include "backend.h"
+#include "cuda_common.cuh"
+
+namespace cumnist::cuda {
+
+namespace {
+
+constexpr unsigned kWarpSize = 32;
+constexpr unsigned kFullMask = 0xFFFFFFFFu;
+constexpr unsigned kRowsPerBlock = kBlockSize / kWarpSize;
+
+// The row's maximum and the index of its first occurrence, reduced over the warp. Each lane enters
+// with the best of its own classes (index INT_MAX when it has none). The combine, "larger value,
+// then smaller index", is associative and commutative, so every lane ends with the same answer,
+// independent of timing.
+__device__ __forceinline__ void warp_argmax(float& value, int& index) {
+    for (unsigned offset = kWarpSize / 2; offset > 0; offset /= 2) {
+        const float other_value = __shfl_xor_sync(kFullMask, value, offset);
+        const int other_index = __shfl_xor_sync(kFullMask, index, offset);
+        if (other_value > value || (other_value == value && other_index < index)) {
+            value = other_value;
+            index = other_index;
+        }
+    }
+}
+
+// Σ over the warp by butterfly; every lane ends with the same (bitwise) sum, because each pairwise
+// addition is commutative.
+__device__ __forceinline__ float warp_sum(float value) {
+    for (unsigned offset = kWarpSize / 2; offset > 0; offset /= 2) value += __shfl_xor_sync(kFullMask, value, offset);
+    return value;
+}
+
+// Per row z (classes): m = max z (first argmax a);  sum = Σ exp(z − m)  (so lse = m + log sum).
+struct RowStats {
+    float max;
+    int argmax;
+    float sum;
+};
+
+// Called by all 32 lanes of a warp for the same row.
+__device__ __forceinline__ RowStats row_stats(const float* z, int classes, unsigned lane) {
+    float best = -INFINITY;
+    int best_index = INT_MAX;
+    for (int c = static_cast<int>(lane); c < classes; c += kWarpSize) {
+        const float v = z[c];
+        // Ascending c within a lane, so '>' keeps the first maximum; the first element is always taken.
+        if (v > best || best_index == INT_MAX) {
+            best = v;
+            best_index = c;
+        }
+    }
+    warp_argmax(best, best_index);
+    float sum = 0.0f;
+    for (int c = static_cast<int>(lane); c < classes; c += kWarpSize) sum += expf(z[c] - best);
+    sum = warp_sum(sum);
+    return {best, best_index, sum};
+}
+
+// For each row r of logits (n, classes):
+//   sum = Σ_c exp(z_c − max z)
+//   row_loss[r] = (max z − z[label]) + log sum        (= −log softmax(z)[label])
+//   row_correct[r] = [first argmax z == label]
+//   dlogits[r, c] = (exp(z_c − max z) / sum − [c == label]) · grad_scale     (skipped when dlogits == null)
+// p is formed from the max-shifted exponentials, never from a rounded lse: at logits of ±100 the
+// rounding of lse alone would cost ~4e-6 in p − 1. Same formulas as the CPU backend.
+// dlogits may alias logits: the only cross-lane read, z[label], happens before a __syncwarp that
+// precedes every write, and each lane then re-reads exactly the elements it overwrites.
+// A label outside [0, classes) yields a NaN loss (caught by the trainer's divergence check)
+// instead of an out-of-bounds read.
+static __global__ void softmax_xent_kernel(float* dlogits, float* __restrict__ row_loss, float* __restrict__ row_correct,
+                                           const float* logits, const uint8_t* __restrict__ labels, int n, int classes,
+                                           float grad_scale) {
+    const unsigned lane = threadIdx.x % kWarpSize;
+    const unsigned warp = threadIdx.x / kWarpSize;
+    for (int r = static_cast<int>(blockIdx.x * kRowsPerBlock + warp); r < n; r += static_cast<int>(gridDim.x * kRowsPerBlock)) {
+        const std::size_t row_start = static_cast<std::size_t>(r) * static_cast<std::size_t>(classes);
+        const float* z = logits + row_start;
+        const RowStats s = row_stats(z, classes, lane);
+        const int label = labels[r];
+        const bool valid = label < classes;
+        const float z_label = valid ? z[label] : NAN;
+        __syncwarp();
+        if (lane == 0) {
+            row_loss[r] = (s.max - z_label) + logf(s.sum);
+            row_correct[r] = valid && s.argmax == label ? 1.0f : 0.0f;
+        }
+        if (dlogits != nullptr) {
+            float* dz = dlogits + row_start;
+            for (int c = static_cast<int>(lane); c < classes; c += kWarpSize) {
+                const float p = expf(z[c] - s.max) / s.sum;
+                dz[c] = (p - (c == label ? 1.0f : 0.0f)) * grad_scale;
+            }
+        }
+        __syncwarp();  // the next row's reads stay after this row's writes (aliasing)
+    }
+}
+
+// probs (n, classes) = exp(z − max z) / Σ exp(z − max z) per row. probs may alias logits (same argument as above).
+static __global__ void softmax_kernel(float* probs, const float* logits, int n, int classes) {
+    const unsigned lane = threadIdx.x % kWarpSize;
+    const unsigned warp = threadIdx.x / kWarpSize;
+    for (int r = static_cast<int>(blockIdx.x * kRowsPerBlock + warp); r < n; r += static_cast<int>(gridDim.x * kRowsPerBlock)) {
+        const std::size_t row_start = static_cast<std::size_t>(r) * static_cast<std::size_t>(classes);
+        const float* z = logits + row_start;
+        const RowStats s = row_stats(z, classes, lane);
+        __syncwarp();
+        float* p = probs + row_start;
+        for (int c = static_cast<int>(lane); c < classes; c += kWarpSize) p[c] = expf(z[c] - s.max) / s.sum;
+        __syncwarp();
+    }
+}
+
+// One warp per row: enough blocks for n rows, capped (the row loop covers the rest).
+unsigned grid_for_warp_rows(int n) { return grid_for(static_cast<std::size_t>(n) * kWarpSize, kBlockSize); }
+
+}  // namespace
+
+void softmax_xent(float* dlogits, float* row_loss, float* row_correct, const float* logits, const uint8_t* labels,
+                  int n, int classes, float grad_scale) {
+    if (n <= 0 || classes <= 0) return;
+    softmax_xent_kernel<<<grid_for_warp_rows(n), kBlockSize, 0, context().stream()>>>(
+        dlogits, row_loss, row_correct, logits, labels, n, classes, grad_scale);
+    CUMNIST_CHECK_LAUNCH();
+}
+
+void softmax(float* probs, const float* logits, int n, int classes) {
+    if (n <= 0 || classes <= 0) return;
+    softmax_kernel<<<grid_for_warp_rows(n), kBlockSize, 0, context().stream()>>>(probs, logits, n, classes);
+    CUMNIST_CHECK_LAUNCH();
+}
+
+}  // namespace cumnist::cuda

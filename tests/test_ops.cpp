@@ -1,0 +1,986 @@
+// Every op of include/cumnist/ops.h on every backend against the double-precision oracle
+// (tests/reference/), parameterised over Device {Cpu, Cuda} × odd shapes. CUDA cases are skipped,
+// visibly and with the reason, where no GPU is usable. Inputs are made on the host from fixed
+// seeds, uploaded with Buffer<T>::from_host and read back with to_host().
+//
+// Tolerances (DESIGN §4), each restated where it is used:
+//   element-wise ops vs double: 1e-6 absolute + 1e-5 relative (a few float roundings of O(1) values);
+//   GEMM and reductions: 1e-4 absolute + 1e-4 relative (float accumulation of up to ~1000 terms).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <tuple>
+#include <typeinfo>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "cumnist/buffer.h"
+#include "cumnist/device.h"
+#include "cumnist/error.h"
+#include "cumnist/ops.h"
+#include "cumnist/philox.h"
+#include "reference/reference.h"
+#include "test_support.h"
+
+namespace {
+
+using cumnist::Activation;
+using cumnist::Buffer;
+using cumnist::Device;
+using cumnist::Dropout;
+using cumnist::MatrixView;
+using cumnist::Trans;
+namespace ops = cumnist::ops;
+using cumnist_test::all_close;
+using cumnist_test::Tolerance;
+using cumnist_test::uniform_bytes;
+using cumnist_test::uniform_floats;
+using cumnist_test::widen;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// Element-wise results: a handful of float roundings of values of size ≤ ~10.
+constexpr Tolerance kElementwise{1e-6, 1e-5};
+// Reductions over up to ~1000 float terms.
+constexpr Tolerance kReduction{1e-4, 1e-4};
+// Exact: integer-valued results (labels, 0/1 flags, zeros).
+constexpr Tolerance kExact{0.0, 0.0};
+
+const std::vector<Device> kDevices = {Device::Cpu, Device::Cuda};
+
+struct Shape {
+    int rows;
+    int cols;
+};
+// Odd sizes: single elements, sizes that are no multiple of a warp or a vector width, MNIST's 784
+// and a 1000.
+const std::vector<Shape> kShapes = {{1, 1}, {7, 33}, {33, 784}, {1000, 7}, {1, 1000}};
+
+ref::Act to_ref(Activation a) {
+    switch (a) {
+        case Activation::None: return ref::Act::None;
+        case Activation::Relu: return ref::Act::Relu;
+        case Activation::Sigmoid: return ref::Act::Sigmoid;
+    }
+    return ref::Act::None;
+}
+
+void PrintTo(const Shape& s, std::ostream* os) { *os << "(" << s.rows << ", " << s.cols << ")"; }
+
+std::string shape_name(Shape s) { return std::to_string(s.rows) + "x" + std::to_string(s.cols); }
+
+// Fixture base: the first tuple element is the device; CUDA cases skip when no GPU is usable.
+template <class Param>
+class OnDevice : public ::testing::TestWithParam<Param> {
+protected:
+    void SetUp() override { CUMNIST_SKIP_WITHOUT_DEVICE(device()); }
+    Device device() const { return std::get<0>(this->GetParam()); }
+};
+
+using DeviceParam = std::tuple<Device>;
+using ShapeParam = std::tuple<Device, Shape>;
+
+std::string device_param_name(const ::testing::TestParamInfo<DeviceParam>& info) {
+    return cumnist_test::device_label(std::get<0>(info.param));
+}
+std::string shape_param_name(const ::testing::TestParamInfo<ShapeParam>& info) {
+    return cumnist_test::device_label(std::get<0>(info.param)) + "_" + shape_name(std::get<1>(info.param));
+}
+
+#define CUMNIST_DEVICE_SUITE(Suite) \
+    INSTANTIATE_TEST_SUITE_P(Ops, Suite, ::testing::Combine(::testing::ValuesIn(kDevices)), device_param_name)
+#define CUMNIST_SHAPE_SUITE(Suite, shapes) \
+    INSTANTIATE_TEST_SUITE_P(              \
+        Ops, Suite, ::testing::Combine(::testing::ValuesIn(kDevices), ::testing::ValuesIn(shapes)), shape_param_name)
+
+std::vector<uint8_t> expected_keep(const Dropout& d, uint64_t step, std::size_t n) {
+    std::vector<uint8_t> keep(n);
+    const uint32_t threshold = cumnist::dropout_keep_threshold(d.rate);
+    for (std::size_t i = 0; i < n; ++i) keep[i] = cumnist::dropout_keep(d.seed, d.stream, step, i, threshold) ? 1 : 0;
+    return keep;
+}
+
+// ================================================================================================
+// gemm
+// ================================================================================================
+
+struct GemmShape {
+    int m, n, k;
+};
+void PrintTo(const GemmShape& s, std::ostream* os) { *os << "m " << s.m << ", n " << s.n << ", k " << s.k; }
+using GemmParam = std::tuple<Device, GemmShape, Trans, Trans>;
+class Gemm : public OnDevice<GemmParam> {};
+
+TEST_P(Gemm, AllAlphaBetaCasesMatchReference) {
+    const auto [dev, s, ta, tb] = GetParam();
+    const bool a_t = ta == Trans::Yes, b_t = tb == Trans::Yes;
+    // Stored shapes: A (m, k) or (k, m); B (k, n) or (n, k).
+    const int ar = a_t ? s.k : s.m, ac = a_t ? s.m : s.k;
+    const int br = b_t ? s.n : s.k, bc = b_t ? s.k : s.n;
+    const std::size_t mn = static_cast<std::size_t>(s.m) * s.n;
+    const std::vector<float> ha = uniform_floats(static_cast<std::size_t>(ar) * ac, -1.0f, 1.0f, 101);
+    const std::vector<float> hb = uniform_floats(static_cast<std::size_t>(br) * bc, -1.0f, 1.0f, 102);
+    const std::vector<float> hc = uniform_floats(mn, -1.0f, 1.0f, 103);
+    const ref::Matrix product =
+        ref::matmul(ref::Matrix::from_float(ha, ar, ac), a_t, ref::Matrix::from_float(hb, br, bc), b_t);
+
+    Buffer<float> a = Buffer<float>::from_host(ha, dev);
+    Buffer<float> b = Buffer<float>::from_host(hb, dev);
+    // Dot products of k terms of size ≤ 1: float accumulation error grows ~√k (DESIGN §4's 1e-4 is
+    // for k ≤ 100; scaled by √(k/100) beyond).
+    const double scale = std::max(1.0, std::sqrt(s.k / 100.0));
+    const Tolerance tol{1e-4 * scale, 1e-4};
+
+    struct Case {
+        float alpha, beta;
+        bool nan_c;  // C starts as NaN: beta == 0 must overwrite, never read it
+    };
+    for (const Case c :
+         {Case{1.0f, 0.0f, true}, Case{-1.5f, 0.0f, true}, Case{1.0f, 1.0f, false}, Case{0.5f, -0.25f, false}}) {
+        SCOPED_TRACE(::testing::Message() << "alpha " << c.alpha << ", beta " << c.beta);
+        Buffer<float> cbuf = Buffer<float>::from_host(c.nan_c ? std::vector<float>(mn, kNaN) : hc, dev);
+        if (c.alpha == 1.0f && c.beta == 0.0f)
+            ops::gemm(cbuf.view(s.m, s.n), a.view(ar, ac), ta, b.view(br, bc), tb);  // the defaults
+        else
+            ops::gemm(cbuf.view(s.m, s.n), a.view(ar, ac), ta, b.view(br, bc), tb, c.alpha, c.beta);
+        std::vector<double> want(mn);
+        for (std::size_t i = 0; i < mn; ++i)
+            want[i] = c.alpha * product.data[i] + (c.beta == 0.0f ? 0.0 : c.beta * static_cast<double>(hc[i]));
+        EXPECT_TRUE(all_close(cbuf.to_host(), want, tol, "C"));
+    }
+}
+
+// Accumulate twice into the same C with beta = 1 (how gradients of shared weights add up).
+TEST_P(Gemm, BetaOneAccumulatesRepeatedly) {
+    const auto [dev, s, ta, tb] = GetParam();
+    const bool a_t = ta == Trans::Yes, b_t = tb == Trans::Yes;
+    const int ar = a_t ? s.k : s.m, ac = a_t ? s.m : s.k;
+    const int br = b_t ? s.n : s.k, bc = b_t ? s.k : s.n;
+    const std::vector<float> ha = uniform_floats(static_cast<std::size_t>(ar) * ac, -1.0f, 1.0f, 111);
+    const std::vector<float> hb = uniform_floats(static_cast<std::size_t>(br) * bc, -1.0f, 1.0f, 112);
+    const ref::Matrix product =
+        ref::matmul(ref::Matrix::from_float(ha, ar, ac), a_t, ref::Matrix::from_float(hb, br, bc), b_t);
+    Buffer<float> a = Buffer<float>::from_host(ha, dev), b = Buffer<float>::from_host(hb, dev);
+    Buffer<float> c = Buffer<float>::from_host(std::vector<float>(static_cast<std::size_t>(s.m) * s.n, 0.5f), dev);
+    for (int i = 0; i < 3; ++i) ops::gemm(c.view(s.m, s.n), a.view(ar, ac), ta, b.view(br, bc), tb, 1.0f, 1.0f);
+    std::vector<double> want(product.data.size());
+    for (std::size_t i = 0; i < want.size(); ++i) want[i] = 0.5 + 3.0 * product.data[i];
+    // Three accumulated GEMMs: the reduction tolerance, tripled.
+    const double scale = std::max(1.0, std::sqrt(s.k / 100.0));
+    EXPECT_TRUE(all_close(c.to_host(), want, Tolerance{3e-4 * scale, 1e-4}, "C"));
+}
+
+const std::vector<GemmShape> kGemmShapes = {{1, 1, 1},    {7, 33, 1},    {33, 7, 784},
+                                            {1, 1000, 7}, {1000, 1, 33}, {784, 33, 1000}};
+
+INSTANTIATE_TEST_SUITE_P(Ops, Gemm,
+                         ::testing::Combine(::testing::ValuesIn(kDevices), ::testing::ValuesIn(kGemmShapes),
+                                            ::testing::Values(Trans::No, Trans::Yes),
+                                            ::testing::Values(Trans::No, Trans::Yes)),
+                         [](const ::testing::TestParamInfo<GemmParam>& param_info) {
+                             const GemmParam& prm = param_info.param;
+                             const GemmShape s = std::get<1>(prm);
+                             return cumnist_test::device_label(std::get<0>(prm)) + "_m" + std::to_string(s.m) + "n" +
+                                    std::to_string(s.n) + "k" + std::to_string(s.k) + "_" +
+                                    (std::get<2>(prm) == Trans::Yes ? "T" : "N") +
+                                    (std::get<3>(prm) == Trans::Yes ? "T" : "N");
+                         });
+
+// ================================================================================================
+// bias_act_dropout_forward / act_dropout_backward
+// ================================================================================================
+
+struct DropoutCase {
+    const char* name;
+    Dropout dropout;
+    uint64_t step;
+};
+
+std::vector<DropoutCase> dropout_cases() {
+    const uint32_t stream = cumnist::kDropoutStreamBase + 1;
+    return {
+        {"off", Dropout{}, 0},
+        {"inference (rate 0.2, training false)", Dropout{0.2f, 77, stream, false}, 3},
+        {"rate 0 while training", Dropout{0.0f, 77, stream, true}, 3},
+        {"rate 0.2", Dropout{0.2f, 1234567, stream, true}, 12},
+        {"rate 0.3, step > 2^32, 64-bit seed", Dropout{0.3f, 0xDEADBEEF00000011ull, stream + 5, true},
+         (uint64_t{1} << 32) + 9},
+    };
+}
+
+class BiasActDropoutForward : public OnDevice<ShapeParam> {};
+
+TEST_P(BiasActDropoutForward, MatchesReference) {
+    const auto [dev, s] = GetParam();
+    const std::size_t size = static_cast<std::size_t>(s.rows) * s.cols;
+    const std::vector<float> z = uniform_floats(size, -3.0f, 3.0f, 201);  // x·wᵀ on entry
+    const std::vector<float> bias = uniform_floats(static_cast<std::size_t>(s.cols), -1.0f, 1.0f, 202);
+    const ref::Matrix zr = ref::Matrix::from_float(z, s.rows, s.cols);
+    Buffer<float> bias_buf = Buffer<float>::from_host(bias, dev);
+
+    for (Activation act : {Activation::None, Activation::Relu, Activation::Sigmoid}) {
+        const ref::Matrix a_want = ref::bias_act(zr, widen(bias), to_ref(act));
+        for (const DropoutCase& dc : dropout_cases()) {
+            SCOPED_TRACE(::testing::Message() << "activation " << cumnist::to_string(act) << ", dropout " << dc.name);
+            Buffer<float> a = Buffer<float>::from_host(z, dev);
+            Buffer<float> h = Buffer<float>::from_host(std::vector<float>(size, kNaN), dev);
+            Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{dc.step}, dev);
+            ops::bias_act_dropout_forward(h.view(s.rows, s.cols), a.view(s.rows, s.cols), bias_buf.view(1, s.cols), act,
+                                          dc.dropout, step.data());
+            // The keep bits come from the shared spec (philox.h), computed here on the host.
+            const std::vector<uint8_t> keep =
+                dc.dropout.active() ? expected_keep(dc.dropout, dc.step, size) : std::vector<uint8_t>{};
+            const ref::Matrix h_want = ref::dropout(a_want, keep, dc.dropout.rate);
+            // Element-wise: a + bias, one activation and one scaling in float.
+            EXPECT_TRUE(all_close(a.to_host(), a_want.data, kElementwise, "a"));
+            EXPECT_TRUE(all_close(h.to_host(), h_want.data, kElementwise, "h"));
+
+            if (!dc.dropout.active()) {
+                // Without active dropout h may be the very same view as a.
+                Buffer<float> inplace = Buffer<float>::from_host(z, dev);
+                ops::bias_act_dropout_forward(inplace.view(s.rows, s.cols), inplace.view(s.rows, s.cols),
+                                              bias_buf.view(1, s.cols), act, dc.dropout, step.data());
+                EXPECT_TRUE(all_close(inplace.to_host(), a_want.data, kElementwise, "h aliasing a"));
+            }
+        }
+    }
+}
+CUMNIST_SHAPE_SUITE(BiasActDropoutForward, kShapes);
+
+class ActDropoutBackward : public OnDevice<ShapeParam> {};
+
+TEST_P(ActDropoutBackward, MatchesReference) {
+    const auto [dev, s] = GetParam();
+    const std::size_t size = static_cast<std::size_t>(s.rows) * s.cols;
+    const std::vector<float> dh = uniform_floats(size, -1.0f, 1.0f, 301);
+    const std::vector<float> pre = uniform_floats(size, -3.0f, 3.0f, 302);
+    Buffer<float> dh_buf = Buffer<float>::from_host(dh, dev);
+
+    for (Activation act : {Activation::None, Activation::Relu, Activation::Sigmoid}) {
+        // The saved activation output a = act(pre), as the forward pass leaves it (float).
+        std::vector<float> a(size);
+        for (std::size_t i = 0; i < size; ++i)
+            a[i] = static_cast<float>(ref::activate(static_cast<double>(pre[i]), to_ref(act)));
+        Buffer<float> a_buf = Buffer<float>::from_host(a, dev);
+        const ref::Matrix dhr = ref::Matrix::from_float(dh, s.rows, s.cols);
+        const ref::Matrix ar = ref::Matrix::from_float(a, s.rows, s.cols);
+        for (const DropoutCase& dc : dropout_cases()) {
+            SCOPED_TRACE(::testing::Message() << "activation " << cumnist::to_string(act) << ", dropout " << dc.name);
+            Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{dc.step}, dev);
+            const std::vector<uint8_t> keep =
+                dc.dropout.active() ? expected_keep(dc.dropout, dc.step, size) : std::vector<uint8_t>{};
+            const ref::Matrix want = ref::act_dropout_backward(dhr, ar, keep, dc.dropout.rate, to_ref(act));
+
+            Buffer<float> dpre = Buffer<float>::from_host(std::vector<float>(size, kNaN), dev);
+            ops::act_dropout_backward(dpre.view(s.rows, s.cols), dh_buf.view(s.rows, s.cols),
+                                      a_buf.view(s.rows, s.cols), act, dc.dropout, step.data());
+            // Element-wise: two or three float products.
+            EXPECT_TRUE(all_close(dpre.to_host(), want.data, kElementwise, "dpre"));
+
+            // dpre may be the same view as dh.
+            Buffer<float> inplace = Buffer<float>::from_host(dh, dev);
+            ops::act_dropout_backward(inplace.view(s.rows, s.cols), inplace.view(s.rows, s.cols),
+                                      a_buf.view(s.rows, s.cols), act, dc.dropout, step.data());
+            EXPECT_TRUE(all_close(inplace.to_host(), want.data, kElementwise, "dpre aliasing dh"));
+        }
+    }
+}
+CUMNIST_SHAPE_SUITE(ActDropoutBackward, kShapes);
+
+// The dropout mask over a large tensor: exactly the shared spec's bits, the right kept fraction,
+// a fresh mask for every step, stream and seed, the same mask forward and backward, and the same
+// mask when repeated.
+class DropoutMask : public OnDevice<DeviceParam> {
+protected:
+    static constexpr int kRows = 1000, kCols = 784;
+
+    // Runs the forward epilogue with no activation on values in [0.5, 1.5) (never zero), so the
+    // kept elements are exactly the non-zero outputs.
+    std::vector<uint8_t> observed_mask(const Dropout& d, uint64_t step_value) {
+        const std::size_t size = static_cast<std::size_t>(kRows) * kCols;
+        static const std::vector<float> values = uniform_floats(size, 0.5f, 1.5f, 401);
+        Buffer<float> a = Buffer<float>::from_host(values, device());
+        Buffer<float> h(size, device());
+        Buffer<float> bias = Buffer<float>::from_host(std::vector<float>(kCols, 0.0f), device());
+        Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{step_value}, device());
+        ops::bias_act_dropout_forward(h.view(kRows, kCols), a.view(kRows, kCols), bias.view(1, kCols), Activation::None,
+                                      d, step.data());
+        const std::vector<float> out = h.to_host();
+        std::vector<uint8_t> mask(size);
+        for (std::size_t i = 0; i < size; ++i) mask[i] = out[i] != 0.0f;
+        return mask;
+    }
+};
+
+double differing_fraction(const std::vector<uint8_t>& x, const std::vector<uint8_t>& y) {
+    std::size_t diff = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) diff += x[i] != y[i];
+    return static_cast<double>(diff) / static_cast<double>(x.size());
+}
+
+TEST_P(DropoutMask, MatchesSpecFractionAndVaries) {
+    for (float rate : {0.2f, 0.5f}) {
+        SCOPED_TRACE(::testing::Message() << "rate " << rate);
+        const Dropout d{rate, 20240601, cumnist::kDropoutStreamBase, true};
+        const uint64_t step = 41;
+        const std::vector<uint8_t> mask = observed_mask(d, step);
+        const std::size_t size = mask.size();
+
+        // 1. Exactly the bits of the shared spec.
+        EXPECT_EQ(mask, expected_keep(d, step, size));
+        // 2. Kept fraction: Binomial(784000, 1 − rate) has standard deviation ≤ 5.7e-4; 0.005 is > 8σ.
+        const double kept =
+            static_cast<double>(std::accumulate(mask.begin(), mask.end(), std::size_t{0})) / static_cast<double>(size);
+        EXPECT_NEAR(kept, 1.0 - rate, 0.005);
+        // 3. Deterministic: the same inputs give the same mask.
+        EXPECT_EQ(observed_mask(d, step), mask);
+        // 4. Every input gives a fresh mask: independent masks differ in 2·rate·(1 − rate) of the
+        //    elements (0.32 or 0.5); require more than 0.25 (an unused input would give 0).
+        Dropout other = d;
+        other.seed = d.seed + 1;
+        EXPECT_GT(differing_fraction(observed_mask(other, step), mask), 0.25) << "seed + 1";
+        other.seed = d.seed + (uint64_t{1} << 32);
+        EXPECT_GT(differing_fraction(observed_mask(other, step), mask), 0.25) << "seed + 2^32";
+        other = d;
+        other.stream = d.stream + 1;
+        EXPECT_GT(differing_fraction(observed_mask(other, step), mask), 0.25) << "stream + 1";
+        EXPECT_GT(differing_fraction(observed_mask(d, step + 1), mask), 0.25) << "step + 1";
+        EXPECT_GT(differing_fraction(observed_mask(d, step + (uint64_t{1} << 32)), mask), 0.25) << "step + 2^32";
+
+        // 5. The backward pass drops the same elements: with dh = 1 and no activation,
+        //    dpre = keep / (1 − rate).
+        Buffer<float> dh = Buffer<float>::from_host(std::vector<float>(size, 1.0f), device());
+        Buffer<float> a = Buffer<float>::from_host(std::vector<float>(size, 0.25f), device());
+        Buffer<float> dpre(size, device());
+        Buffer<uint64_t> step_buf = Buffer<uint64_t>::from_host(std::vector<uint64_t>{step}, device());
+        ops::act_dropout_backward(dpre.view(kRows, kCols), dh.view(kRows, kCols), a.view(kRows, kCols),
+                                  Activation::None, d, step_buf.data());
+        const std::vector<float> g = dpre.to_host();
+        std::size_t mismatches = 0;
+        for (std::size_t i = 0; i < size; ++i) mismatches += (g[i] != 0.0f) != (mask[i] != 0);
+        EXPECT_EQ(mismatches, 0u);
+        EXPECT_NEAR(*std::max_element(g.begin(), g.end()), 1.0 / (1.0 - rate), 1e-6);
+    }
+}
+CUMNIST_DEVICE_SUITE(DropoutMask);
+
+// ================================================================================================
+// bias_grad
+// ================================================================================================
+
+class BiasGrad : public OnDevice<ShapeParam> {};
+
+TEST_P(BiasGrad, MatchesReference) {
+    const auto [dev, s] = GetParam();
+    const std::vector<float> dy = uniform_floats(static_cast<std::size_t>(s.rows) * s.cols, -1.0f, 1.0f, 501);
+    Buffer<float> dy_buf = Buffer<float>::from_host(dy, dev);
+    Buffer<float> db = Buffer<float>::from_host(std::vector<float>(static_cast<std::size_t>(s.cols), kNaN), dev);
+    ops::bias_grad(db.view(1, s.cols), dy_buf.view(s.rows, s.cols));
+    // A sum of up to 1000 float terms: the reduction tolerance. Overwrites (the NaN is gone).
+    EXPECT_TRUE(
+        all_close(db.to_host(), ref::column_sums(ref::Matrix::from_float(dy, s.rows, s.cols)), kReduction, "db"));
+    // Deterministic: a second call gives bit-identical sums.
+    const std::vector<float> first = db.to_host();
+    ops::bias_grad(db.view(1, s.cols), dy_buf.view(s.rows, s.cols));
+    EXPECT_EQ(db.to_host(), first);
+}
+CUMNIST_SHAPE_SUITE(BiasGrad, kShapes);
+
+// ================================================================================================
+// softmax_xent / softmax
+// ================================================================================================
+
+// Classes ≤ 256: labels are uint8.
+const std::vector<Shape> kXentShapes = {{1, 1}, {7, 10}, {33, 7}, {1000, 10}, {7, 256}};
+
+class SoftmaxXent : public OnDevice<ShapeParam> {};
+
+TEST_P(SoftmaxXent, MatchesReference) {
+    const auto [dev, s] = GetParam();
+    const int n = s.rows, classes = s.cols;
+    const std::size_t size = static_cast<std::size_t>(n) * classes;
+    const std::vector<uint8_t> labels = uniform_bytes(static_cast<std::size_t>(n), 0, classes - 1, 601);
+    const std::vector<int> labels_int(labels.begin(), labels.end());
+    Buffer<uint8_t> labels_buf = Buffer<uint8_t>::from_host(labels, dev);
+    const float grad_scale = 1.0f / static_cast<float>(n);
+
+    // Ordinary logits and logits of magnitude up to 100 (exp would overflow without the max shift).
+    for (float magnitude : {3.0f, 100.0f}) {
+        SCOPED_TRACE(::testing::Message() << "logits in ±" << magnitude);
+        const std::vector<float> z = uniform_floats(size, -magnitude, magnitude, 602);
+        const ref::XentResult want = ref::softmax_xent(ref::Matrix::from_float(z, n, classes), labels_int, grad_scale);
+        Buffer<float> logits = Buffer<float>::from_host(z, dev);
+        Buffer<float> dlogits = Buffer<float>::from_host(std::vector<float>(size, kNaN), dev);
+        Buffer<float> row_loss = Buffer<float>::from_host(std::vector<float>(static_cast<std::size_t>(n), kNaN), dev);
+        Buffer<float> row_correct =
+            Buffer<float>::from_host(std::vector<float>(static_cast<std::size_t>(n), kNaN), dev);
+        ops::softmax_xent(dlogits.view(n, classes), row_loss.view(1, n), row_correct.view(1, n),
+                          logits.view(n, classes), labels_buf.view(1, n), grad_scale);
+        // Loss: a log of a sum of ≤ 256 float exps plus a difference of logits up to 200 in
+        // magnitude: 1e-5 absolute + 1e-5 relative.
+        EXPECT_TRUE(all_close(row_loss.to_host(), want.row_loss, Tolerance{1e-5, 1e-5}, "row_loss"));
+        EXPECT_TRUE(all_close(row_correct.to_host(), want.row_correct, kExact, "row_correct"));
+        // Gradient: (p − onehot) · scale, p ≤ 1 from one exp and one division: element-wise.
+        EXPECT_TRUE(all_close(dlogits.to_host(), want.dlogits.data, kElementwise, "dlogits"));
+
+        // dlogits aliasing logits, with another grad_scale.
+        const ref::XentResult want2 = ref::softmax_xent(ref::Matrix::from_float(z, n, classes), labels_int, 0.37);
+        Buffer<float> inplace = Buffer<float>::from_host(z, dev);
+        ops::softmax_xent(inplace.view(n, classes), row_loss.view(1, n), row_correct.view(1, n),
+                          inplace.view(n, classes), labels_buf.view(1, n), 0.37f);
+        EXPECT_TRUE(all_close(inplace.to_host(), want2.dlogits.data, kElementwise, "dlogits aliasing logits"));
+        EXPECT_TRUE(all_close(row_loss.to_host(), want.row_loss, Tolerance{1e-5, 1e-5}, "row_loss (aliased call)"));
+        EXPECT_TRUE(all_close(row_correct.to_host(), want.row_correct, kExact, "row_correct (aliased call)"));
+
+        // dlogits.data null: no gradient, the same loss and correctness.
+        Buffer<float> loss2 = Buffer<float>::from_host(std::vector<float>(static_cast<std::size_t>(n), kNaN), dev);
+        Buffer<float> correct2 = Buffer<float>::from_host(std::vector<float>(static_cast<std::size_t>(n), kNaN), dev);
+        ops::softmax_xent(MatrixView<float>{nullptr, n, classes, dev}, loss2.view(1, n), correct2.view(1, n),
+                          logits.view(n, classes), labels_buf.view(1, n), grad_scale);
+        EXPECT_TRUE(all_close(loss2.to_host(), want.row_loss, Tolerance{1e-5, 1e-5}, "row_loss (no dlogits)"));
+        EXPECT_TRUE(all_close(correct2.to_host(), want.row_correct, kExact, "row_correct (no dlogits)"));
+        EXPECT_EQ(logits.to_host(), z) << "logits must not be written";
+    }
+}
+CUMNIST_SHAPE_SUITE(SoftmaxXent, kXentShapes);
+
+// Hand-made rows: ties (the first maximum decides correctness), extreme logits (±100), one class.
+class SoftmaxXentEdges : public OnDevice<DeviceParam> {};
+
+TEST_P(SoftmaxXentEdges, TiesAndExtremeLogits) {
+    const Device dev = device();
+    const int n = 6, classes = 4;
+    const std::vector<float> z = {
+        1.0f,    3.0f,    3.0f,    0.0f,     // tie at 1 and 2, label 1: correct
+        1.0f,    3.0f,    3.0f,    0.0f,     // same row, label 2: not correct (first maximum is 1)
+        5.0f,    5.0f,    5.0f,    5.0f,     // all equal, label 0: correct, loss log 4
+        5.0f,    5.0f,    5.0f,    5.0f,     // all equal, label 3: not correct
+        100.0f,  -100.0f, 100.0f,  -100.0f,  // label 1: loss ≈ 200 + log 2
+        -100.0f, -100.0f, -100.0f, 100.0f,   // label 3: loss ≈ 0, p of the others underflows
+    };
+    const std::vector<uint8_t> labels = {1, 2, 0, 3, 1, 3};
+    const ref::XentResult want = ref::softmax_xent(ref::Matrix::from_float(z, n, classes),
+                                                   std::vector<int>(labels.begin(), labels.end()), 1.0 / n);
+    EXPECT_EQ(want.row_correct, (std::vector<double>{1, 0, 1, 0, 0, 1}));  // the oracle's own reading
+
+    Buffer<float> logits = Buffer<float>::from_host(z, dev);
+    Buffer<uint8_t> lab = Buffer<uint8_t>::from_host(labels, dev);
+    Buffer<float> d(static_cast<std::size_t>(n) * classes, dev), loss(n, dev), correct(n, dev);
+    ops::softmax_xent(d.view(n, classes), loss.view(1, n), correct.view(1, n), logits.view(n, classes), lab.view(1, n),
+                      1.0f / static_cast<float>(n));
+    EXPECT_TRUE(all_close(correct.to_host(), want.row_correct, kExact, "row_correct"));
+    // Loss up to ~200: 1e-5 absolute + 1e-5 relative.
+    EXPECT_TRUE(all_close(loss.to_host(), want.row_loss, Tolerance{1e-5, 1e-5}, "row_loss"));
+    EXPECT_TRUE(all_close(d.to_host(), want.dlogits.data, kElementwise, "dlogits"));
+    EXPECT_NEAR(loss.to_host()[2], std::log(4.0), 1e-6);
+
+    // One class: p = 1, loss 0, always correct, zero gradient.
+    Buffer<float> one = Buffer<float>::from_host(std::vector<float>{-7.0f, 0.0f, 42.0f}, dev);
+    Buffer<uint8_t> zeros = Buffer<uint8_t>::from_host(std::vector<uint8_t>{0, 0, 0}, dev);
+    Buffer<float> d1(3, dev), l1(3, dev), c1(3, dev);
+    ops::softmax_xent(d1.view(3, 1), l1.view(1, 3), c1.view(1, 3), one.view(3, 1), zeros.view(1, 3), 1.0f / 3);
+    EXPECT_TRUE(all_close(l1.to_host(), std::vector<double>(3, 0.0), kElementwise, "one-class loss"));
+    EXPECT_TRUE(all_close(c1.to_host(), std::vector<double>(3, 1.0), kExact, "one-class correct"));
+    EXPECT_TRUE(all_close(d1.to_host(), std::vector<double>(3, 0.0), kElementwise, "one-class dlogits"));
+}
+CUMNIST_DEVICE_SUITE(SoftmaxXentEdges);
+
+const std::vector<Shape> kSoftmaxShapes = {{1, 1}, {7, 10}, {33, 784}, {1000, 10}, {1, 1000}};
+
+class Softmax : public OnDevice<ShapeParam> {};
+
+TEST_P(Softmax, MatchesReference) {
+    const auto [dev, s] = GetParam();
+    const std::size_t size = static_cast<std::size_t>(s.rows) * s.cols;
+    for (float magnitude : {3.0f, 100.0f}) {
+        SCOPED_TRACE(::testing::Message() << "logits in ±" << magnitude);
+        const std::vector<float> z = uniform_floats(size, -magnitude, magnitude, 701);
+        const ref::Matrix want = ref::softmax(ref::Matrix::from_float(z, s.rows, s.cols));
+        Buffer<float> logits = Buffer<float>::from_host(z, dev);
+        Buffer<float> probs = Buffer<float>::from_host(std::vector<float>(size, kNaN), dev);
+        ops::softmax(probs.view(s.rows, s.cols), logits.view(s.rows, s.cols));
+        // Probabilities ≤ 1 from one exp and a sum of ≤ 1000 terms: element-wise.
+        EXPECT_TRUE(all_close(probs.to_host(), want.data, kElementwise, "probs"));
+        // probs aliasing logits.
+        ops::softmax(logits.view(s.rows, s.cols), logits.view(s.rows, s.cols));
+        EXPECT_TRUE(all_close(logits.to_host(), want.data, kElementwise, "probs aliasing logits"));
+    }
+}
+CUMNIST_SHAPE_SUITE(Softmax, kSoftmaxShapes);
+
+// ================================================================================================
+// accumulate_metrics
+// ================================================================================================
+
+class AccumulateMetrics : public OnDevice<DeviceParam> {};
+
+TEST_P(AccumulateMetrics, AddsToTotalsInDouble) {
+    const Device dev = device();
+    for (int n : {1, 33, 1000}) {
+        SCOPED_TRACE(::testing::Message() << "n = " << n);
+        const std::vector<float> loss = uniform_floats(static_cast<std::size_t>(n), 0.0f, 5.0f, 801);
+        std::vector<float> correct(static_cast<std::size_t>(n));
+        const std::vector<uint8_t> bits = uniform_bytes(static_cast<std::size_t>(n), 0, 1, 802);
+        for (int i = 0; i < n; ++i) correct[i] = bits[i];
+        double loss_sum = 0.0, correct_sum = 0.0;
+        for (int i = 0; i < n; ++i) loss_sum += loss[i], correct_sum += correct[i];
+
+        Buffer<float> l = Buffer<float>::from_host(loss, dev), c = Buffer<float>::from_host(correct, dev);
+        Buffer<double> totals = Buffer<double>::from_host(std::vector<double>{1.25, 3.0}, dev);
+        // Called twice: it accumulates onto what is there (1.25, 3) rather than overwriting.
+        ops::accumulate_metrics(totals.data(), l.view(1, n), c.view(1, n));
+        ops::accumulate_metrics(totals.data(), l.view(1, n), c.view(1, n));
+        const std::vector<double> got = totals.to_host();
+        // Summed in double (the spec): only the summation order may differ from ours, a relative
+        // difference of n · 2⁻⁵³ ≪ 1e-12. A float accumulator would be ~1e-7 off and fail here.
+        EXPECT_NEAR(got[0], 1.25 + 2.0 * loss_sum, 1e-12 * (1.25 + 2.0 * loss_sum));
+        EXPECT_EQ(got[1], 3.0 + 2.0 * correct_sum);  // integers: exact
+    }
+}
+CUMNIST_DEVICE_SUITE(AccumulateMetrics);
+
+// ================================================================================================
+// gather_batch / u8_to_float
+// ================================================================================================
+
+// (batch size, cols)
+const std::vector<Shape> kGatherShapes = {{1, 1}, {7, 784}, {33, 7}, {32, 784}};
+
+class GatherBatch : public OnDevice<ShapeParam> {};
+
+TEST_P(GatherBatch, RowsFollowOrderAndBatchIndex) {
+    const auto [dev, s] = GetParam();
+    const int batch = s.rows, cols = s.cols;
+    const int n_samples = 3 * batch + batch / 2;  // three full batches and, unless batch is 1, a short one
+    const std::vector<uint8_t> images = uniform_bytes(static_cast<std::size_t>(n_samples) * cols, 0, 255, 901);
+    const std::vector<uint8_t> labels = uniform_bytes(static_cast<std::size_t>(n_samples), 0, 9, 902);
+    std::vector<int32_t> order(static_cast<std::size_t>(n_samples));
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), std::mt19937(903));
+
+    Buffer<uint8_t> img = Buffer<uint8_t>::from_host(images, dev);
+    Buffer<uint8_t> lab = Buffer<uint8_t>::from_host(labels, dev);
+    Buffer<int32_t> ord = Buffer<int32_t>::from_host(order, dev);
+    Buffer<uint64_t> batch_index = Buffer<uint64_t>::from_host(std::vector<uint64_t>{0}, dev);
+    const int n_batches = (n_samples + batch - 1) / batch;
+    for (int bi = 0; bi < n_batches; ++bi) {
+        const int rows = std::min(batch, n_samples - bi * batch);
+        SCOPED_TRACE(::testing::Message() << "batch index " << bi << ", rows " << rows);
+        Buffer<float> x =
+            Buffer<float>::from_host(std::vector<float>(static_cast<std::size_t>(batch) * cols, kNaN), dev);
+        Buffer<uint8_t> lab_out =
+            Buffer<uint8_t>::from_host(std::vector<uint8_t>(static_cast<std::size_t>(batch), 0xEE), dev);
+        ops::gather_batch(x.view(rows, cols), lab_out.view(1, rows), img.view(n_samples, cols), lab.view(1, n_samples),
+                          ord.view(1, n_samples), batch_index.data(), batch);
+        std::vector<double> want_x(static_cast<std::size_t>(batch) * cols, std::nan(""));
+        std::vector<double> want_labels(static_cast<std::size_t>(batch), 0xEE);
+        for (int r = 0; r < rows; ++r) {
+            const int sample = order[static_cast<std::size_t>(bi) * batch + r];
+            for (int c = 0; c < cols; ++c)
+                want_x[static_cast<std::size_t>(r) * cols + c] =
+                    images[static_cast<std::size_t>(sample) * cols + c] / 255.0;
+            want_labels[r] = labels[sample];
+        }
+        const std::vector<float> got_x = x.to_host();
+        // p / 255 in float: one rounding.
+        EXPECT_TRUE(
+            all_close(std::vector<float>(got_x.begin(), got_x.begin() + static_cast<std::ptrdiff_t>(rows) * cols),
+                      std::vector<double>(want_x.begin(), want_x.begin() + static_cast<std::ptrdiff_t>(rows) * cols),
+                      kElementwise, "x"));
+        // Rows past a short batch are not touched.
+        for (std::size_t i = static_cast<std::size_t>(rows) * cols; i < got_x.size(); ++i)
+            ASSERT_TRUE(std::isnan(got_x[i])) << "x[" << i << "] written beyond the batch's rows";
+        EXPECT_TRUE(all_close(lab_out.to_host(), want_labels, kExact, "labels"));
+        ops::increment(batch_index.data(), dev);  // the step advances its own batch index
+    }
+    EXPECT_EQ(batch_index.to_host()[0], static_cast<uint64_t>(n_batches));
+}
+CUMNIST_SHAPE_SUITE(GatherBatch, kGatherShapes);
+
+const std::vector<Shape> kPixelShapes = {{1, 1}, {1, 256}, {33, 784}, {1000, 7}};
+
+class U8ToFloat : public OnDevice<ShapeParam> {};
+
+TEST_P(U8ToFloat, DividesBy255) {
+    const auto [dev, s] = GetParam();
+    const std::size_t size = static_cast<std::size_t>(s.rows) * s.cols;
+    std::vector<uint8_t> pixels = uniform_bytes(size, 0, 255, 1001);
+    if (size == 256)
+        for (std::size_t i = 0; i < 256; ++i) pixels[i] = static_cast<uint8_t>(i);  // every value once
+    if (size == 1) pixels[0] = 255;
+    Buffer<uint8_t> p = Buffer<uint8_t>::from_host(pixels, dev);
+    Buffer<float> x = Buffer<float>::from_host(std::vector<float>(size, kNaN), dev);
+    ops::u8_to_float(x.view(s.rows, s.cols), p.view(s.rows, s.cols));
+    std::vector<double> want(size);
+    for (std::size_t i = 0; i < size; ++i) want[i] = pixels[i] / 255.0;
+    // One float rounding.
+    const std::vector<float> got = x.to_host();
+    EXPECT_TRUE(all_close(got, want, kElementwise, "x"));
+    // The end points are exact.
+    for (std::size_t i = 0; i < size; ++i) {
+        if (pixels[i] == 0) {
+            ASSERT_EQ(got[i], 0.0f);
+        }
+        if (pixels[i] == 255) {
+            ASSERT_EQ(got[i], 1.0f);
+        }
+    }
+}
+CUMNIST_SHAPE_SUITE(U8ToFloat, kPixelShapes);
+
+// ================================================================================================
+// increment / fill_zero
+// ================================================================================================
+
+class Increment : public OnDevice<DeviceParam> {};
+
+TEST_P(Increment, AddsOneAcross32Bits) {
+    const Device dev = device();
+    Buffer<uint64_t> c = Buffer<uint64_t>::from_host(std::vector<uint64_t>{5, 41, 9}, dev);
+    for (int i = 0; i < 3; ++i) ops::increment(c.data() + 1, dev);
+    EXPECT_EQ(c.to_host(), (std::vector<uint64_t>{5, 44, 9}));  // neighbours untouched
+    // A 64-bit counter: the carry out of the low word must not be lost.
+    Buffer<uint64_t> wide = Buffer<uint64_t>::from_host(std::vector<uint64_t>{0xFFFFFFFFull}, dev);
+    ops::increment(wide.data(), dev);
+    EXPECT_EQ(wide.to_host()[0], 0x100000000ull);
+}
+CUMNIST_DEVICE_SUITE(Increment);
+
+class FillZero : public OnDevice<ShapeParam> {};
+
+TEST_P(FillZero, ZeroesTheViewOnly) {
+    const auto [dev, s] = GetParam();
+    const std::size_t size = static_cast<std::size_t>(s.rows) * s.cols;
+    Buffer<float> x = Buffer<float>::from_host(std::vector<float>(size + 3, kNaN), dev);
+    ops::fill_zero(x.view(s.rows, s.cols));
+    const std::vector<float> got = x.to_host();
+    for (std::size_t i = 0; i < size; ++i) ASSERT_EQ(got[i], 0.0f) << "element " << i;
+    for (std::size_t i = size; i < size + 3; ++i) ASSERT_TRUE(std::isnan(got[i])) << "written past the view at " << i;
+    if (s.rows > 1) {
+        // A row range: only those rows.
+        Buffer<float> y = Buffer<float>::from_host(std::vector<float>(size, 7.0f), dev);
+        ops::fill_zero(y.view(s.rows, s.cols).row_range(1, 1));
+        const std::vector<float> gy = y.to_host();
+        for (std::size_t i = 0; i < size; ++i) {
+            const bool in_row = i >= static_cast<std::size_t>(s.cols) && i < 2 * static_cast<std::size_t>(s.cols);
+            ASSERT_EQ(gy[i], in_row ? 0.0f : 7.0f) << "element " << i;
+        }
+    }
+}
+CUMNIST_SHAPE_SUITE(FillZero, kShapes);
+
+// ================================================================================================
+// Optimizer steps: several steps against the double formulas (tests/reference)
+// ================================================================================================
+//
+// The float state drifts from the double state by a few ulp per step of quantities of size ≤ 1:
+// element-wise tolerance, 1e-6 absolute + 1e-5 relative, after every step.
+
+const std::vector<Shape> kParamShapes = {{1, 1}, {1, 7}, {1, 33}, {1, 784}, {1, 1000}};
+constexpr int kOptimizerSteps = 5;
+
+class AdamStep : public OnDevice<ShapeParam> {};
+
+TEST_P(AdamStep, MatchesDoubleFormulas) {
+    const auto [dev, s] = GetParam();
+    const std::size_t n = static_cast<std::size_t>(s.cols);
+    const int cols = s.cols;
+    struct Case {
+        ops::AdamConfig cfg;
+        uint64_t first_step;
+    };
+    // The Keras defaults from step 0, and a non-default configuration resumed at step 1000 (bias
+    // correction reads the device counter, not a host argument).
+    for (const Case c : {Case{ops::AdamConfig{}, 0}, Case{ops::AdamConfig{0.01f, 0.8f, 0.99f, 1e-6f}, 1000}}) {
+        SCOPED_TRACE(::testing::Message()
+                     << "lr " << c.cfg.lr << ", beta1 " << c.cfg.beta1 << ", first step " << c.first_step);
+        const std::vector<float> w0 = uniform_floats(n, -1.0f, 1.0f, 1101);
+        Buffer<float> w = Buffer<float>::from_host(w0, dev);
+        Buffer<float> m = Buffer<float>::from_host(std::vector<float>(n, 0.0f), dev);
+        Buffer<float> v = Buffer<float>::from_host(std::vector<float>(n, 0.0f), dev);
+        Buffer<float> g(n, dev);
+        Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{c.first_step}, dev);
+        std::vector<double> wd(w0.begin(), w0.end()), md(n, 0.0), vd(n, 0.0);
+        for (int k = 0; k < kOptimizerSteps; ++k) {
+            const std::vector<float> gh = uniform_floats(n, -1.0f, 1.0f, 1200 + static_cast<uint32_t>(k));
+            g.copy_from_host(gh.data(), n);
+            ops::adam_step(w.view(1, cols), m.view(1, cols), v.view(1, cols), g.view(1, cols), c.cfg, step.data());
+            ops::increment(step.data(), dev);
+            const uint64_t t = c.first_step + static_cast<uint64_t>(k) + 1;  // 1-based
+            for (std::size_t i = 0; i < n; ++i)
+                ref::adam(wd[i], md[i], vd[i], gh[i], c.cfg.lr, c.cfg.beta1, c.cfg.beta2, c.cfg.epsilon, t);
+            SCOPED_TRACE(::testing::Message() << "after step " << k);
+            EXPECT_TRUE(all_close(w.to_host(), wd, kElementwise, "w"));
+            EXPECT_TRUE(all_close(m.to_host(), md, kElementwise, "m"));
+            EXPECT_TRUE(all_close(v.to_host(), vd, kElementwise, "v"));
+        }
+        EXPECT_EQ(step.to_host()[0], c.first_step + kOptimizerSteps);  // adam_step itself does not advance it
+    }
+}
+CUMNIST_SHAPE_SUITE(AdamStep, kParamShapes);
+
+class SgdStep : public OnDevice<ShapeParam> {};
+
+TEST_P(SgdStep, MatchesDoubleFormulas) {
+    const auto [dev, s] = GetParam();
+    const std::size_t n = static_cast<std::size_t>(s.cols);
+    const int cols = s.cols;
+    for (const ops::SgdConfig cfg : {ops::SgdConfig{0.05f, 0.0f}, ops::SgdConfig{0.01f, 0.9f}}) {
+        SCOPED_TRACE(::testing::Message() << "lr " << cfg.lr << ", momentum " << cfg.momentum);
+        const std::vector<float> w0 = uniform_floats(n, -1.0f, 1.0f, 1301);
+        Buffer<float> w = Buffer<float>::from_host(w0, dev);
+        Buffer<float> vel = Buffer<float>::from_host(std::vector<float>(n, 0.0f), dev);
+        Buffer<float> g(n, dev);
+        std::vector<double> wd(w0.begin(), w0.end()), vd(n, 0.0);
+        for (int k = 0; k < kOptimizerSteps; ++k) {
+            const std::vector<float> gh = uniform_floats(n, -1.0f, 1.0f, 1400 + static_cast<uint32_t>(k));
+            g.copy_from_host(gh.data(), n);
+            ops::sgd_step(w.view(1, cols), vel.view(1, cols), g.view(1, cols), cfg);
+            for (std::size_t i = 0; i < n; ++i) ref::sgd(wd[i], vd[i], gh[i], cfg.lr, cfg.momentum);
+            SCOPED_TRACE(::testing::Message() << "after step " << k);
+            EXPECT_TRUE(all_close(w.to_host(), wd, kElementwise, "w"));
+            EXPECT_TRUE(all_close(vel.to_host(), vd, kElementwise, "velocity"));
+        }
+    }
+}
+CUMNIST_SHAPE_SUITE(SgdStep, kParamShapes);
+
+class RmspropStep : public OnDevice<ShapeParam> {};
+
+TEST_P(RmspropStep, MatchesDoubleFormulas) {
+    const auto [dev, s] = GetParam();
+    const std::size_t n = static_cast<std::size_t>(s.cols);
+    const int cols = s.cols;
+    for (const ops::RmsPropConfig cfg : {ops::RmsPropConfig{}, ops::RmsPropConfig{0.01f, 0.8f, 1e-5f}}) {
+        SCOPED_TRACE(::testing::Message() << "lr " << cfg.lr << ", rho " << cfg.rho << ", epsilon " << cfg.epsilon);
+        const std::vector<float> w0 = uniform_floats(n, -1.0f, 1.0f, 1501);
+        Buffer<float> w = Buffer<float>::from_host(w0, dev);
+        Buffer<float> st = Buffer<float>::from_host(std::vector<float>(n, 0.0f), dev);
+        Buffer<float> g(n, dev);
+        std::vector<double> wd(w0.begin(), w0.end()), sd(n, 0.0);
+        for (int k = 0; k < kOptimizerSteps; ++k) {
+            const std::vector<float> gh = uniform_floats(n, -1.0f, 1.0f, 1600 + static_cast<uint32_t>(k));
+            g.copy_from_host(gh.data(), n);
+            ops::rmsprop_step(w.view(1, cols), st.view(1, cols), g.view(1, cols), cfg);
+            for (std::size_t i = 0; i < n; ++i) ref::rmsprop(wd[i], sd[i], gh[i], cfg.lr, cfg.rho, cfg.epsilon);
+            SCOPED_TRACE(::testing::Message() << "after step " << k);
+            EXPECT_TRUE(all_close(w.to_host(), wd, kElementwise, "w"));
+            EXPECT_TRUE(all_close(st.to_host(), sd, kElementwise, "s"));
+        }
+    }
+}
+CUMNIST_SHAPE_SUITE(RmspropStep, kParamShapes);
+
+// ================================================================================================
+// ops.cpp rejects bad shapes, aliasing and mixed devices with a cumnist::Error naming the op
+// ================================================================================================
+
+// Runs `call`, which must throw cumnist::Error whose message contains `op` and `detail`.
+void expect_rejected(const std::function<void()>& call, const std::string& op, const std::string& detail = "") {
+    try {
+        call();
+        ADD_FAILURE() << op << ": accepted, expected a cumnist::Error";
+    } catch (const cumnist::Error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find(op), std::string::npos) << "message does not name the op '" << op << "': " << what;
+        if (!detail.empty()) {
+            EXPECT_NE(what.find(detail), std::string::npos) << "message does not mention '" << detail << "': " << what;
+        }
+    } catch (const std::exception& e) {
+        ADD_FAILURE() << op << ": threw " << typeid(e).name() << " instead of cumnist::Error: " << e.what();
+    }
+}
+
+// All validation happens before any backend runs, so these use host buffers throughout.
+class OpsValidation : public ::testing::Test {
+protected:
+    static constexpr Device kCpu = Device::Cpu;
+    Buffer<float> buf(std::size_t n) { return Buffer<float>::from_host(std::vector<float>(n, 0.5f), kCpu); }
+    Buffer<uint64_t> step_{Buffer<uint64_t>::from_host(std::vector<uint64_t>{0}, kCpu)};
+};
+
+TEST_F(OpsValidation, GemmShapes) {
+    Buffer<float> a = buf(6), b = buf(12), c = buf(8);
+    // (2, 3) · (3, 4) is fine; each mismatch below is not.
+    EXPECT_NO_THROW(ops::gemm(c.view(2, 4), a.view(2, 3), Trans::No, b.view(3, 4), Trans::No));
+    expect_rejected([&] { ops::gemm(c.view(2, 4), a.view(2, 3), Trans::No, b.view(4, 3), Trans::No); }, "gemm");
+    expect_rejected([&] { ops::gemm(c.view(2, 4), a.view(2, 3), Trans::Yes, b.view(3, 4), Trans::No); }, "gemm");
+    expect_rejected([&] { ops::gemm(c.view(4, 2), a.view(2, 3), Trans::No, b.view(3, 4), Trans::No); }, "gemm");
+    expect_rejected([&] { ops::gemm(c.view(2, 3), a.view(2, 3), Trans::No, b.view(3, 4), Trans::No); }, "gemm");
+}
+
+TEST_F(OpsValidation, EpilogueShapesAliasingAndStep) {
+    Buffer<float> a = buf(12), h = buf(12), bias = buf(4);
+    const Dropout on{0.2f, 1, 2, true};
+    expect_rejected(
+        [&] {
+            ops::bias_act_dropout_forward(h.view(3, 4), a.view(3, 4), bias.view(1, 3), Activation::Relu, {},
+                                          step_.data());
+        },
+        "bias_act_dropout_forward");
+    expect_rejected(
+        [&] {
+            ops::bias_act_dropout_forward(h.view(4, 3), a.view(3, 4), bias.view(1, 4), Activation::Relu, {},
+                                          step_.data());
+        },
+        "bias_act_dropout_forward");
+    // h may be the same view as a only without active dropout.
+    expect_rejected(
+        [&] {
+            ops::bias_act_dropout_forward(a.view(3, 4), a.view(3, 4), bias.view(1, 4), Activation::Relu, on,
+                                          step_.data());
+        },
+        "bias_act_dropout_forward");
+    // Active dropout needs the step counter.
+    expect_rejected(
+        [&] {
+            ops::bias_act_dropout_forward(h.view(3, 4), a.view(3, 4), bias.view(1, 4), Activation::Relu, on, nullptr);
+        },
+        "bias_act_dropout_forward");
+    expect_rejected(
+        [&] {
+            ops::act_dropout_backward(h.view(3, 4), a.view(3, 4), bias.view(1, 4), Activation::Relu, {}, step_.data());
+        },
+        "act_dropout_backward");
+    expect_rejected(
+        [&] {
+            ops::act_dropout_backward(h.view(3, 4), a.view(4, 3), a.view(3, 4), Activation::Relu, {}, step_.data());
+        },
+        "act_dropout_backward");
+}
+
+TEST_F(OpsValidation, ReductionAndLossShapes) {
+    Buffer<float> dy = buf(12), db = buf(4), logits = buf(12), loss = buf(3), correct = buf(3);
+    Buffer<uint8_t> labels = Buffer<uint8_t>::from_host(std::vector<uint8_t>{0, 1, 2}, kCpu);
+    expect_rejected([&] { ops::bias_grad(db.view(1, 3), dy.view(3, 4)); }, "bias_grad");
+    expect_rejected(
+        [&] {
+            ops::softmax_xent(dy.view(3, 4), loss.view(1, 3), correct.view(1, 3), logits.view(4, 3), labels.view(1, 3),
+                              1.0f);
+        },
+        "softmax_xent");  // 4 rows of logits, 3 labels
+    expect_rejected(
+        [&] {
+            ops::softmax_xent(dy.view(4, 3), loss.view(1, 3), correct.view(1, 3), logits.view(3, 4), labels.view(1, 3),
+                              1.0f);
+        },
+        "softmax_xent");  // dlogits shape
+    expect_rejected(
+        [&] {
+            ops::softmax_xent(dy.view(3, 4), loss.view(1, 2), correct.view(1, 3), logits.view(3, 4), labels.view(1, 3),
+                              1.0f);
+        },
+        "softmax_xent");  // row_loss size
+    expect_rejected([&] { ops::softmax(dy.view(4, 3), logits.view(3, 4)); }, "softmax");
+    Buffer<double> totals = Buffer<double>::from_host(std::vector<double>{0, 0}, kCpu);
+    expect_rejected([&] { ops::accumulate_metrics(totals.data(), loss.view(1, 3), correct.view(1, 2)); },
+                    "accumulate_metrics");
+}
+
+TEST_F(OpsValidation, BatchShapes) {
+    Buffer<uint8_t> images = Buffer<uint8_t>::from_host(std::vector<uint8_t>(10 * 6, 1), kCpu);
+    Buffer<uint8_t> labels = Buffer<uint8_t>::from_host(std::vector<uint8_t>(10, 1), kCpu);
+    Buffer<int32_t> order = Buffer<int32_t>::from_host(std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, kCpu);
+    Buffer<float> x = buf(4 * 6);
+    Buffer<uint8_t> lab_out = Buffer<uint8_t>::from_host(std::vector<uint8_t>(4, 0), kCpu);
+    Buffer<uint64_t> bi = Buffer<uint64_t>::from_host(std::vector<uint64_t>{0}, kCpu);
+    EXPECT_NO_THROW(ops::gather_batch(x.view(4, 6), lab_out.view(1, 4), images.view(10, 6), labels.view(1, 10),
+                                      order.view(1, 10), bi.data(), 4));
+    expect_rejected(
+        [&] {
+            ops::gather_batch(x.view(4, 6), lab_out.view(1, 4), images.view(10, 5), labels.view(1, 10),
+                              order.view(1, 10), bi.data(), 4);
+        },
+        "gather_batch");  // image width differs from x
+    expect_rejected(
+        [&] {
+            ops::gather_batch(x.view(4, 6), lab_out.view(1, 4), images.view(10, 6), labels.view(1, 9),
+                              order.view(1, 10), bi.data(), 4);
+        },
+        "gather_batch");  // one label too few
+    expect_rejected(
+        [&] {
+            ops::gather_batch(x.view(4, 6), lab_out.view(1, 4), images.view(10, 6), labels.view(1, 10),
+                              order.view(1, 9), bi.data(), 4);
+        },
+        "gather_batch");  // order of the wrong length
+    expect_rejected(
+        [&] {
+            ops::gather_batch(x.view(4, 6), lab_out.view(1, 3), images.view(10, 6), labels.view(1, 10),
+                              order.view(1, 10), bi.data(), 4);
+        },
+        "gather_batch");  // labels_out rows
+    expect_rejected(
+        [&] {
+            ops::gather_batch(x.view(4, 6), lab_out.view(1, 4), images.view(10, 6), labels.view(1, 10),
+                              order.view(1, 10), bi.data(), 3);
+        },
+        "gather_batch");  // more rows than the batch size
+    Buffer<uint8_t> pixels = Buffer<uint8_t>::from_host(std::vector<uint8_t>(24, 0), kCpu);
+    expect_rejected([&] { ops::u8_to_float(x.view(4, 6), pixels.view(6, 4)); }, "u8_to_float");
+}
+
+TEST_F(OpsValidation, OptimizerShapes) {
+    Buffer<float> w = buf(8), m = buf(8), v = buf(8), g = buf(8), small = buf(7);
+    expect_rejected(
+        [&] { ops::adam_step(w.view(1, 8), small.view(1, 7), v.view(1, 8), g.view(1, 8), {}, step_.data()); },
+        "adam_step");
+    expect_rejected(
+        [&] { ops::adam_step(w.view(1, 8), m.view(1, 8), v.view(1, 8), small.view(1, 7), {}, step_.data()); },
+        "adam_step");
+    expect_rejected([&] { ops::adam_step(w.view(1, 8), m.view(1, 8), v.view(1, 8), g.view(1, 8), {}, nullptr); },
+                    "adam_step");
+    expect_rejected([&] { ops::sgd_step(w.view(1, 8), small.view(1, 7), g.view(1, 8), {}); }, "sgd_step");
+    expect_rejected([&] { ops::rmsprop_step(w.view(1, 8), m.view(1, 8), small.view(1, 7), {}); }, "rmsprop_step");
+}
+
+// Mixed devices: one tensor on the GPU, the rest on the host. Where a GPU is usable it is a real
+// device buffer; elsewhere a view tagged Cuda over host memory, which ops.cpp must reject before
+// any backend could touch it.
+TEST_F(OpsValidation, MixedDevices) {
+    Buffer<float> host = buf(64);
+    Buffer<float> gpu_storage;
+    if (cumnist::cuda_available()) gpu_storage = Buffer<float>(64, Device::Cuda);
+    const auto on_gpu = [&](int rows, int cols) {
+        return cumnist::cuda_available() ? gpu_storage.view(rows, cols)
+                                         : MatrixView<float>{host.data(), rows, cols, Device::Cuda};
+    };
+    Buffer<float> c = buf(16), a = buf(16), g = buf(16);
+    expect_rejected([&] { ops::gemm(c.view(4, 4), on_gpu(4, 4), Trans::No, a.view(4, 4), Trans::No); }, "gemm",
+                    "device");
+    expect_rejected([&] { ops::gemm(on_gpu(4, 4), a.view(4, 4), Trans::No, c.view(4, 4), Trans::No); }, "gemm",
+                    "device");
+    expect_rejected(
+        [&] {
+            ops::bias_act_dropout_forward(c.view(4, 4), a.view(4, 4), on_gpu(1, 4), Activation::Relu, {}, step_.data());
+        },
+        "bias_act_dropout_forward", "device");
+    expect_rejected(
+        [&] {
+            ops::act_dropout_backward(c.view(4, 4), on_gpu(4, 4), a.view(4, 4), Activation::Relu, {}, step_.data());
+        },
+        "act_dropout_backward", "device");
+    expect_rejected([&] { ops::bias_grad(on_gpu(1, 4), a.view(4, 4)); }, "bias_grad", "device");
+    expect_rejected([&] { ops::softmax(on_gpu(4, 4), a.view(4, 4)); }, "softmax", "device");
+    Buffer<float> correct = buf(4);
+    Buffer<uint8_t> labels = Buffer<uint8_t>::from_host(std::vector<uint8_t>{0, 1, 2, 3}, kCpu);
+    expect_rejected(
+        [&] {
+            ops::softmax_xent(c.view(4, 4), on_gpu(1, 4), correct.view(1, 4), a.view(4, 4), labels.view(1, 4), 0.25f);
+        },
+        "softmax_xent", "device");
+    expect_rejected([&] { ops::sgd_step(a.view(1, 16), on_gpu(1, 16), g.view(1, 16), {}); }, "sgd_step", "device");
+    expect_rejected(
+        [&] { ops::adam_step(a.view(1, 16), c.view(1, 16), on_gpu(1, 16), g.view(1, 16), {}, step_.data()); },
+        "adam_step", "device");
+    expect_rejected([&] { ops::rmsprop_step(a.view(1, 16), c.view(1, 16), on_gpu(1, 16), {}); }, "rmsprop_step",
+                    "device");
+}
+
+}  // namespace

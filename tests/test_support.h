@@ -1,0 +1,98 @@
+// Helpers shared by the cumnist tests: deterministic host data, element-wise closeness checks
+// whose tolerance is stated at the call site, and the visible skip of CUDA tests on machines
+// without a usable GPU (a skipped backend is reported as skipped, never counted as passed).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <ostream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "cumnist/device.h"
+
+// In a test fixture's SetUp (or a test body): skip, visibly and with the reason, when `device` is
+// the GPU and none is usable.
+#define CUMNIST_SKIP_WITHOUT_DEVICE(device)                                             \
+    do {                                                                                \
+        if ((device) == ::cumnist::Device::Cuda && !::cumnist::cuda_available()) {      \
+            GTEST_SKIP() << "no CUDA device: " << ::cumnist::cuda_unavailable_reason(); \
+        }                                                                               \
+    } while (0)
+
+namespace cumnist {
+// Readable devices in gtest's parameter printouts ("GetParam() = (Cpu, ...)").
+inline void PrintTo(Device d, std::ostream* os) { *os << (d == Device::Cpu ? "Cpu" : "Cuda"); }
+}  // namespace cumnist
+
+namespace cumnist_test {
+
+// Uniform floats in [lo, hi) from a fixed seed (std::mt19937: same data on every run).
+inline std::vector<float> uniform_floats(std::size_t n, float lo, float hi, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> dist(lo, hi);
+    std::vector<float> v(n);
+    for (float& x : v) x = dist(rng);
+    return v;
+}
+
+// Uniform integers in [lo, hi] as uint8_t.
+inline std::vector<uint8_t> uniform_bytes(std::size_t n, int lo, int hi, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int> dist(lo, hi);
+    std::vector<uint8_t> v(n);
+    for (uint8_t& x : v) x = static_cast<uint8_t>(dist(rng));
+    return v;
+}
+
+// |got − want| ≤ abs + rel · |want|, element by element. NaN or Inf in `got` fails (unless
+// `want` is the same Inf).
+struct Tolerance {
+    double abs;
+    double rel;
+};
+
+template <class Got>
+::testing::AssertionResult all_close(const std::vector<Got>& got, const std::vector<double>& want, Tolerance tol,
+                                     const std::string& what = "values") {
+    if (got.size() != want.size()) {
+        return ::testing::AssertionFailure() << what << ": size " << got.size() << ", expected " << want.size();
+    }
+    std::size_t failures = 0, worst = 0;
+    double worst_excess = -1.0;
+    std::ostringstream first;
+    first.precision(9);
+    for (std::size_t i = 0; i < got.size(); ++i) {
+        const double g = static_cast<double>(got[i]);
+        const double w = want[i];
+        const double err = std::fabs(g - w);
+        const double allowed = tol.abs + tol.rel * std::fabs(w);
+        const bool ok = (g == w) || (std::isfinite(g) && err <= allowed);
+        if (!ok) {
+            if (failures < 5)
+                first << "\n  [" << i << "] got " << g << ", expected " << w << " (|err| " << err << " > " << allowed
+                      << ")";
+            const double excess = std::isfinite(err) ? err / allowed : HUGE_VAL;
+            if (excess > worst_excess) worst_excess = excess, worst = i;
+            ++failures;
+        }
+    }
+    if (failures == 0) return ::testing::AssertionSuccess();
+    std::ostringstream msg;
+    msg.precision(9);
+    msg << what << ": " << failures << " of " << got.size() << " elements outside |err| <= " << tol.abs << " + "
+        << tol.rel << "·|expected|; worst [" << worst << "] got " << static_cast<double>(got[worst]) << ", expected "
+        << want[worst] << first.str();
+    return ::testing::AssertionFailure() << msg.str();
+}
+
+inline std::vector<double> widen(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+inline std::string device_label(cumnist::Device d) { return d == cumnist::Device::Cpu ? "Cpu" : "Cuda"; }
+
+}  // namespace cumnist_test

@@ -84,6 +84,34 @@ void Trainer::run_step(int rows) {
     ops::increment(batch_index, dev);
 }
 
+void Trainer::full_batch_step() {
+    const bool graph = m_config.device == Device::Cuda && m_config.use_graph;
+    if (graph && m_graph->step.ready()) {
+        m_graph->step.launch();
+        return;
+    }
+    run_step(m_config.batch);
+    // After one plain (warm-up) step, capture the full-batch step once.
+    if (graph) m_graph->step.capture([&] { run_step(m_config.batch); });
+}
+
+void Trainer::train_steps(int n) {
+    const int full_batches = m_train.n / m_config.batch;
+    for (int i = 0; i < n; ++i) {
+        if (m_bench_batch >= full_batches) {
+            const uint64_t zero = 0;
+            m_counters.copy_from_host(&zero, 1, 1);
+            m_bench_batch = 0;
+        }
+        full_batch_step();
+        ++m_bench_batch;
+    }
+}
+
+void Trainer::synchronize() {
+    if (m_config.device == Device::Cuda) cuda::synchronize();
+}
+
 EpochMetrics Trainer::train_epoch(int epoch, const ResidentData* test, const ProgressFn& progress) {
     using Clock = std::chrono::steady_clock;
     const Device dev = m_config.device;
@@ -98,16 +126,12 @@ EpochMetrics Trainer::train_epoch(int epoch, const ResidentData* test, const Pro
     m_counters.copy_from_host(&zero, 1, 1);
     m_totals.zero();
 
-    const bool graph = dev == Device::Cuda && m_config.use_graph;
+    m_bench_batch = 0;
     for (int b = 0; b < n_steps; ++b) {
-        const int rows = b < full_batches ? batch : n - full_batches * batch;
-        if (graph && rows == batch && m_graph->step.ready()) {
-            m_graph->step.launch();
-        } else {
-            run_step(rows);
-            // After one plain (warm-up) step, capture the full-batch step once.
-            if (graph && rows == batch && !m_graph->step.ready()) m_graph->step.capture([&] { run_step(batch); });
-        }
+        if (b < full_batches)
+            full_batch_step();
+        else
+            run_step(n - full_batches * batch);  // the short last batch: plain launches
         if (progress) {
             const bool readable = dev == Device::Cpu;
             const double seen = static_cast<double>(std::min(n, (b + 1) * batch));

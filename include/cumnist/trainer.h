@@ -62,6 +62,12 @@ public:
     EpochMetrics train_epoch(int epoch, const ResidentData* test, const ProgressFn& progress = {});
     Evaluation evaluate(const ResidentData& data);
 
+    // Benchmarking: `n` full-batch training steps (graph replay on the GPU), continuing through
+    // the current epoch's order and wrapping to its start; no read-back. Metrics keep accumulating.
+    void train_steps(int n);
+    // Waits until all queued device work has finished.
+    void synchronize();
+
     Mlp& model() { return m_model; }
     Optimizer& optimizer() { return m_optimizer; }
     const TrainConfig& config() const { return m_config; }
@@ -71,7 +77,8 @@ public:
     std::size_t graph_nodes() const; // kernels in the captured step, 0 when none
 
 private:
-    void run_step(int rows);  // one training step on the batch at the device's batch index
+    void run_step(int rows);   // one training step on the batch at the device's batch index
+    void full_batch_step();    // run_step(batch), replaying the captured graph when there is one
 
     TrainConfig m_config;
     Mlp m_model;
@@ -84,6 +91,7 @@ private:
     Buffer<double> m_totals;      // [0] loss sum, [1] correct count
     struct Graph;
     std::unique_ptr<Graph> m_graph;
+    int m_bench_batch = 0;  // train_steps(): host copy of the batch index
 };
 
 }  // namespace cumnist

@@ -1,224 +1,10 @@
-// The cumnist command line: train (and, as they land, eval, predict, bench, selftest).
-// All printing happens here; the library reports through return values and exceptions.
-#include <omp.h>
-#include <unistd.h>
-
+// The cumnist command line: registers the subcommands, runs the chosen one, and turns any error
+// into one line on stderr and a non-zero exit.
 #include <CLI/CLI.hpp>
-#include <chrono>
-#include <cmath>
 #include <cstdio>
-#include <fstream>
-#include <nlohmann/json.hpp>
-#include <optional>
-#include <sstream>
 
-#include "cumnist/data.h"
-#include "cumnist/device.h"
-#include "cumnist/trainer.h"
-#include "cuda_host.h"
-
-extern "C" void openblas_set_num_threads(int);
-
-namespace cumnist {
-namespace {
-
-struct TrainOptions {
-    std::string data_dir = default_data_dir();
-    std::string dataset = "mnist";
-    std::string device = "auto";
-    std::string optimizer = "adam";
-    std::string activation = "relu";
-    std::string hidden = "512,256";
-    std::string metrics_out;
-    int threads = 0;
-    float lr = 1e-3f;
-    float momentum = 0.0f;
-    bool no_graph = false;
-    bool tf32 = false;
-    TrainConfig train;
-    MlpConfig model;
-};
-
-std::vector<int> parse_hidden(const std::string& text) {
-    std::vector<int> sizes;
-    if (text.empty() || text == "none") return sizes;
-    std::stringstream ss(text);
-    std::string item;
-    while (std::getline(ss, item, ',')) {
-        std::size_t used = 0;
-        long v = 0;
-        try {
-            v = std::stol(item, &used);
-        } catch (const std::exception&) {
-            used = 0;
-        }
-        if (used != item.size() || item.empty())
-            throw Error(fmt::format("--hidden: '{}' is not a comma-separated list of sizes", text));
-        if (v <= 0 || v > 65536) throw Error(fmt::format("--hidden: layer size {} is outside [1, 65536]", v));
-        sizes.push_back(static_cast<int>(v));
-    }
-    return sizes;
-}
-
-Activation parse_activation(const std::string& name) {
-    if (name == "relu") return Activation::Relu;
-    if (name == "sigmoid") return Activation::Sigmoid;
-    throw Error(fmt::format("--activation: unknown activation '{}' (expected relu or sigmoid)", name));
-}
-
-// Resolves --device: auto prefers a usable GPU and says why when it falls back.
-Device choose_device(const std::string& requested) {
-    if (requested == "cpu") return Device::Cpu;
-    const std::string why = cuda_unavailable_reason();
-    if (requested == "gpu" || requested == "cuda") {
-        if (!why.empty()) throw Error(fmt::format("--device gpu: no usable GPU ({})", why));
-        return Device::Cuda;
-    }
-    if (requested != "auto") throw Error(fmt::format("--device: unknown device '{}' (expected auto, cpu or gpu)", requested));
-    if (why.empty()) return Device::Cuda;
-    fmt::print("No usable GPU ({}); training on the CPU.\n", why);
-    return Device::Cpu;
-}
-
-void set_threads(int threads) {
-    const int n = threads > 0 ? threads : omp_get_num_procs();
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
-}
-
-std::string format_duration(double s) {
-    if (s < 1.0) return fmt::format("{:.0f}ms", s * 1e3);
-    if (s < 60.0) return fmt::format("{:.1f}s", s);
-    return fmt::format("{}m{:02d}s", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
-}
-
-// Keras-style live progress line, redrawn in place; only on a terminal.
-class ProgressBar {
-public:
-    explicit ProgressBar(bool enabled) : m_enabled(enabled) {}
-    void start() { m_t0 = std::chrono::steady_clock::now(); m_last = -1.0; }
-    void update(int step, int n_steps, double loss, double accuracy) {
-        if (!m_enabled) return;
-        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - m_t0).count();
-        if (step != n_steps && elapsed - m_last < 0.1) return;  // redraw at most 10 times a second
-        m_last = elapsed;
-        constexpr int kWidth = 30;
-        const int filled = static_cast<int>(static_cast<long>(kWidth) * step / n_steps);
-        std::string bar(static_cast<std::size_t>(filled), '=');
-        if (filled < kWidth) bar += '>' + std::string(static_cast<std::size_t>(kWidth - filled - 1), '.');
-        const double eta = elapsed / step * (n_steps - step);
-        std::string line = fmt::format("\r{:>{}}/{} [{}] - ETA: {}", step, digits(n_steps), n_steps, bar,
-                                       format_duration(eta));
-        if (!std::isnan(loss)) line += fmt::format(" - loss: {:.4f} - accuracy: {:.4f}", loss, accuracy);
-        fmt::print("{}\x1b[K", line);
-        std::fflush(stdout);
-    }
-    void finish() {
-        if (m_enabled) fmt::print("\r\x1b[K");
-    }
-
-private:
-    static int digits(int n) { return static_cast<int>(std::to_string(n).size()); }
-    bool m_enabled;
-    std::chrono::steady_clock::time_point m_t0;
-    double m_last = -1.0;
-};
-
-nlohmann::json to_json(const EpochMetrics& m) {
-    return {{"epoch", m.epoch},         {"train_loss", m.train_loss},
-            {"train_accuracy", m.train_accuracy}, {"test_loss", m.test_loss},
-            {"test_accuracy", m.test_accuracy},   {"seconds", m.seconds},
-            {"eval_seconds", m.eval_seconds},     {"samples_per_second", m.samples_per_second}};
-}
-
-// Writes `text` to `path` through a temporary file and a rename: a reader never sees a partial file.
-void write_file_atomically(const std::string& path, const std::string& text) {
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-        out << text;
-        out.flush();
-        if (!out) throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int err = errno;
-        std::remove(tmp.c_str());
-        throw Error(fmt::format("cannot replace '{}': {}", path, std::strerror(err)));
-    }
-}
-
-int run_train(TrainOptions& o) {
-    o.model.hidden = parse_hidden(o.hidden);
-    o.model.activation = parse_activation(o.activation);
-    o.model.validate();
-    OptimizerConfig opt;
-    opt.kind = parse_optimizer(o.optimizer);
-    opt.lr = o.lr;
-    opt.momentum = o.momentum;
-    opt.validate();
-    o.train.use_graph = !o.no_graph;
-    o.train.tf32 = o.tf32;
-    if (o.train.epochs <= 0) throw Error(fmt::format("--epochs must be at least 1, got {}", o.train.epochs));
-    if (o.train.batch <= 0) throw Error(fmt::format("--batch-size must be at least 1, got {}", o.train.batch));
-    set_threads(o.threads);
-    o.train.device = choose_device(o.device);
-
-    const Dataset train = load_dataset(o.data_dir, o.dataset, Split::Train);
-    const Dataset test = load_dataset(o.data_dir, o.dataset, Split::Test);
-    o.model.inputs = train.features();
-    if (test.features() != train.features())
-        throw Error(fmt::format("test images are {}x{}, training images {}x{}", test.rows, test.cols, train.rows,
-                                train.cols));
-
-    const bool gpu = o.train.device == Device::Cuda;
-    fmt::print("cumnist: training on {} ({})\n", gpu ? "the GPU" : "the CPU",
-               gpu ? device_name(Device::Cuda) : fmt::format("{}, {} threads", device_name(Device::Cpu), omp_get_max_threads()));
-    fmt::print("  model      {} ({} parameters)\n", o.model.describe(), parameter_count(o.model));
-    fmt::print("  optimizer  {}\n", opt.describe());
-    fmt::print("  data       {}: {} training, {} test images of {}x{} from {}/{}\n", o.dataset, train.n, test.n,
-               train.rows, train.cols, o.data_dir, o.dataset);
-    fmt::print("  schedule   {} epochs of {} steps (batch {}), seed {}{}\n", o.train.epochs,
-               (train.n + o.train.batch - 1) / o.train.batch, o.train.batch, o.train.seed,
-               gpu ? fmt::format(", {}{}", o.train.use_graph ? "CUDA Graph" : "no graph", o.train.tf32 ? ", TF32" : ", FP32")
-                   : "");
-
-    Trainer trainer(o.model, opt, o.train, train);
-    const ResidentData test_data(test, o.train.device);
-    ProgressBar bar(::isatty(STDOUT_FILENO) != 0);
-    nlohmann::json history = nlohmann::json::array();
-    std::string metrics_text;
-    double best = -1.0, total_seconds = 0.0;
-    int best_epoch = 0;
-    for (int epoch = 1; epoch <= o.train.epochs; ++epoch) {
-        fmt::print("Epoch {}/{}\n", epoch, o.train.epochs);
-        std::fflush(stdout);
-        bar.start();
-        const EpochMetrics m = trainer.train_epoch(epoch, &test_data, [&](int s, int n, double loss, double acc) {
-            bar.update(s, n, loss, acc);
-        });
-        bar.finish();
-        const int steps = trainer.steps_per_epoch();
-        fmt::print("{}/{} [==============================] - {} {:.0f}us/step - loss: {:.4f} - accuracy: {:.4f} - "
-                   "val_loss: {:.4f} - val_accuracy: {:.4f} - {:.0f} samples/s\n",
-                   steps, steps, format_duration(m.seconds), m.seconds / steps * 1e6, m.train_loss, m.train_accuracy,
-                   m.test_loss, m.test_accuracy, m.samples_per_second);
-        std::fflush(stdout);
-        total_seconds += m.seconds + m.eval_seconds;
-        if (m.test_accuracy > best) best = m.test_accuracy, best_epoch = epoch;
-        if (!o.metrics_out.empty()) {
-            metrics_text += to_json(m).dump() + "\n";
-            write_file_atomically(o.metrics_out, metrics_text);
-        }
-    }
-    fmt::print("Done: {} epochs in {}; best test accuracy {:.4f} (epoch {})\n", o.train.epochs,
-               format_duration(total_seconds), best, best_epoch);
-    if (gpu && trainer.graph_nodes() > 0) fmt::print("CUDA Graph: {} nodes per training step\n", trainer.graph_nodes());
-    return 0;
-}
-
-}  // namespace
-}  // namespace cumnist
+#include "cli_common.h"
+#include "cumnist/error.h"
 
 int main(int argc, char** argv) {
     using namespace cumnist;
@@ -226,25 +12,8 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
     app.set_version_flag("--version", "cumnist 0.1.0");
 
-    TrainOptions t;
-    CLI::App* train = app.add_subcommand("train", "Train an MLP and evaluate it on the test set after every epoch");
-    train->add_option("--data", t.data_dir, "Data folder holding <dataset>/ with the IDX files")->capture_default_str();
-    train->add_option("--dataset", t.dataset, "Data set: mnist or fashion")->capture_default_str();
-    train->add_option("--epochs", t.train.epochs, "Number of passes over the training set")->capture_default_str();
-    train->add_option("--batch-size,-b", t.train.batch, "Samples per optimizer step")->capture_default_str();
-    train->add_option("--lr", t.lr, "Learning rate")->capture_default_str();
-    train->add_option("--optimizer", t.optimizer, "adam, sgd or rmsprop")->capture_default_str();
-    train->add_option("--momentum", t.momentum, "SGD momentum")->capture_default_str();
-    train->add_option("--hidden", t.hidden, "Hidden layer sizes, comma separated (or 'none')")->capture_default_str();
-    train->add_option("--activation", t.activation, "Hidden activation: relu or sigmoid")->capture_default_str();
-    train->add_option("--dropout", t.model.dropout, "Dropout rate after each hidden layer, in [0, 1)")->capture_default_str();
-    train->add_option("--seed", t.train.seed, "Seed for initialisation, shuffling and dropout")->capture_default_str();
-    train->add_option("--device", t.device, "auto (GPU when usable), cpu or gpu")->capture_default_str();
-    train->add_option("--threads", t.threads, "CPU threads (0: all cores)")->capture_default_str();
-    train->add_option("--eval-batch", t.train.eval_batch, "Batch size for evaluation")->capture_default_str();
-    train->add_flag("--no-graph", t.no_graph, "GPU: launch the step's kernels one by one instead of replaying a CUDA Graph");
-    train->add_flag("--tf32", t.tf32, "GPU: allow TF32 tensor-core GEMMs (faster, less exact)");
-    train->add_option("--metrics-out", t.metrics_out, "Write one JSON object per epoch to this file");
+    std::vector<cli::Command> commands;
+    cli::add_train_command(app, commands);
 
     try {
         app.parse(argc, argv);
@@ -252,11 +21,10 @@ int main(int argc, char** argv) {
         return app.exit(e);
     }
     try {
-        if (*train) return run_train(t);
-    } catch (const Error& e) {
-        fmt::print(stderr, "cumnist: error: {}\n", e.what());
-        return 1;
+        for (const cli::Command& c : commands)
+            if (c.app->parsed()) return c.run();
     } catch (const std::exception& e) {
+        std::fflush(stdout);
         fmt::print(stderr, "cumnist: error: {}\n", e.what());
         return 1;
     }

@@ -1,0 +1,94 @@
+// Helpers shared by the cumnist subcommands.
+#include "cli_common.h"
+
+#include <omp.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "cumnist/error.h"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace cumnist::cli {
+
+std::vector<int> parse_hidden(const std::string& text) {
+    std::vector<int> sizes;
+    if (text == "none") return sizes;
+    std::stringstream ss(text);
+    std::string item;
+    while (std::getline(ss, item, ',')) {
+        std::size_t used = 0;
+        long v = 0;
+        try {
+            v = std::stol(item, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (used != item.size() || item.empty())
+            throw Error(fmt::format("--hidden: '{}' is not a comma-separated list of sizes (or 'none')", text));
+        if (v <= 0 || v > 65536) throw Error(fmt::format("--hidden: layer size {} is outside [1, 65536]", v));
+        sizes.push_back(static_cast<int>(v));
+    }
+    if (sizes.empty()) throw Error("--hidden: empty list (use 'none' for no hidden layer)");
+    return sizes;
+}
+
+Activation parse_activation(const std::string& name) {
+    if (name == "relu") return Activation::Relu;
+    if (name == "sigmoid") return Activation::Sigmoid;
+    throw Error(fmt::format("--activation: unknown activation '{}' (expected relu or sigmoid)", name));
+}
+
+Device choose_device(const std::string& requested) {
+    if (requested == "cpu") return Device::Cpu;
+    if (requested != "auto" && requested != "gpu" && requested != "cuda")
+        throw Error(fmt::format("--device: unknown device '{}' (expected auto, cpu or gpu)", requested));
+    const std::string why = cuda_unavailable_reason();
+    if (requested != "auto") {
+        if (!why.empty()) throw Error(fmt::format("--device gpu: no usable GPU: {}", why));
+        return Device::Cuda;
+    }
+    if (why.empty()) return Device::Cuda;
+    fmt::print("No usable GPU ({}); using the CPU.\n", why);
+    return Device::Cpu;
+}
+
+void set_threads(int threads) {
+    if (threads < 0) throw Error(fmt::format("--threads must be 0 (all cores) or positive, got {}", threads));
+    const int n = threads > 0 ? threads : omp_get_num_procs();
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
+std::string format_duration(double s) {
+    if (s < 1.0) return fmt::format("{:.0f}ms", s * 1e3);
+    if (s < 60.0) return fmt::format("{:.1f}s", s);
+    return fmt::format("{}m{:02d}s", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
+}
+
+void write_file_atomically(const std::string& path, const std::string& bytes) {
+    const std::string tmp = path + ".tmp";
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        if (!out) throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
+        out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        out.flush();
+        if (!out) {
+            const int err = errno;
+            out.close();
+            std::remove(tmp.c_str());
+            throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(err)));
+        }
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+        const int err = errno;
+        std::remove(tmp.c_str());
+        throw Error(fmt::format("cannot replace '{}': {}", path, std::strerror(err)));
+    }
+}
+
+}  // namespace cumnist::cli

@@ -1,0 +1,40 @@
+// Helpers shared by the cumnist subcommands: parsing option values, choosing the device,
+// threads, durations, and writing files atomically. Every subcommand registers itself through
+// one add_*_command function; main.cpp runs the one the user chose.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "cumnist/device.h"
+#include "cumnist/mlp.h"
+
+namespace cumnist::cli {
+
+// A registered subcommand: its CLI11 app and what to run when it is chosen (returns the exit code).
+struct Command {
+    CLI::App* app = nullptr;
+    std::function<int()> run;
+};
+
+void add_train_command(CLI::App& parent, std::vector<Command>& commands);
+
+std::vector<int> parse_hidden(const std::string& text);  // "512,256" | "none"
+Activation parse_activation(const std::string& name);     // "relu" | "sigmoid"
+
+// Resolves --device (auto | cpu | gpu): auto prefers a usable GPU and prints why when it falls back.
+Device choose_device(const std::string& requested);
+
+// OpenMP and OpenBLAS threads (0: all cores). One pool: OpenBLAS is the OpenMP build.
+void set_threads(int threads);
+
+// "850ms", "14.2s", "3m07s"
+std::string format_duration(double seconds);
+
+// Writes `bytes` to `path` through `path.tmp` and a rename: a reader never sees a partial file,
+// and a failed write leaves an existing file untouched.
+void write_file_atomically(const std::string& path, const std::string& bytes);
+
+}  // namespace cumnist::cli

@@ -39,13 +39,18 @@ CUMNIST_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t
     return {{c0, c1, c2, c3}};
 }
 
-// The random word for element i of stream `stream` at step `step`, under `seed`. One Philox call
-// yields four words, used by elements 4j..4j+3; the counter (j, stream, step) is unique per
-// (stream, step, element group), the key is the seed. Elements i < 2^34 are supported.
+// The four random words for elements 4g..4g+3 of stream `stream` at step `step`, under `seed`:
+// the counter (g, stream, step) is unique per (stream, step, element group), the key is the seed.
+// Groups g < 2^32 (elements < 2^34) are supported.
+CUMNIST_HD Philox4 philox_group(uint64_t seed, uint32_t stream, uint64_t step, uint64_t group) {
+    return philox4x32_10(static_cast<uint32_t>(group), stream, static_cast<uint32_t>(step),
+                         static_cast<uint32_t>(step >> 32), static_cast<uint32_t>(seed),
+                         static_cast<uint32_t>(seed >> 32));
+}
+
+// The random word for element i: word i & 3 of group i / 4.
 CUMNIST_HD uint32_t philox_word(uint64_t seed, uint32_t stream, uint64_t step, uint64_t i) {
-    const Philox4 r = philox4x32_10(static_cast<uint32_t>(i >> 2), stream, static_cast<uint32_t>(step),
-                                    static_cast<uint32_t>(step >> 32), static_cast<uint32_t>(seed),
-                                    static_cast<uint32_t>(seed >> 32));
+    const Philox4 r = philox_group(seed, stream, step, i >> 2);
     // A select rather than r.v[i & 3]: a dynamic index would put r in local memory on the GPU.
     const uint32_t j = static_cast<uint32_t>(i & 3u);
     return j == 0 ? r.v[0] : j == 1 ? r.v[1] : j == 2 ? r.v[2] : r.v[3];

@@ -53,19 +53,29 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
                               uint32_t keep_threshold, uint64_t seed, uint32_t stream, bool dropout,
                               const uint64_t* step) {
     const std::size_t total = static_cast<std::size_t>(n) * cols;
-    const float scale = 1.0f / (1.0f - rate);
-    const uint64_t t = dropout ? *step : 0;
+    if (!dropout) {
 #pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
-    for (int r = 0; r < n; ++r) {
-        const std::size_t row = static_cast<std::size_t>(r) * cols;
-        for (int c = 0; c < cols; ++c) {
-            const std::size_t i = row + c;
+        for (int r = 0; r < n; ++r) {
+            const std::size_t row = static_cast<std::size_t>(r) * cols;
+            for (int c = 0; c < cols; ++c) h[row + c] = a[row + c] = activate(act, a[row + c] + bias[c]);
+        }
+        return;
+    }
+    // With dropout, walk the elements in Philox groups of four (one Philox call per group; the
+    // same words dropout_keep() would draw one by one), tracking the column incrementally.
+    const float scale = 1.0f / (1.0f - rate);
+    const uint64_t t = *step;
+    const std::size_t n_groups = (total + 3) / 4;
+#pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
+    for (std::size_t g = 0; g < n_groups; ++g) {
+        const Philox4 words = philox_group(seed, stream, t, g);
+        const std::size_t first = 4 * g, last = std::min(total, first + 4);
+        int c = static_cast<int>(first % static_cast<std::size_t>(cols));
+        for (std::size_t i = first; i < last; ++i) {
             const float y = activate(act, a[i] + bias[c]);
             a[i] = y;
-            if (dropout)
-                h[i] = dropout_keep(seed, stream, t, i, keep_threshold) ? y * scale : 0.0f;
-            else
-                h[i] = y;
+            h[i] = words.v[i - first] < keep_threshold ? y * scale : 0.0f;
+            if (++c == cols) c = 0;
         }
     }
 }
@@ -73,13 +83,23 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
 void act_dropout_backward(float* dpre, const float* dh, const float* a, int n, int cols, Activation act, float rate,
                           uint32_t keep_threshold, uint64_t seed, uint32_t stream, bool dropout, const uint64_t* step) {
     const std::size_t total = static_cast<std::size_t>(n) * cols;
-    const float scale = 1.0f / (1.0f - rate);
-    const uint64_t t = dropout ? *step : 0;
+    if (!dropout) {
 #pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
-    for (std::size_t i = 0; i < total; ++i) {
-        float g = dh[i] * activation_derivative(act, a[i]);
-        if (dropout) g = dropout_keep(seed, stream, t, i, keep_threshold) ? g * scale : 0.0f;
-        dpre[i] = g;
+        for (std::size_t i = 0; i < total; ++i) dpre[i] = dh[i] * activation_derivative(act, a[i]);
+        return;
+    }
+    // ∂loss/∂pre = ∂loss/∂h · act'(a) · keep / (1 − rate), the keep bits redrawn from Philox.
+    const float scale = 1.0f / (1.0f - rate);
+    const uint64_t t = *step;
+    const std::size_t n_groups = (total + 3) / 4;
+#pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
+    for (std::size_t g = 0; g < n_groups; ++g) {
+        const Philox4 words = philox_group(seed, stream, t, g);
+        const std::size_t first = 4 * g, last = std::min(total, first + 4);
+        for (std::size_t i = first; i < last; ++i) {
+            const float grad = dh[i] * activation_derivative(act, a[i]);
+            dpre[i] = words.v[i - first] < keep_threshold ? grad * scale : 0.0f;
+        }
     }
 }
 

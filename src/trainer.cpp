@@ -112,46 +112,54 @@ void Trainer::synchronize() {
     if (m_config.device == Device::Cuda) cuda::synchronize();
 }
 
-EpochMetrics Trainer::train_epoch(int epoch, const ResidentData* test, const ProgressFn& progress) {
+EpochMetrics Trainer::train_epoch(int epoch, const ResidentData* test, const ProgressFn& progress, int first_step) {
     using Clock = std::chrono::steady_clock;
     const Device dev = m_config.device;
     const int n = m_train.n, batch = m_config.batch;
     const int full_batches = n / batch, n_steps = steps_per_epoch();
+    if (first_step < 0 || first_step >= n_steps)
+        throw Error(fmt::format("epoch {} has {} steps; cannot start at step {}", epoch, n_steps, first_step));
 
     const auto t0 = Clock::now();
     // Epoch set-up, outside the step: the order, the batch index and the metric totals.
     const std::vector<int32_t> order = epoch_order(n, m_config.seed, static_cast<uint64_t>(epoch - 1));
     m_train.order.copy_from_host(order.data(), order.size());
-    const uint64_t zero = 0;
-    m_counters.copy_from_host(&zero, 1, 1);
+    const uint64_t start = static_cast<uint64_t>(first_step);
+    m_counters.copy_from_host(&start, 1, 1);
     m_totals.zero();
 
-    m_bench_batch = 0;
-    for (int b = 0; b < n_steps; ++b) {
+    m_bench_batch = first_step;
+    int b = first_step;
+    bool stopped = false;
+    for (; b < n_steps && !stopped; ++b) {
         if (b < full_batches)
             full_batch_step();
         else
             run_step(n - full_batches * batch);  // the short last batch: plain launches
         if (progress) {
             const bool readable = dev == Device::Cpu;
-            const double seen = static_cast<double>(std::min(n, (b + 1) * batch));
+            const double seen = static_cast<double>(std::min(n, (b + 1) * batch) - first_step * batch);
             progress(b + 1, n_steps, readable ? m_totals.data()[0] / seen : std::nan(""),
                      readable ? m_totals.data()[1] / seen : std::nan(""));
         }
+        stopped = m_stop != nullptr && m_stop->load(std::memory_order_relaxed);
     }
     const std::vector<double> totals = m_totals.to_host();  // the epoch's one read-back (synchronises)
     const auto t1 = Clock::now();
 
     EpochMetrics m;
     m.epoch = epoch;
-    m.train_loss = totals[0] / n;
-    m.train_accuracy = totals[1] / n;
+    m.steps = b - first_step;
+    m.completed = b == n_steps;
+    const double samples = static_cast<double>(std::min(n, b * batch) - first_step * batch);
+    m.train_loss = totals[0] / samples;
+    m.train_accuracy = totals[1] / samples;
     m.seconds = std::chrono::duration<double>(t1 - t0).count();
-    m.samples_per_second = n / m.seconds;
+    m.samples_per_second = samples / m.seconds;
     if (!std::isfinite(m.train_loss))
         throw Error(fmt::format("training diverged in epoch {}: the loss is {}; try a lower learning rate (--lr)", epoch,
                                 m.train_loss));
-    if (test) {
+    if (test && m.completed) {
         const Evaluation e = evaluate(*test);
         m.test_loss = e.loss;
         m.test_accuracy = e.accuracy;

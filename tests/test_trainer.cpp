@@ -8,7 +8,9 @@
 #include <new>
 
 #include "cumnist/data.h"
+#include "cumnist/selftest.h"
 #include "cumnist/trainer.h"
+#include "test_support.h"
 
 // Counts C++ heap allocations made by this process (operator new), for the no-allocation test.
 // The replacement pair is malloc/free on both sides, which GCC cannot see across the two functions.
@@ -138,6 +140,49 @@ TEST_P(TrainerTest, TrainingStepAllocatesNothing) {
     EXPECT_EQ(few.second, many.second) << "heap allocations grow with the number of steps";
 }
 
+// A stop request ends the epoch after the step in flight; resuming the epoch at that step gives
+// exactly the parameters of an uninterrupted epoch.
+TEST_P(TrainerTest, StopAndResumeInsideAnEpochIsExact) {
+    const Dataset train = synthetic_dataset(200, 9);  // 13 steps of 16
+    Trainer straight(small_model(), {}, small_train(GetParam()), train);
+    straight.train_epoch(1, nullptr);
+
+    Trainer interrupted(small_model(), {}, small_train(GetParam()), train);
+    std::atomic<bool> stop{false};
+    interrupted.set_stop_flag(&stop);
+    const EpochMetrics part = interrupted.train_epoch(1, nullptr, [&](int step, int, double, double) {
+        if (step == 5) stop = true;
+    });
+    EXPECT_FALSE(part.completed);
+    EXPECT_EQ(part.steps, 5);
+    EXPECT_EQ(interrupted.step(), 5u);
+    stop = false;
+    const EpochMetrics rest = interrupted.train_epoch(1, nullptr, {}, part.steps);
+    EXPECT_TRUE(rest.completed);
+    EXPECT_EQ(rest.steps, 8);
+    EXPECT_EQ(interrupted.step(), 13u);
+    EXPECT_EQ(interrupted.model().parameters().to_host(), straight.model().parameters().to_host());
+    EXPECT_THROW(interrupted.train_epoch(2, nullptr, {}, 13), Error);
+}
+
+TEST_P(TrainerTest, DivergenceStopsWithAMessage) {
+    const Dataset train = synthetic_dataset(200, 10);
+    OptimizerConfig opt;
+    opt.kind = OptimizerKind::Sgd;
+    opt.lr = 1e30f;
+    MlpConfig model = small_model();
+    model.dropout = 0.0f;
+    Trainer t(model, opt, small_train(GetParam()), train);
+    try {
+        for (int epoch = 1; epoch <= 3; ++epoch) t.train_epoch(epoch, nullptr);
+        FAIL() << "a learning rate of 1e30 trained without diverging";
+    } catch (const Error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find("diverged in epoch"), std::string::npos) << what;
+        EXPECT_NE(what.find("lower learning rate"), std::string::npos) << what;
+    }
+}
+
 TEST_P(TrainerTest, RejectsBadConfiguration) {
     const Dataset train = synthetic_dataset(20, 1);
     TrainConfig t = small_train(GetParam());
@@ -188,6 +233,23 @@ TEST(TrainerParity, GraphReplayMatchesPlainLaunches) {
     EXPECT_GT(g.graph_nodes(), 0u);
     EXPECT_EQ(p.graph_nodes(), 0u);
     EXPECT_EQ(g.model().parameters().to_host(), p.model().parameters().to_host());
+}
+
+// `cumnist selftest`: without a GPU it refuses with the reason; on a GPU every check passes.
+TEST(Selftest, EveryGpuCheckPasses) {
+    if (!cuda_available()) {
+        try {
+            run_gpu_selftest();
+            ADD_FAILURE() << "selftest ran without a GPU";
+        } catch (const Error& e) {
+            EXPECT_NE(std::string(e.what()).find("no usable GPU"), std::string::npos) << e.what();
+        }
+        GTEST_SKIP() << "no CUDA device: " << cuda_unavailable_reason();
+    }
+    const std::vector<SelftestResult> results = run_gpu_selftest();
+    EXPECT_GE(results.size(), 20u);
+    for (const SelftestResult& r : results)
+        EXPECT_TRUE(r.passed) << r.name << ": worst error " << r.worst_error << " of allowed; " << r.detail;
 }
 
 // One epoch of the default model on real MNIST on the CPU: the Keras reference reached 96.9 %

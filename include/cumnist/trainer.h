@@ -4,6 +4,7 @@
 // once per epoch.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -34,6 +35,8 @@ struct EpochMetrics {
     double seconds = 0;        // training only, evaluation excluded
     double eval_seconds = 0;
     double samples_per_second = 0;
+    int steps = 0;           // steps run by this call
+    bool completed = true;   // false when the stop flag ended the epoch early
 };
 
 struct Evaluation {
@@ -59,7 +62,13 @@ public:
     ~Trainer();
 
     // One pass over the training set (epoch is 1-based), then evaluation on `test` when given.
-    EpochMetrics train_epoch(int epoch, const ResidentData* test, const ProgressFn& progress = {});
+    // `first_step` > 0 resumes an interrupted epoch at that step (same order, same masks); the
+    // returned train metrics then cover the steps run by this call.
+    EpochMetrics train_epoch(int epoch, const ResidentData* test, const ProgressFn& progress = {}, int first_step = 0);
+
+    // Interruption: once *stop is true, train_epoch returns after the step in flight, with
+    // completed == false, no evaluation, and steps == the steps it ran. Null disables.
+    void set_stop_flag(const std::atomic<bool>* stop) { m_stop = stop; }
     Evaluation evaluate(const ResidentData& data);
 
     // Benchmarking: `n` full-batch training steps (graph replay on the GPU), continuing through
@@ -92,6 +101,7 @@ private:
     struct Graph;
     std::unique_ptr<Graph> m_graph;
     int m_bench_batch = 0;  // train_steps(): host copy of the batch index
+    const std::atomic<bool>* m_stop = nullptr;
 };
 
 }  // namespace cumnist

@@ -14,6 +14,11 @@ int main(int argc, char** argv) {
 
     std::vector<cli::Command> commands;
     cli::add_train_command(app, commands);
+    cli::add_selftest_command(app, commands);
+    cli::add_eval_command(app, commands);
+    cli::add_bench_command(app, commands);
+    cli::add_predict_command(app, commands);
+    cli::add_show_command(app, commands);
 
     try {
         app.parse(argc, argv);

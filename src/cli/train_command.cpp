@@ -1,20 +1,41 @@
 // `cumnist train`: trains an MLP, printing Keras-style per-epoch lines (with a live progress
-// bar on a terminal), and evaluates on the test set after every epoch.
+// bar on a terminal), and evaluates on the test set after every epoch. --save writes checkpoints
+// every epoch; --resume continues a saved run exactly.
 #include <omp.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
+#include <csignal>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "cli_common.h"
+#include "cumnist/checkpoint.h"
 #include "cumnist/data.h"
 #include "cumnist/trainer.h"
 
 namespace cumnist::cli {
 namespace {
+
+// SIGINT/SIGTERM: the first one asks the training loop to stop after the step in flight (and to
+// save when --save is set); a second one gets the default action, ending the process at once.
+std::atomic<bool> g_stop_requested{false};
+volatile std::sig_atomic_t g_stop_signal = 0;
+static_assert(std::atomic<bool>::is_always_lock_free, "the signal handler needs a lock-free flag");
+
+extern "C" void on_stop_signal(int signal_number) {
+    g_stop_signal = signal_number;
+    g_stop_requested.store(true, std::memory_order_relaxed);
+    std::signal(signal_number, SIG_DFL);
+}
 
 struct TrainOptions {
     std::string data_dir = default_data_dir();
@@ -24,6 +45,9 @@ struct TrainOptions {
     std::string activation = "relu";
     std::string hidden = "512,256";
     std::string metrics_out;
+    std::string save_dir;
+    std::string resume;
+    CLI::App* app = nullptr;  // to tell flags given on the command line from defaults
     int threads = 0;
     float lr = 1e-3f;
     float momentum = 0.0f;
@@ -72,6 +96,69 @@ nlohmann::json to_json(const EpochMetrics& m) {
             {"eval_seconds", m.eval_seconds},     {"samples_per_second", m.samples_per_second}};
 }
 
+// --save: the folder must exist (it is created) and be writable before any training is done.
+void prepare_save_dir(const std::string& dir) {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    if (fs::exists(dir, ec) && !fs::is_directory(dir, ec))
+        throw Error(fmt::format("--save: '{}' exists and is not a folder", dir));
+    fs::create_directories(dir, ec);
+    if (ec) throw Error(fmt::format("--save: cannot create folder '{}': {}", dir, ec.message()));
+    const std::string probe = dir + "/.cumnist-write-test";
+    bool ok = false;
+    {
+        std::ofstream out(probe, std::ios::binary | std::ios::trunc);
+        ok = static_cast<bool>(out << "ok" << std::flush);
+    }
+    const int err = errno;
+    std::remove(probe.c_str());
+    if (!ok) throw Error(fmt::format("--save: cannot write into folder '{}': {}", dir, std::strerror(err)));
+}
+
+std::string hidden_text(const std::vector<int>& hidden) {
+    return hidden.empty() ? "none" : fmt::format("{}", fmt::join(hidden, ","));
+}
+
+// --resume: the run continues with the checkpoint's model, optimizer, seed, batch size and data
+// set. A flag given on the command line that contradicts one of them is an error (a different
+// model cannot take the saved parameters; a different schedule would not be the same run).
+void apply_checkpoint_settings(TrainOptions& o, OptimizerConfig& opt, const CheckpointMeta& meta) {
+    auto given = [&](const char* flag) { return o.app->count(flag) > 0; };
+    auto conflict = [&](const char* flag, const std::string& value, const std::string& saved) {
+        throw Error(fmt::format("--resume '{}': {} {} contradicts the checkpoint, which has {}; a resumed run keeps the "
+                                "saved model and settings (leave out {}, or start a new run without --resume)",
+                                o.resume, flag, value, saved, flag));
+    };
+    if (given("--hidden") && o.model.hidden != meta.model.hidden)
+        conflict("--hidden", o.hidden, fmt::format("hidden {} ({})", hidden_text(meta.model.hidden), meta.model.describe()));
+    if (given("--activation") && o.model.activation != meta.model.activation)
+        conflict("--activation", o.activation, to_string(meta.model.activation));
+    if (given("--dropout") && o.model.dropout != meta.model.dropout)
+        conflict("--dropout", fmt::format("{}", o.model.dropout), fmt::format("dropout {}", meta.model.dropout));
+    if (given("--optimizer") && opt.kind != meta.optimizer.kind)
+        conflict("--optimizer", o.optimizer, meta.optimizer.describe());
+    if (given("--lr") && opt.lr != meta.optimizer.lr)
+        conflict("--lr", fmt::format("{}", o.lr), meta.optimizer.describe());
+    if (given("--momentum") && opt.momentum != meta.optimizer.momentum)
+        conflict("--momentum", fmt::format("{}", o.momentum), meta.optimizer.describe());
+    if (given("--seed") && o.train.seed != meta.seed)
+        conflict("--seed", std::to_string(o.train.seed), fmt::format("seed {}", meta.seed));
+    if (given("--batch-size") && o.train.batch != meta.batch)
+        conflict("--batch-size", std::to_string(o.train.batch), fmt::format("batch size {}", meta.batch));
+    if (given("--dataset") && !meta.dataset.empty() && o.dataset != meta.dataset)
+        conflict("--dataset", o.dataset, fmt::format("data set {}", meta.dataset));
+    o.model = meta.model;
+    opt = meta.optimizer;
+    o.train.seed = meta.seed;
+    o.train.batch = meta.batch;
+    if (!meta.dataset.empty()) o.dataset = meta.dataset;
+    if (!given("--epochs")) o.train.epochs = meta.epochs;
+    if (o.train.epochs <= meta.epoch)
+        throw Error(fmt::format("--resume '{}': the checkpoint has finished epoch {} of {}; pass --epochs N with N > {} "
+                                "to train further",
+                                o.resume, meta.epoch, given("--epochs") ? o.train.epochs : meta.epochs, meta.epoch));
+}
+
 int run_train(TrainOptions& o) {
     o.model.hidden = parse_hidden(o.hidden);
     o.model.activation = parse_activation(o.activation);
@@ -85,11 +172,23 @@ int run_train(TrainOptions& o) {
     o.train.tf32 = o.tf32;
     if (o.train.epochs <= 0) throw Error(fmt::format("--epochs must be at least 1, got {}", o.train.epochs));
     if (o.train.batch <= 0) throw Error(fmt::format("--batch-size must be at least 1, got {}", o.train.batch));
+    std::optional<Checkpoint> resumed;
+    if (!o.resume.empty()) {
+        resumed = load_checkpoint(o.resume);
+        apply_checkpoint_settings(o, opt, resumed->meta);
+        // A resumed run keeps saving where it was saving, unless told otherwise.
+        if (o.save_dir.empty()) o.save_dir = std::filesystem::path(o.resume).parent_path().string();
+        if (o.save_dir.empty()) o.save_dir = ".";
+    }
+    if (!o.save_dir.empty()) prepare_save_dir(o.save_dir);
     set_threads(o.threads);
     o.train.device = choose_device(o.device);
 
     const Dataset train = load_dataset(o.data_dir, o.dataset, Split::Train);
     const Dataset test = load_dataset(o.data_dir, o.dataset, Split::Test);
+    if (resumed && o.model.inputs != train.features())
+        throw Error(fmt::format("--resume '{}': the model takes {} pixels per image, but {} images are {}x{}", o.resume,
+                                o.model.inputs, o.dataset, train.rows, train.cols));
     o.model.inputs = train.features();
     if (test.features() != train.features())
         throw Error(fmt::format("test images are {}x{}, training images {}x{}", test.rows, test.cols, train.rows,
@@ -108,20 +207,58 @@ int run_train(TrainOptions& o) {
                    : "");
 
     Trainer trainer(o.model, opt, o.train, train);
-    const ResidentData test_data(test, o.train.device);
-    ProgressBar bar(::isatty(STDOUT_FILENO) != 0);
-    nlohmann::json history = nlohmann::json::array();
+    CheckpointMeta meta;
+    meta.epochs = o.train.epochs;
+    meta.dataset = o.dataset;
     std::string metrics_text;
     double best = -1.0, total_seconds = 0.0;
-    int best_epoch = 0;
-    for (int epoch = 1; epoch <= o.train.epochs; ++epoch) {
+    int best_epoch = 0, first_epoch = 1, resume_step = 0;
+    if (resumed) {
+        restore_checkpoint(trainer, *resumed, o.resume);
+        meta.history = resumed->meta.history;
+        first_epoch = resumed->meta.epoch + 1;
+        resume_step = resumed->meta.epoch_step;
+        for (const EpochMetrics& m : meta.history) {
+            if (m.test_accuracy > best) best = m.test_accuracy, best_epoch = m.epoch;
+            metrics_text += to_json(m).dump() + "\n";
+        }
+        fmt::print("  resumed    from {}: epoch {} done ({} steps), continuing with epoch {}{}\n", o.resume,
+                   resumed->meta.epoch, resumed->meta.step, first_epoch,
+                   resume_step > 0 ? fmt::format(" at step {}", resume_step + 1) : "");
+        resumed.reset();
+    }
+    if (!o.save_dir.empty())
+        fmt::print("  saving     {}/last.safetensors every epoch, {}/best.safetensors at the best test accuracy\n",
+                   o.save_dir, o.save_dir);
+    const ResidentData test_data(test, o.train.device);
+    ProgressBar bar(::isatty(STDOUT_FILENO) != 0);
+    trainer.set_stop_flag(&g_stop_requested);
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+    for (int epoch = first_epoch; epoch <= o.train.epochs; ++epoch) {
         fmt::print("Epoch {}/{}\n", epoch, o.train.epochs);
         std::fflush(stdout);
         bar.start();
-        const EpochMetrics m = trainer.train_epoch(epoch, &test_data, [&](int s, int n, double loss, double acc) {
-            bar.update(s, n, loss, acc);
-        });
+        const int first_step = std::exchange(resume_step, 0);
+        const EpochMetrics m = trainer.train_epoch(
+            epoch, &test_data, [&](int s, int n, double loss, double acc) { bar.update(s, n, loss, acc); }, first_step);
         bar.finish();
+        if (!m.completed) {
+            // Interrupted: the step in flight has finished; keep the state when --save is set.
+            const int signal_number = static_cast<int>(g_stop_signal);
+            const int done = first_step + m.steps;
+            fmt::print("Interrupted by {} in epoch {} after step {} of {}.\n",
+                       signal_number == SIGTERM ? "SIGTERM" : "SIGINT", epoch, done, trainer.steps_per_epoch());
+            if (!o.save_dir.empty()) {
+                meta.epoch = epoch - 1;
+                meta.epoch_step = done;
+                save_checkpoint(o.save_dir + "/last.safetensors", capture_checkpoint(trainer, meta));
+                fmt::print("Saved {}/last.safetensors; continue with: cumnist train --resume {}/last.safetensors\n",
+                           o.save_dir, o.save_dir);
+            }
+            std::fflush(stdout);
+            return 128 + (signal_number == SIGTERM ? SIGTERM : SIGINT);
+        }
         const int steps = trainer.steps_per_epoch();
         fmt::print("{}/{} [==============================] - {} {:.0f}us/step - loss: {:.4f} - accuracy: {:.4f} - "
                    "val_loss: {:.4f} - val_accuracy: {:.4f} - {:.0f} samples/s\n",
@@ -129,13 +266,23 @@ int run_train(TrainOptions& o) {
                    m.test_loss, m.test_accuracy, m.samples_per_second);
         std::fflush(stdout);
         total_seconds += m.seconds + m.eval_seconds;
-        if (m.test_accuracy > best) best = m.test_accuracy, best_epoch = epoch;
+        const bool improved = m.test_accuracy > best;
+        if (improved) best = m.test_accuracy, best_epoch = epoch;
+        if (!o.save_dir.empty()) {
+            meta.epoch = epoch;
+            meta.epoch_step = 0;
+            meta.history.push_back(m);
+            const Checkpoint c = capture_checkpoint(trainer, meta);
+            save_checkpoint(o.save_dir + "/last.safetensors", c);
+            if (improved) save_checkpoint(o.save_dir + "/best.safetensors", c);
+            fmt::print("Saved {}/last.safetensors{}\n", o.save_dir, improved ? " and best.safetensors" : "");
+        }
         if (!o.metrics_out.empty()) {
             metrics_text += to_json(m).dump() + "\n";
             write_file_atomically(o.metrics_out, metrics_text);
         }
     }
-    fmt::print("Done: {} epochs in {}; best test accuracy {:.4f} (epoch {})\n", o.train.epochs,
+    fmt::print("Done: {} epochs in {}; best test accuracy {:.4f} (epoch {})\n", o.train.epochs - first_epoch + 1,
                format_duration(total_seconds), best, best_epoch);
     if (gpu && trainer.graph_nodes() > 0) fmt::print("CUDA Graph: {} nodes per training step\n", trainer.graph_nodes());
     return 0;
@@ -164,6 +311,13 @@ void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
     train->add_flag("--no-graph", o->no_graph, "GPU: launch the step's kernels one by one instead of replaying a CUDA Graph");
     train->add_flag("--tf32", o->tf32, "GPU: allow TF32 tensor-core GEMMs (faster, less exact)");
     train->add_option("--metrics-out", o->metrics_out, "Write the per-epoch metrics to this file, one JSON object per line");
+    train->add_option("--save", o->save_dir,
+                      "Checkpoint folder: last.safetensors after every epoch (and on SIGINT/SIGTERM), best.safetensors at "
+                      "the best test accuracy (default with --resume: the checkpoint's folder)");
+    train->add_option("--resume", o->resume,
+                      "Continue the run saved in this checkpoint exactly (its model, optimizer, seed and batch size); "
+                      "--epochs is the total to reach");
+    o->app = train;
     commands.push_back({train, [o] { return run_train(*o); }});
 }
 

@@ -1,0 +1,50 @@
+// Benchmark arithmetic for `cumnist bench`: the floating-point work of a training or inference
+// step, this machine's sgemm peak, and quantiles of timings. Measures nothing about the model.
+#pragma once
+
+#include <vector>
+
+#include "cumnist/mlp.h"
+
+namespace cumnist {
+
+// Floating-point operations (a multiply-add counts 2) of the GEMMs of one training step over `n`
+// samples, from the model's layer layout (layer l maps in_l to out_l features):
+//   forward               2·n·Σ_l in_l·out_l
+//   backward, dW          2·n·Σ_l in_l·out_l
+//   backward, dX          2·n·Σ_{l>0} in_l·out_l   (the first layer's input gradient is not computed)
+//   total                 6·n·Σ_l in_l·out_l − 2·n·in_0·out_0
+// Elementwise work is left out: bias, activation, dropout and softmax are O(n·Σ out_l), ~0.3 % of
+// the GEMMs for 784-512-256-10; Adam is ~14 FLOP per parameter per step (~7.5 MFLOP), ~10 % of
+// the GEMMs at batch 32 and ~0.3 % at 1024, but it is bound by memory, not arithmetic.
+double training_step_flops(const MlpConfig& config, int n);
+
+// Forward pass only (inference): 2·n·Σ_l in_l·out_l.
+double inference_flops(const MlpConfig& config, int n);
+
+struct SgemmPeak {
+    double gflops = 0.0;  // best of `repeats`
+    int size = 0;         // m = n = k
+    int repeats = 0;
+    int threads = 0;      // OpenBLAS threads used
+};
+
+// Times cblas_sgemm (OpenBLAS) on size × size × size row-major matrices, `repeats` times after one
+// untimed call, with OpenBLAS's current thread count; returns the best rate (2·size³ FLOP per call).
+SgemmPeak measure_sgemm_peak(int size = 1024, int repeats = 5);
+
+// The GEMMs of one CPU training step over `n` samples on their own: forward, dW and dX with the
+// model's shapes and transposes, through cblas_sgemm as the CPU backend calls it, on scratch
+// matrices. Best time of the whole sequence over several runs (at least 5, and at least ~0.2 s):
+// the CPU step cannot get below it without faster GEMMs.
+struct GemmFloor {
+    double seconds_per_step = 0.0;
+    int runs = 0;
+};
+GemmFloor measure_step_gemms(const MlpConfig& config, int n);
+
+// The q-quantile (q in [0, 1]) of `values`, interpolating linearly between order statistics
+// (numpy's default). Throws Error when `values` is empty.
+double quantile(std::vector<double> values, double q);
+
+}  // namespace cumnist

@@ -1,0 +1,284 @@
+#!/usr/bin/python3
+"""The peer benchmark: cumnist's model, initialisation, optimizer and batch sizes in PyTorch on the
+CPU, configured to be as fast as PyTorch gets here, measured the way `cumnist bench` measures.
+
+Model 784-512-256-10 (ReLU, dropout 0.2 after each hidden layer), Glorot-uniform weights, zero
+biases, Adam (lr 1e-3, betas 0.9/0.999, eps 1e-7), softmax cross-entropy. The data set is read
+from cumnist's data folder (IDX files, raw or .gz) with numpy and held in memory as float tensors;
+each batch is a slice of a random permutation. Per configuration: warm-up steps, then timed steps
+(time.perf_counter, a monotonic clock, around each step); samples/s from the sum of the step times.
+Inference: the test set in batches of 1000 under torch.inference_mode().
+
+Speed settings: torch.set_num_threads(<cores>), and OMP_WAIT_POLICY=PASSIVE in the environment
+before torch is loaded (the script re-executes itself to set it): with the default (active)
+policy PyTorch's OpenMP threads spin while OpenBLAS works and training runs about 3x slower.
+
+Usage: scripts/bench_pytorch.py [--batch-sizes 32,128,256,1024] [--steps 1000] [--warmup 20]
+                                [--threads N] [--json FILE] [--data DIR] [--dataset mnist]
+Needs python3-torch and python3-numpy (Debian); scripts/compare.sh installs them when missing.
+"""
+
+import os
+import sys
+
+if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+    if os.environ.get("CUMNIST_BENCH_REEXEC"):
+        print("bench_pytorch: warning: OMP_WAIT_POLICY is not PASSIVE; PyTorch will run slower", file=sys.stderr)
+    else:
+        # Must be in the environment before libgomp is loaded (with torch): re-execute.
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        os.environ["CUMNIST_BENCH_REEXEC"] = "1"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+import argparse
+import gzip
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:
+    sys.exit(f"bench_pytorch: PyTorch is not installed for {sys.executable}: "
+             "apt-get install python3-torch (scripts/compare.sh does this)")
+
+HIDDEN = (512, 256)
+DROPOUT = 0.2
+
+
+def default_data_dir():
+    if os.environ.get("CUMNIST_DATA"):
+        return os.environ["CUMNIST_DATA"]
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "cumnist")
+
+
+def read_idx(path):
+    """An IDX file of unsigned bytes (raw or gzip, by content) as a numpy array of its dims."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        sys.exit(f"bench_pytorch: {path}: not an IDX file of unsigned bytes")
+    rank = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(rank)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * rank)
+    if body.size != int(np.prod(dims)):
+        sys.exit(f"bench_pytorch: {path}: header says {dims}, file holds {body.size} bytes of data")
+    return body.reshape(dims)
+
+
+def load_split(data_dir, dataset, prefix):
+    def find(name):
+        for candidate in (name, name + ".gz"):
+            path = os.path.join(data_dir, dataset, candidate)
+            if os.path.exists(path):
+                return path
+        sys.exit(f"bench_pytorch: {os.path.join(data_dir, dataset, name)}[.gz] not found; "
+                 "run scripts/fetch_data.sh")
+    images = read_idx(find(f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(find(f"{prefix}-labels-idx1-ubyte"))
+    x = torch.from_numpy(images.reshape(images.shape[0], -1).astype(np.float32) / 255.0)
+    y = torch.from_numpy(labels.astype(np.int64))
+    return x, y
+
+
+def make_model(inputs, classes, seed):
+    torch.manual_seed(seed)
+    layers, width = [], inputs
+    for h in HIDDEN:
+        layers += [torch.nn.Linear(width, h), torch.nn.ReLU(), torch.nn.Dropout(DROPOUT)]
+        width = h
+    layers.append(torch.nn.Linear(width, classes))
+    model = torch.nn.Sequential(*layers)
+    for m in model:
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(m.weight)  # Glorot uniform, as Keras and cumnist
+            torch.nn.init.zeros_(m.bias)
+    return model
+
+
+def layer_dims(inputs, classes):
+    dims = (inputs,) + HIDDEN + (classes,)
+    return list(zip(dims[:-1], dims[1:]))
+
+
+def training_step_flops(inputs, classes, n):
+    """GEMM FLOPs of one training step, as cumnist counts them (include/cumnist/bench.h):
+    6·n·Σ in·out − 2·n·in_0·out_0 (forward, dW, dX except the first layer's input gradient)."""
+    layers = layer_dims(inputs, classes)
+    macs = sum(i * o for i, o in layers)
+    return n * (6 * macs - 2 * layers[0][0] * layers[0][1])
+
+
+def quantile(values, q):
+    """Linear interpolation between order statistics (numpy's default), as cumnist."""
+    return float(np.quantile(np.asarray(values, dtype=np.float64), q))
+
+
+def bench_training(x, y, batch, steps, warmup, seed, classes):
+    model = make_model(x.shape[1], classes, seed)
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
+    n = x.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    order, pos = torch.randperm(n, generator=gen), 0
+
+    def step():
+        nonlocal order, pos
+        if pos + batch > n:  # full batches only, as cumnist's bench
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + batch]
+        pos += batch
+        xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    seconds = sum(times)
+    sps = steps * batch / seconds
+    flops = training_step_flops(x.shape[1], classes, batch)
+    return {
+        "device": "cpu",
+        "batch": batch,
+        "steps": steps,
+        "seconds": seconds,
+        "samples_per_second": sps,
+        "ms_per_step_median": quantile(times, 0.5) * 1e3,
+        "ms_per_step_p90": quantile(times, 0.9) * 1e3,
+        "ms_per_step_mean": statistics.fmean(times) * 1e3,
+        "epoch_seconds": n / sps,
+        "flops_per_step": flops,
+        "gflops": flops * steps / seconds / 1e9,
+    }
+
+
+def bench_inference(x, y, seed, classes, batch, repeats):
+    model = make_model(x.shape[1], classes, seed)
+    model.eval()
+
+    def one_pass():
+        with torch.inference_mode():
+            correct = 0
+            for first in range(0, x.shape[0], batch):
+                logits = model(x[first:first + batch])
+                correct += int((logits.argmax(1) == y[first:first + batch]).sum())
+        return correct
+
+    one_pass()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        one_pass()
+    seconds = time.perf_counter() - t0
+    macs = sum(i * o for i, o in layer_dims(x.shape[1], classes))
+    return {
+        "device": "cpu",
+        "samples": x.shape[0],
+        "batch": min(batch, x.shape[0]),
+        "repeats": repeats,
+        "seconds": seconds,
+        "samples_per_second": x.shape[0] * repeats / seconds,
+        "gflops": 2 * macs * x.shape[0] * repeats / seconds / 1e9,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch-sizes", default="32,128,256,1024")
+    p.add_argument("--steps", type=int, default=1000, help="timed steps per batch size")
+    p.add_argument("--warmup", type=int, default=20, help="untimed steps before timing")
+    p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
+    p.add_argument("--eval-batch", type=int, default=1000)
+    p.add_argument("--eval-repeats", type=int, default=5, help="timed passes over the test set (0: skip)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--data", default=default_data_dir())
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--json", help="also write the results to this file")
+    a = p.parse_args()
+    try:
+        batches = [int(b) for b in a.batch_sizes.split(",")]
+    except ValueError:
+        sys.exit(f"bench_pytorch: --batch-sizes: '{a.batch_sizes}' is not a comma-separated list of sizes")
+    if any(b <= 0 for b in batches) or a.steps <= 0 or a.warmup < 0 or a.threads < 0:
+        sys.exit("bench_pytorch: batch sizes and --steps must be positive, --warmup and --threads not negative")
+
+    cores = len(os.sched_getaffinity(0))
+    threads = a.threads or cores
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    x, y = load_split(a.data, a.dataset, "train")
+    xt, yt = load_split(a.data, a.dataset, "t10k")
+    classes = 10
+    if max(batches) > x.shape[0]:
+        sys.exit(f"bench_pytorch: batch {max(batches)} is larger than the training set ({x.shape[0]})")
+
+    cpu = platform.processor() or "cpu"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    load = list(os.getloadavg())
+    print(f"PyTorch {torch.__version__} bench: 784-512-256-10 relu, dropout {DROPOUT}, Adam; {a.dataset} from "
+          f"{os.path.join(a.data, a.dataset)}")
+    print(f"  {a.warmup} warm-up, then {a.steps} timed steps per batch size; {cpu}, {threads} threads "
+          f"(of {cores} cores), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, "
+          f"load average {load[0]:.2f} at start", flush=True)
+
+    training, inference = [], []
+    for i, b in enumerate(batches):
+        r = bench_training(x, y, b, a.steps, a.warmup, a.seed, classes)
+        training.append(r)
+        print(f"[{i + 1}/{len(batches)}] cpu  batch {b:>5}: {r['samples_per_second']:>9,.0f} samples/s, "
+              f"{r['ms_per_step_median']:.3f} ms/step (p90 {r['ms_per_step_p90']:.3f}), {r['gflops']:.1f} GFLOP/s",
+              file=sys.stderr, flush=True)
+    if a.eval_repeats > 0:
+        inference.append(bench_inference(xt, yt, a.seed, classes, a.eval_batch, a.eval_repeats))
+
+    print(f"\nTraining ({a.steps} timed steps after {a.warmup} warm-up)")
+    print(f"{'device':<6} {'batch':>6} {'samples/s':>11} {'ms/step':>10} {'p90 ms':>10} {'s/epoch':>9} {'GFLOP/s':>9}")
+    for r in training:
+        print(f"{r['device']:<6} {r['batch']:>6} {r['samples_per_second']:>11,.0f} {r['ms_per_step_median']:>10.3f} "
+              f"{r['ms_per_step_p90']:>10.3f} {r['epoch_seconds']:>9.2f} {r['gflops']:>9.1f}")
+    for r in inference:
+        print(f"\nInference (the {r['samples']} test images in batches of {r['batch']}, {r['repeats']} passes): "
+              f"{r['samples_per_second']:,.0f} samples/s, {r['gflops']:.1f} GFLOP/s")
+
+    if a.json:
+        result = {
+            "tool": "pytorch",
+            "torch_version": torch.__version__,
+            "machine": {"cpu": cpu, "cores": cores, "threads": threads, "load_average_start": load,
+                        "load_average_end": list(os.getloadavg())},
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "model": "784-512-256-10 relu, dropout 0.2",
+            "optimizer": "adam (lr 0.001, beta1 0.9, beta2 0.999, epsilon 1e-07)",
+            "dataset": a.dataset,
+            "warmup": a.warmup,
+            "steps": a.steps,
+            "training": training,
+            "inference": inference,
+        }
+        tmp = a.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, a.json)
+        print(f"Wrote {a.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# cumnist against PyTorch on this machine's CPU, side by side: runs `cumnist bench --device cpu`
+# and scripts/bench_pytorch.py with the same batch sizes, steps and threads, then prints
+# samples/s per batch size and their ratio. Installs python3-torch (large) when it is missing.
+# Usage: scripts/compare.sh [--batch-sizes 32,128,256,1024] [--steps N] [--warmup N] [--threads N]
+#                           [--out DIR]   (both JSON results are kept in DIR; default build/compare)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+batch_sizes=32,128,256,1024
+steps=1000
+warmup=20
+threads=0
+build_dir="${CUMNIST_BUILD_DIR:-build}"
+out_dir="$build_dir/compare"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --batch-sizes|--steps|--warmup|--threads|--out)
+      [ $# -ge 2 ] || { echo "compare: $1 needs a value" >&2; exit 2; }
+      case "$1" in
+        --batch-sizes) batch_sizes="$2" ;;
+        --steps) steps="$2" ;;
+        --warmup) warmup="$2" ;;
+        --threads) threads="$2" ;;
+        --out) out_dir="$2" ;;
+      esac
+      shift 2 ;;
+    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "compare: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+# Debian's python3-torch is installed for the system interpreter, not for a pyenv/venv one.
+python=/usr/bin/python3
+[ -x "$python" ] || python="$(command -v python3)"
+if ! "$python" -c 'import torch, numpy' 2>/dev/null; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "compare: installing python3-torch and python3-numpy (Debian packages; a large download)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-torch python3-numpy >/dev/null
+fi
+
+if [ ! -x "$build_dir/cumnist" ]; then
+  scripts/build.sh
+fi
+scripts/fetch_data.sh mnist >/dev/null
+
+mkdir -p "$out_dir"
+common=(--batch-sizes "$batch_sizes" --steps "$steps" --warmup "$warmup" --threads "$threads")
+
+echo "== cumnist =="
+"$build_dir/cumnist" bench --device cpu "${common[@]}" --json "$out_dir/cumnist.json"
+echo
+echo "== PyTorch =="
+# PyTorch's OpenMP threads must wait passively, or they spin against OpenBLAS's (~3x slower). It
+# has to be in the environment before torch loads. cumnist ran above in the caller's environment:
+# it has one OpenMP pool shared with OpenBLAS, and nothing spins against it.
+export OMP_WAIT_POLICY=PASSIVE
+"$python" scripts/bench_pytorch.py "${common[@]}" --json "$out_dir/pytorch.json"
+echo
+
+"$python" - "$out_dir/cumnist.json" "$out_dir/pytorch.json" <<'EOF'
+import json, sys
+ours, peer = (json.load(open(path)) for path in sys.argv[1:3])
+theirs = {r["batch"]: r for r in peer["training"]}
+m = ours["machine"]
+print(f"cumnist vs PyTorch {peer['torch_version']}, CPU training, {ours['steps']} steps after {ours['warmup']} warm-up; "
+      f"{m['cpu']}, {m['threads']} threads; load average {m['load_average_start'][0]:.2f} at start")
+print(f"{'batch':>6} | {'cumnist samples/s':>17} | {'PyTorch samples/s':>17} | {'ratio':>6}")
+print(f"{'-' * 6}-+-{'-' * 17}-+-{'-' * 17}-+-{'-' * 6}")
+for r in ours["training"]:
+    p = theirs.get(r["batch"])
+    if p is None:
+        continue
+    print(f"{r['batch']:>6} | {r['samples_per_second']:>17,.0f} | {p['samples_per_second']:>17,.0f} | "
+          f"{r['samples_per_second'] / p['samples_per_second']:>5.2f}x")
+if ours["inference"] and peer["inference"]:
+    a, b = ours["inference"][0], peer["inference"][0]
+    print(f"{'infer':>6} | {a['samples_per_second']:>17,.0f} | {b['samples_per_second']:>17,.0f} | "
+          f"{a['samples_per_second'] / b['samples_per_second']:>5.2f}x")
+loads = [ours["machine"]["load_average_start"][0], peer["machine"]["load_average_start"][0]]
+if max(loads) > 0.5 * m["cores"]:
+    print(f"warning: the machine was busy (load average {loads[0]:.2f} before cumnist, {loads[1]:.2f} before "
+          f"PyTorch, {m['cores']} cores): the numbers are low and the ratio is not representative")
+print("(ratio > 1: cumnist is faster; infer: the test set in batches of "
+      f"{ours['inference'][0]['batch'] if ours['inference'] else '-'}, forward only)")
+EOF

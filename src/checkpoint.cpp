@@ -1,0 +1,602 @@
+// Checkpoints in the safetensors layout: writing, and reading with every field validated before
+// anything the header claims is allocated or read.
+#include "cumnist/checkpoint.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string_view>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "checkpoints are read and written as little-endian F32: a big-endian host needs byte swapping"
+#endif
+
+namespace cumnist {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kFormat = "cumnist";
+constexpr int kFormatVersion = 1;
+constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // 100 MB: safetensors' own limit
+constexpr std::size_t kMaxLayers = 64;
+constexpr int kMaxInputs = 1 << 24;
+
+// One tensor the file should hold: its name, shape, and where its values go in a flat buffer.
+struct TensorSpec {
+    std::string name;
+    std::vector<uint64_t> shape;
+    int buffer = 0;  // 0: parameters, 1 + i: optimizer state i
+    std::size_t offset = 0, count = 0;
+};
+
+// One tensor as the header describes it (validated against the data section).
+struct Entry {
+    std::string name;
+    std::vector<uint64_t> shape;
+    uint64_t begin = 0, end = 0;
+};
+
+std::string shape_text(const std::vector<uint64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+std::string hidden_text(const std::vector<int>& hidden) {
+    return hidden.empty() ? "none" : fmt::format("{}", fmt::join(hidden, ","));
+}
+
+// The tensors of a model (and of its optimizer's state, when `with_state`), in data order.
+std::vector<TensorSpec> expected_tensors(const MlpConfig& model, OptimizerKind kind, bool with_state) {
+    std::vector<TensorSpec> specs;
+    const std::vector<LayerLayout> layout = layer_layout(model);
+    std::vector<std::string> prefixes = {""};
+    if (with_state)
+        for (const std::string& s : optimizer_state_names(kind)) prefixes.push_back("optimizer." + s + ".");
+    for (std::size_t b = 0; b < prefixes.size(); ++b) {
+        for (std::size_t l = 0; l < layout.size(); ++l) {
+            const LayerLayout& L = layout[l];
+            const std::string layer = fmt::format("{}layers.{}.", prefixes[b], l);
+            specs.push_back({layer + "weight",
+                             {static_cast<uint64_t>(L.out), static_cast<uint64_t>(L.in)},
+                             static_cast<int>(b),
+                             L.w_offset,
+                             static_cast<std::size_t>(L.out) * static_cast<std::size_t>(L.in)});
+            specs.push_back({layer + "bias", {static_cast<uint64_t>(L.out)}, static_cast<int>(b), L.b_offset,
+                             static_cast<std::size_t>(L.out)});
+        }
+    }
+    return specs;
+}
+
+// A float as the shortest decimal that reads back as the same float ("0.2", not 0.200000003).
+double readable(float f) {
+    const double shortest = std::strtod(fmt::format("{}", f).c_str(), nullptr);
+    return static_cast<float>(shortest) == f ? shortest : static_cast<double>(f);
+}
+
+double number_or_nan(const json& j, const char* key) {
+    const auto it = j.find(key);
+    if (it == j.end() || it->is_null()) return std::nan("");
+    return it->get<double>();
+}
+
+json metrics_to_json(const EpochMetrics& m) {
+    auto num = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
+    return {{"epoch", m.epoch},
+            {"train_loss", num(m.train_loss)},
+            {"train_accuracy", num(m.train_accuracy)},
+            {"test_loss", num(m.test_loss)},
+            {"test_accuracy", num(m.test_accuracy)},
+            {"seconds", num(m.seconds)},
+            {"eval_seconds", num(m.eval_seconds)},
+            {"samples_per_second", num(m.samples_per_second)}};
+}
+
+std::map<std::string, std::string> metadata_strings(const CheckpointMeta& meta) {
+    const MlpConfig& m = meta.model;
+    const OptimizerConfig& o = meta.optimizer;
+    json history = json::array();
+    for (const EpochMetrics& e : meta.history) history.push_back(metrics_to_json(e));
+    const json model = {{"inputs", m.inputs},
+                        {"hidden", m.hidden},
+                        {"classes", m.classes},
+                        {"activation", to_string(m.activation)},
+                        {"dropout", readable(m.dropout)}};
+    const json optimizer = {{"name", to_string(o.kind)}, {"lr", readable(o.lr)},           {"beta1", readable(o.beta1)},
+                            {"beta2", readable(o.beta2)}, {"epsilon", readable(o.epsilon)}, {"momentum", readable(o.momentum)},
+                            {"rho", readable(o.rho)}};
+    // safetensors metadata maps strings to strings: every value but "format" is JSON text.
+    return {{"format", kFormat},
+            {"format_version", json(kFormatVersion).dump()},
+            {"model", model.dump()},
+            {"optimizer", optimizer.dump()},
+            {"epoch", json(meta.epoch).dump()},
+            {"epochs", json(meta.epochs).dump()},
+            {"step", json(meta.step).dump()},
+            {"epoch_step", json(meta.epoch_step).dump()},
+            {"seed", json(meta.seed).dump()},
+            {"batch_size", json(meta.batch).dump()},
+            {"dataset", json(meta.dataset).dump()},
+            {"device", json(meta.device).dump()},
+            {"metrics", history.dump()}};
+}
+
+bool same_model(const MlpConfig& a, const MlpConfig& b) {
+    return a.inputs == b.inputs && a.hidden == b.hidden && a.classes == b.classes && a.activation == b.activation &&
+           a.dropout == b.dropout;
+}
+
+bool same_optimizer(const OptimizerConfig& a, const OptimizerConfig& b) {
+    return a.kind == b.kind && a.lr == b.lr && a.beta1 == b.beta1 && a.beta2 == b.beta2 && a.epsilon == b.epsilon &&
+           a.momentum == b.momentum && a.rho == b.rho;
+}
+
+const char* json_type(const json& j) { return j.type_name(); }
+
+// Reads a safetensors header and data section. `fail` prefixes every message with the file name.
+class Reader {
+public:
+    explicit Reader(std::string name) : m_name(std::move(name)) {}
+
+    template <class... Args>
+    [[noreturn]] void fail(fmt::format_string<Args...> f, Args&&... args) const {
+        throw Error(fmt::format("checkpoint '{}': {}", m_name, fmt::format(f, std::forward<Args>(args)...)));
+    }
+
+    // The header length from the first 8 bytes, checked against the file size and the limit.
+    uint64_t header_length(const unsigned char* first8, uint64_t file_size) const {
+        if (file_size < 8)
+            fail("the file is {} bytes, too short for a safetensors file (8-byte header length, JSON header, data)",
+                 file_size);
+        uint64_t n = 0;
+        for (int i = 7; i >= 0; --i) n = (n << 8) | first8[i];
+        if (n > kMaxHeaderBytes)
+            fail("the header length in bytes 0-7 is {}, more than the {} bytes a header may have; not a safetensors "
+                 "checkpoint, or a damaged one",
+                 n, kMaxHeaderBytes);
+        if (n > file_size - 8)
+            fail("the header length in bytes 0-7 is {}, but only {} bytes follow; the file is truncated or not a "
+                 "safetensors checkpoint",
+                 n, file_size - 8);
+        if (n < 2) fail("the header length in bytes 0-7 is {}, too short for a JSON object", n);
+        return n;
+    }
+
+    // Validates the JSON header against a data section of `data_size` bytes; fills meta and entries.
+    void parse_header(std::string_view text, uint64_t data_size) {
+        json header;
+        try {
+            header = json::parse(text.begin(), text.end());
+        } catch (const json::exception& e) {
+            fail("the header is not valid JSON: {}", strip_json_prefix(e.what()));
+        }
+        if (!header.is_object()) fail("the header is a JSON {}, expected an object of tensors", json_type(header));
+        bool has_meta = false;
+        for (auto it = header.begin(); it != header.end(); ++it) {
+            if (it.key() == "__metadata__") {
+                parse_metadata(it.value());
+                has_meta = true;
+            } else {
+                m_entries.push_back(parse_entry(it.key(), it.value()));
+            }
+        }
+        if (!has_meta)
+            fail("the header has no __metadata__; not a cumnist checkpoint (expected the model, optimizer, epoch, ... "
+                 "entries cumnist writes)");
+        match_tensors();
+        check_tiling(data_size);
+    }
+
+    // The tensors' values, from the data section (already known to be exactly data_size bytes).
+    Checkpoint assemble(const char* data) {
+        Checkpoint c;
+        c.meta = m_meta;
+        c.parameters.assign(parameter_count(m_meta.model), 0.0f);
+        if (m_has_state)
+            c.optimizer_state.assign(optimizer_state_names(m_meta.optimizer.kind).size(),
+                                     std::vector<float>(c.parameters.size(), 0.0f));
+        for (const TensorSpec& s : m_specs) {
+            const Entry& e = *m_by_name.at(s.name);
+            float* dst = s.buffer == 0 ? c.parameters.data() : c.optimizer_state[s.buffer - 1].data();
+            std::memcpy(dst + s.offset, data + e.begin, s.count * sizeof(float));
+        }
+        return c;
+    }
+
+private:
+    static std::string strip_json_prefix(const std::string& what) {
+        // "[json.exception.parse_error.101] parse error at ..." -> "parse error at ..."
+        const std::size_t close = what.find("] ");
+        return what.rfind("[json.exception", 0) == 0 && close != std::string::npos ? what.substr(close + 2) : what;
+    }
+
+    uint64_t unsigned_value(const json& j, const std::string& what) const {
+        if (!j.is_number_unsigned()) fail("{} must be a non-negative integer, found {}", what, j.dump());
+        return j.get<uint64_t>();
+    }
+
+    Entry parse_entry(const std::string& name, const json& j) const {
+        if (!j.is_object()) fail("tensor '{}' is a JSON {}, expected an object with dtype, shape and data_offsets", name,
+                                 json_type(j));
+        for (const char* key : {"dtype", "shape", "data_offsets"})
+            if (!j.contains(key)) fail("tensor '{}' has no '{}' (expected dtype, shape and data_offsets)", name, key);
+        const json& dtype = j["dtype"];
+        if (!dtype.is_string()) fail("tensor '{}': dtype is {}, expected the string \"F32\"", name, dtype.dump());
+        if (dtype.get<std::string>() != "F32")
+            fail("tensor '{}' has dtype '{}'; cumnist checkpoints hold F32 (32-bit float) tensors only", name,
+                 dtype.get<std::string>());
+        Entry e;
+        e.name = name;
+        const json& shape = j["shape"];
+        if (!shape.is_array() || shape.size() > 8)
+            fail("tensor '{}': shape is {}, expected an array of at most 8 sizes", name, shape.dump());
+        // The element count, with overflow caught: anything beyond 2^60 cannot fit any file anyway.
+        uint64_t count = 1;
+        bool huge = false;
+        for (const json& d : shape) {
+            const uint64_t v = unsigned_value(d, fmt::format("tensor '{}': every size in shape {}", name, shape.dump()));
+            e.shape.push_back(v);
+            if (v != 0 && count > (uint64_t{1} << 60) / v) huge = true;
+            count = huge ? count : count * v;
+        }
+        const json& offsets = j["data_offsets"];
+        if (!offsets.is_array() || offsets.size() != 2)
+            fail("tensor '{}': data_offsets is {}, expected [begin, end]", name, offsets.dump());
+        e.begin = unsigned_value(offsets[0], fmt::format("tensor '{}': data_offsets begin", name));
+        e.end = unsigned_value(offsets[1], fmt::format("tensor '{}': data_offsets end", name));
+        if (e.end < e.begin) fail("tensor '{}': data_offsets [{}, {}] end before they begin", name, e.begin, e.end);
+        if (huge || e.end - e.begin != count * 4)
+            fail("tensor '{}': shape {} of F32 needs {} bytes, but data_offsets [{}, {}] span {}", name,
+                 shape_text(e.shape), huge ? std::string("more than 2^62") : std::to_string(count * 4), e.begin, e.end,
+                 e.end - e.begin);
+        return e;
+    }
+
+    // The tensors must tile the data section exactly: inside it, no overlaps, no unclaimed bytes.
+    void check_tiling(uint64_t data_size) {
+        std::vector<const Entry*> sorted;
+        for (const Entry& e : m_entries) sorted.push_back(&e);
+        std::sort(sorted.begin(), sorted.end(), [](const Entry* a, const Entry* b) {
+            return a->begin != b->begin ? a->begin < b->begin : a->end < b->end;
+        });
+        for (const Entry* e : sorted)  // first: the tensors that run past the end (a truncated file)
+            if (e->end > data_size)
+                fail("tensor '{}' occupies bytes [{}, {}) of the data section, but the file holds only {} bytes of "
+                     "data; the file is truncated",
+                     e->name, e->begin, e->end, data_size);
+        uint64_t covered = 0;
+        const Entry* previous = nullptr;
+        for (const Entry* e : sorted) {
+            if (previous && e->begin < covered)
+                fail("tensors '{}' [{}, {}) and '{}' [{}, {}) overlap in the data section", previous->name,
+                     previous->begin, previous->end, e->name, e->begin, e->end);
+            if (e->begin > covered)
+                fail("bytes [{}, {}) of the data section belong to no tensor (the offsets leave a gap)", covered,
+                     e->begin);
+            covered = e->end;
+            previous = e;
+        }
+        if (covered != data_size)
+            fail("the data section has {} bytes, but the tensors cover only the first {} (extra data after the last "
+                 "tensor)",
+                 data_size, covered);
+    }
+
+    const json& meta_entry(const json& meta, const char* key) const {
+        if (!meta.contains(key)) fail("__metadata__ has no '{}' entry; not a cumnist checkpoint, or a damaged one", key);
+        return meta[key];
+    }
+
+    json meta_json(const json& meta, const char* key) const {
+        const json& v = meta_entry(meta, key);
+        if (!v.is_string()) fail("__metadata__ '{}' is a JSON {}; safetensors metadata values must be strings", key,
+                                 json_type(v));
+        try {
+            return json::parse(v.get<std::string>());
+        } catch (const json::exception& e) {
+            fail("__metadata__ '{}' is not valid JSON text ({}): {}", key, strip_json_prefix(e.what()),
+                 v.get<std::string>().substr(0, 80));
+        }
+    }
+
+    // A non-negative integer entry in [lo, hi].
+    template <class T>
+    T meta_number(const json& meta, const char* key, uint64_t lo, uint64_t hi) const {
+        const json v = meta_json(meta, key);
+        if (!v.is_number_unsigned() || v.get<uint64_t>() < lo || v.get<uint64_t>() > hi)
+            fail("__metadata__ '{}' is {}, expected an integer in [{}, {}]", key, v.dump(), lo, hi);
+        return static_cast<T>(v.get<uint64_t>());
+    }
+
+    void parse_metadata(const json& meta) {
+        if (!meta.is_object()) fail("__metadata__ is a JSON {}, expected an object of strings", json_type(meta));
+        const json& format = meta_entry(meta, "format");
+        if (format != kFormat)
+            fail("__metadata__ 'format' is {}, expected \"{}\"; not a cumnist checkpoint", format.dump(), kFormat);
+        const int version = meta_number<int>(meta, "format_version", 1, 1u << 20);
+        if (version > kFormatVersion)
+            fail("format version {} is newer than this cumnist reads (version {}); update cumnist", version,
+                 kFormatVersion);
+        MlpConfig& m = m_meta.model;
+        const json model = meta_json(meta, "model");
+        std::string activation;
+        try {
+            // Sizes must be integers that fit an int; validate() then checks their ranges.
+            auto size = [&](const json& v) {
+                const bool fits = v.is_number_unsigned() ? v.get<uint64_t>() <= uint64_t{INT32_MAX}
+                                                          : v.is_number_integer() && v.get<int64_t>() >= INT32_MIN;
+                if (!fits)
+                    fail("__metadata__ 'model': sizes must be integers, found {}", v.dump());
+                return v.get<int>();
+            };
+            m.inputs = size(model.at("inputs"));
+            m.classes = size(model.at("classes"));
+            const json& hidden = model.at("hidden");
+            if (!hidden.is_array() || hidden.size() > kMaxLayers)
+                fail("__metadata__ 'model': hidden is {}, expected an array of at most {} sizes",
+                     hidden.dump().substr(0, 200), kMaxLayers);
+            m.hidden.clear();
+            for (const json& h : hidden) m.hidden.push_back(size(h));
+            m.dropout = model.at("dropout").get<float>();
+            activation = model.at("activation").get<std::string>();
+        } catch (const json::exception& e) {
+            fail("__metadata__ 'model' is {}, not a model description ({}); expected inputs, hidden, classes, "
+                 "activation, dropout",
+                 model.dump().substr(0, 200), strip_json_prefix(e.what()));
+        }
+        if (activation == "relu")
+            m.activation = Activation::Relu;
+        else if (activation == "sigmoid")
+            m.activation = Activation::Sigmoid;
+        else
+            fail("__metadata__ 'model': activation '{}' is not relu or sigmoid", activation);
+        if (m.inputs > kMaxInputs)
+            fail("__metadata__ 'model': {} inputs exceed cumnist's limit of {}", m.inputs, kMaxInputs);
+        try {
+            m.validate();
+        } catch (const Error& e) {
+            fail("__metadata__ 'model': {}", e.what());
+        }
+
+        OptimizerConfig& o = m_meta.optimizer;
+        const json opt = meta_json(meta, "optimizer");
+        std::string kind;
+        try {
+            kind = opt.at("name").get<std::string>();
+            o.lr = opt.at("lr").get<float>();
+            o.beta1 = opt.at("beta1").get<float>();
+            o.beta2 = opt.at("beta2").get<float>();
+            o.epsilon = opt.at("epsilon").get<float>();
+            o.momentum = opt.at("momentum").get<float>();
+            o.rho = opt.at("rho").get<float>();
+        } catch (const json::exception& e) {
+            fail("__metadata__ 'optimizer' is {}, not an optimizer description ({}); expected name, lr, beta1, beta2, "
+                 "epsilon, momentum, rho",
+                 opt.dump().substr(0, 200), strip_json_prefix(e.what()));
+        }
+        try {
+            o.kind = parse_optimizer(kind);
+            o.validate();
+        } catch (const Error& e) {
+            fail("__metadata__ 'optimizer': {}", e.what());
+        }
+        m_meta.epoch = meta_number<int>(meta, "epoch", 0, 1u << 30);
+        m_meta.epochs = meta_number<int>(meta, "epochs", 0, 1u << 30);
+        m_meta.step = meta_number<uint64_t>(meta, "step", 0, std::numeric_limits<uint64_t>::max());
+        // Written since interruption support: absent means the checkpoint is at an epoch boundary.
+        m_meta.epoch_step = meta.contains("epoch_step") ? meta_number<int>(meta, "epoch_step", 0, 1u << 30) : 0;
+        m_meta.seed = meta_number<uint64_t>(meta, "seed", 0, std::numeric_limits<uint64_t>::max());
+        m_meta.batch = meta_number<int>(meta, "batch_size", 1, 1u << 30);
+        for (const char* key : {"dataset", "device"}) {
+            const json v = meta_json(meta, key);
+            if (!v.is_string()) fail("__metadata__ '{}' is {}, expected a JSON string", key, v.dump());
+            (std::string_view(key) == "dataset" ? m_meta.dataset : m_meta.device) = v.get<std::string>();
+        }
+        const json history = meta_json(meta, "metrics");
+        if (!history.is_array()) fail("__metadata__ 'metrics' is a JSON {}, expected an array", json_type(history));
+        try {
+            for (const json& h : history) {
+                EpochMetrics e;
+                e.epoch = h.at("epoch").get<int>();
+                e.train_loss = number_or_nan(h, "train_loss");
+                e.train_accuracy = number_or_nan(h, "train_accuracy");
+                e.test_loss = number_or_nan(h, "test_loss");
+                e.test_accuracy = number_or_nan(h, "test_accuracy");
+                e.seconds = number_or_nan(h, "seconds");
+                e.eval_seconds = number_or_nan(h, "eval_seconds");
+                e.samples_per_second = number_or_nan(h, "samples_per_second");
+                m_meta.history.push_back(e);
+            }
+        } catch (const json::exception& e) {
+            fail("__metadata__ 'metrics' holds an entry that is not an epoch's metrics: {}", strip_json_prefix(e.what()));
+        }
+    }
+
+    // The header's tensors must be exactly the model's (and, if any is there, all of its optimizer's).
+    void match_tensors() {
+        for (const Entry& e : m_entries) m_by_name[e.name] = &e;
+        m_has_state = std::any_of(m_entries.begin(), m_entries.end(),
+                                  [](const Entry& e) { return e.name.rfind("optimizer.", 0) == 0; });
+        m_specs = expected_tensors(m_meta.model, m_meta.optimizer.kind, m_has_state);
+        const std::string model = m_meta.model.describe();
+        for (const TensorSpec& s : m_specs) {
+            const auto it = m_by_name.find(s.name);
+            if (it == m_by_name.end())
+                fail("missing tensor '{}' (the model {} with {} state has {} tensors)", s.name, model,
+                     s.buffer == 0 ? "no optimizer" : to_string(m_meta.optimizer.kind), m_specs.size());
+            if (it->second->shape != s.shape)
+                fail("tensor '{}' has shape {}, but the model in the metadata ({}) needs {}", s.name,
+                     shape_text(it->second->shape), model, shape_text(s.shape));
+        }
+        if (m_specs.size() != m_entries.size()) {
+            for (const Entry& e : m_entries) {
+                const bool known = std::any_of(m_specs.begin(), m_specs.end(),
+                                               [&](const TensorSpec& s) { return s.name == e.name; });
+                if (!known)
+                    fail("unexpected tensor '{}': the model {} with {} state has only layers.{{0..{}}}.{{weight,bias}}{}",
+                         e.name, model, to_string(m_meta.optimizer.kind), m_meta.model.n_layers() - 1,
+                         m_has_state ? " and their optimizer.* state" : "");
+            }
+        }
+    }
+
+    std::string m_name;
+    CheckpointMeta m_meta;
+    std::vector<Entry> m_entries;
+    std::map<std::string, const Entry*> m_by_name;
+    std::vector<TensorSpec> m_specs;
+    bool m_has_state = false;
+};
+
+}  // namespace
+
+std::vector<std::string> optimizer_state_names(OptimizerKind kind) {
+    switch (kind) {
+        case OptimizerKind::Adam: return {"adam.m", "adam.v"};
+        case OptimizerKind::Sgd: return {"sgd.velocity"};
+        case OptimizerKind::RmsProp: return {"rmsprop.s"};
+    }
+    return {};
+}
+
+std::string serialize_checkpoint(const Checkpoint& c) {
+    c.meta.model.validate();
+    const std::size_t n = parameter_count(c.meta.model);
+    CUMNIST_CHECK(c.parameters.size() == n, "checkpoint holds {} parameters, the model {} has {}", c.parameters.size(),
+                  c.meta.model.describe(), n);
+    const bool with_state = !c.optimizer_state.empty();
+    if (with_state) {
+        CUMNIST_CHECK(c.optimizer_state.size() == optimizer_state_names(c.meta.optimizer.kind).size(),
+                      "{} optimizer state buffers for {}", c.optimizer_state.size(), to_string(c.meta.optimizer.kind));
+        for (const auto& s : c.optimizer_state)
+            CUMNIST_CHECK(s.size() == n, "optimizer state of {} values for {} parameters", s.size(), n);
+    }
+    json header = json::object();
+    header["__metadata__"] = metadata_strings(c.meta);
+    std::string data;
+    uint64_t offset = 0;
+    for (const TensorSpec& s : expected_tensors(c.meta.model, c.meta.optimizer.kind, with_state)) {
+        const uint64_t bytes = s.count * sizeof(float);
+        header[s.name] = {{"dtype", "F32"}, {"shape", s.shape}, {"data_offsets", {offset, offset + bytes}}};
+        const float* src = s.buffer == 0 ? c.parameters.data() : c.optimizer_state[s.buffer - 1].data();
+        data.append(reinterpret_cast<const char*>(src + s.offset), bytes);
+        offset += bytes;
+    }
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');  // pad so the data starts 8-byte aligned
+    std::string out(8, '\0');
+    for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((static_cast<uint64_t>(text.size()) >> (8 * i)) & 0xffu);
+    out += text;
+    out += data;
+    return out;
+}
+
+Checkpoint parse_checkpoint(const std::string& name, const std::string& bytes) {
+    Reader r(name);
+    const uint64_t n = r.header_length(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+    r.parse_header(std::string_view(bytes).substr(8, n), bytes.size() - 8 - n);
+    return r.assemble(bytes.data() + 8 + n);
+}
+
+void save_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
+    const std::string bytes = serialize_checkpoint(checkpoint);
+    const std::string tmp = path + ".tmp";
+    std::FILE* f = std::fopen(tmp.c_str(), "wb");
+    if (!f) throw Error(fmt::format("cannot write checkpoint '{}': {}", tmp, std::strerror(errno)));
+    const bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 &&
+                         ::fsync(::fileno(f)) == 0;
+    const int err = errno;
+    if (std::fclose(f) != 0 || !written) {
+        std::remove(tmp.c_str());
+        throw Error(fmt::format("cannot write checkpoint '{}': {}", tmp, std::strerror(written ? errno : err)));
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+        const int e = errno;
+        std::remove(tmp.c_str());
+        throw Error(fmt::format("cannot replace checkpoint '{}': {}", path, std::strerror(e)));
+    }
+}
+
+Checkpoint load_checkpoint(const std::string& path) {
+    std::error_code ec;
+    if (std::filesystem::is_directory(path, ec))
+        throw Error(fmt::format("checkpoint '{}' is a folder, expected a .safetensors file (e.g. {}/last.safetensors)",
+                                path, path));
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw Error(fmt::format("cannot open checkpoint '{}': {}", path, std::strerror(errno)));
+    const uint64_t size = std::filesystem::file_size(path, ec);
+    if (ec) throw Error(fmt::format("cannot read checkpoint '{}': {}", path, ec.message()));
+    auto read = [&](char* dst, uint64_t n) {
+        if (!in.read(dst, static_cast<std::streamsize>(n)))
+            throw Error(fmt::format("checkpoint '{}': read failed after {} of {} bytes (did the file change?)", path,
+                                    in.gcount(), n));
+    };
+    Reader r(path);
+    unsigned char first8[8] = {};
+    read(reinterpret_cast<char*>(first8), std::min<uint64_t>(size, 8));
+    const uint64_t n = r.header_length(first8, size);  // ≤ 100 MB and ≤ the file: safe to read
+    std::string header(n, '\0');
+    read(header.data(), n);
+    const uint64_t data_size = size - 8 - n;
+    r.parse_header(header, data_size);  // the data section is exactly the tensors' bytes now
+    std::string data(data_size, '\0');
+    read(data.data(), data_size);
+    return r.assemble(data.data());
+}
+
+Checkpoint capture_checkpoint(Trainer& trainer, CheckpointMeta meta) {
+    Checkpoint c;
+    meta.model = trainer.model().config();
+    meta.optimizer = trainer.optimizer().config();
+    meta.step = trainer.step();
+    meta.seed = trainer.config().seed;
+    meta.batch = trainer.config().batch;
+    meta.device = to_string(trainer.config().device);
+    c.meta = std::move(meta);
+    c.parameters = trainer.model().parameters().to_host();
+    for (const Buffer<float>& s : trainer.optimizer().state()) c.optimizer_state.push_back(s.to_host());
+    return c;
+}
+
+void restore_checkpoint(Trainer& trainer, const Checkpoint& c, const std::string& name) {
+    const MlpConfig& mine = trainer.model().config();
+    const OptimizerConfig& opt = trainer.optimizer().config();
+    if (!same_model(mine, c.meta.model))
+        throw Error(fmt::format("checkpoint '{}' holds the model {} (hidden {}), but the trainer is set up for {} "
+                                "(hidden {})",
+                                name, c.meta.model.describe(), hidden_text(c.meta.model.hidden), mine.describe(),
+                                hidden_text(mine.hidden)));
+    if (!same_optimizer(opt, c.meta.optimizer))
+        throw Error(fmt::format("checkpoint '{}' was trained with {}, but the trainer is set up for {}", name,
+                                c.meta.optimizer.describe(), opt.describe()));
+    if (trainer.config().seed != c.meta.seed)
+        throw Error(fmt::format("checkpoint '{}' was trained with seed {}, but the trainer uses seed {}; an exact "
+                                "resume needs the same seed",
+                                name, c.meta.seed, trainer.config().seed));
+    std::vector<Buffer<float>>& state = trainer.optimizer().state();
+    if (c.optimizer_state.size() != state.size())
+        throw Error(fmt::format("checkpoint '{}' holds no {} optimizer state (found {} of {} buffers); it can be "
+                                "evaluated but not resumed",
+                                name, to_string(opt.kind), c.optimizer_state.size(), state.size()));
+    trainer.model().parameters().copy_from_host(c.parameters.data(), c.parameters.size());
+    for (std::size_t i = 0; i < state.size(); ++i)
+        state[i].copy_from_host(c.optimizer_state[i].data(), c.optimizer_state[i].size());
+    trainer.set_step(c.meta.step);
+}
+
+Mlp load_model(const Checkpoint& c, Device device) {
+    Mlp model(c.meta.model, device);
+    CUMNIST_CHECK(c.parameters.size() == model.parameters().size(), "checkpoint holds {} parameters, the model {}",
+                  c.parameters.size(), model.parameters().size());
+    model.parameters().copy_from_host(c.parameters.data(), c.parameters.size());
+    return model;
+}
+
+}  // namespace cumnist

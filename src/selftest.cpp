@@ -1,0 +1,292 @@
+// `cumnist selftest`: the CUDA backend against the CPU backend, op by op, then whole training.
+#include "cumnist/selftest.h"
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <random>
+
+#include "cumnist/ops.h"
+#include "cumnist/philox.h"
+#include "cumnist/trainer.h"
+
+namespace cumnist {
+namespace {
+
+struct Tol {
+    double abs, rel;
+    std::string text() const { return fmt::format("{:g} + {:g}·|x|", abs, rel); }
+};
+// Element-wise ops share their formulas (philox.h) and differ only in expf/sqrtf rounding;
+// GEMMs and reductions sum in a different order.
+constexpr Tol kElementwise{1e-6, 1e-5};
+constexpr Tol kGemm{1e-4, 1e-4};
+
+std::vector<float> random_floats(std::size_t n, float lo, float hi, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> dist(lo, hi);
+    std::vector<float> v(n);
+    for (float& x : v) x = dist(rng);
+    return v;
+}
+
+// Compares one GPU result with the CPU's, accumulating into `r`.
+template <class T>
+void compare(SelftestResult& r, const std::vector<T>& gpu, const std::vector<T>& cpu, Tol tol, const char* what) {
+    if (gpu.size() != cpu.size()) {
+        r.worst_error = HUGE_VAL;
+        r.detail = fmt::format("{}: {} values, expected {}", what, gpu.size(), cpu.size());
+        return;
+    }
+    for (std::size_t i = 0; i < gpu.size(); ++i) {
+        const double g = static_cast<double>(gpu[i]), c = static_cast<double>(cpu[i]);
+        const double err = std::fabs(g - c);
+        const double excess = g == c ? 0.0 : std::isfinite(err) ? err / (tol.abs + tol.rel * std::fabs(c)) : HUGE_VAL;
+        r.worst_abs = std::max(r.worst_abs, std::isfinite(err) ? err : HUGE_VAL);
+        if (excess > r.worst_error) {
+            r.worst_error = excess;
+            if (excess > 1.0) r.detail = fmt::format("{}[{}]: gpu {:.9g}, cpu {:.9g}", what, i, g, c);
+        }
+    }
+}
+
+// Runs `op(device)` on both devices with inputs uploaded from the same host data.
+struct Case {
+    std::string name;
+    Tol tol;
+    std::function<void(SelftestResult&)> run;
+};
+
+template <class T>
+Buffer<T> on(Device d, const std::vector<T>& host) {
+    return Buffer<T>::from_host(host, d);
+}
+
+std::vector<Case> op_cases() {
+    std::vector<Case> cases;
+    // GEMM, all four transpose combinations, odd sizes and the model's own.
+    struct Shape {
+        int m, n, k;
+    };
+    for (Shape s : {Shape{33, 47, 29}, Shape{32, 512, 784}, Shape{1, 7, 1000}}) {
+        for (Trans ta : {Trans::No, Trans::Yes})
+            for (Trans tb : {Trans::No, Trans::Yes}) {
+                const std::string name = fmt::format("gemm {}{} {}x{}x{}", ta == Trans::No ? 'N' : 'T',
+                                                     tb == Trans::No ? 'N' : 'T', s.m, s.n, s.k);
+                cases.push_back({name, kGemm, [=](SelftestResult& r) {
+                                     const auto a = random_floats(static_cast<std::size_t>(s.m) * s.k, -1, 1, 1);
+                                     const auto b = random_floats(static_cast<std::size_t>(s.k) * s.n, -1, 1, 2);
+                                     const auto c0 = random_floats(static_cast<std::size_t>(s.m) * s.n, -1, 1, 3);
+                                     std::vector<float> out[2];
+                                     for (Device d : {Device::Cpu, Device::Cuda}) {
+                                         auto A = on(d, a), B = on(d, b), C = on(d, c0);
+                                         const int ar = ta == Trans::No ? s.m : s.k, ac = ta == Trans::No ? s.k : s.m;
+                                         const int br = tb == Trans::No ? s.k : s.n, bc = tb == Trans::No ? s.n : s.k;
+                                         ops::gemm(C.view(s.m, s.n), A.view(ar, ac), ta, B.view(br, bc), tb, 0.5f, 1.0f);
+                                         out[d == Device::Cuda] = C.to_host();
+                                     }
+                                     compare(r, out[1], out[0], kGemm, "c");
+                                 }});
+            }
+    }
+    // The fused epilogue and its backward, each activation, dropout on.
+    for (Activation act : {Activation::None, Activation::Relu, Activation::Sigmoid}) {
+        cases.push_back({fmt::format("bias+{}+dropout fwd/bwd 33x257", to_string(act)), kElementwise,
+                         [=](SelftestResult& r) {
+                             const int n = 33, cols = 257;
+                             const auto a0 = random_floats(static_cast<std::size_t>(n) * cols, -3, 3, 4);
+                             const auto bias = random_floats(cols, -1, 1, 5);
+                             const auto dh = random_floats(static_cast<std::size_t>(n) * cols, -1, 1, 6);
+                             Dropout drop;
+                             drop.rate = 0.2f;
+                             drop.seed = 99;
+                             drop.stream = kDropoutStreamBase + 1;
+                             drop.training = true;
+                             const std::vector<uint64_t> step = {12345};
+                             std::vector<float> h[2], a[2], dpre[2];
+                             for (Device d : {Device::Cpu, Device::Cuda}) {
+                                 auto A = on(d, a0), B = on(d, bias), H = Buffer<float>(a0.size(), d), DH = on(d, dh);
+                                 auto S = on(d, step);
+                                 ops::bias_act_dropout_forward(H.view(n, cols), A.view(n, cols), B.view(1, cols), act,
+                                                               drop, S.data());
+                                 ops::act_dropout_backward(DH.view(n, cols), DH.view(n, cols), A.view(n, cols), act,
+                                                           drop, S.data());
+                                 const int k = d == Device::Cuda;
+                                 h[k] = H.to_host(), a[k] = A.to_host(), dpre[k] = DH.to_host();
+                             }
+                             compare(r, a[1], a[0], kElementwise, "a");
+                             compare(r, h[1], h[0], kElementwise, "h");
+                             compare(r, dpre[1], dpre[0], kElementwise, "dpre");
+                         }});
+    }
+    cases.push_back({"bias_grad 1000x33", kGemm, [](SelftestResult& r) {
+                         const auto dy = random_floats(1000 * 33, -1, 1, 7);
+                         std::vector<float> db[2];
+                         for (Device d : {Device::Cpu, Device::Cuda}) {
+                             auto DY = on(d, dy);
+                             Buffer<float> DB(33, d);
+                             ops::bias_grad(DB.view(1, 33), DY.view(1000, 33));
+                             db[d == Device::Cuda] = DB.to_host();
+                         }
+                         compare(r, db[1], db[0], kGemm, "db");
+                     }});
+    cases.push_back({"softmax_xent + metrics 1000x10, logits ±100", kElementwise, [](SelftestResult& r) {
+                         const int n = 1000, k = 10;
+                         const auto z = random_floats(static_cast<std::size_t>(n) * k, -100, 100, 8);
+                         std::vector<uint8_t> labels(n);
+                         for (int i = 0; i < n; ++i) labels[i] = static_cast<uint8_t>((i * 7) % k);
+                         std::vector<float> dz[2], loss[2], correct[2], probs[2];
+                         std::vector<double> totals[2];
+                         for (Device d : {Device::Cpu, Device::Cuda}) {
+                             auto Z = on(d, z), P = on(d, z);
+                             auto L = on(d, labels);
+                             Buffer<float> DZ(z.size(), d), RL(n, d), RC(n, d);
+                             Buffer<double> T(2, d);
+                             T.zero();
+                             ops::softmax_xent(DZ.view(n, k), RL.view(1, n), RC.view(1, n), Z.view(n, k), L.view(1, n),
+                                               1.0f / n);
+                             ops::accumulate_metrics(T.data(), RL.view(1, n), RC.view(1, n));
+                             ops::softmax(P.view(n, k), P.view(n, k));
+                             const int i = d == Device::Cuda;
+                             dz[i] = DZ.to_host(), loss[i] = RL.to_host(), correct[i] = RC.to_host();
+                             probs[i] = P.to_host(), totals[i] = T.to_host();
+                         }
+                         compare(r, dz[1], dz[0], kElementwise, "dlogits");
+                         compare(r, loss[1], loss[0], kElementwise, "loss");
+                         compare(r, correct[1], correct[0], {0, 0}, "correct");
+                         compare(r, probs[1], probs[0], kElementwise, "softmax");
+                         compare(r, totals[1], totals[0], kGemm, "totals");
+                     }});
+    cases.push_back({"gather_batch 20x784, batch 2 of 40", {0, 0}, [](SelftestResult& r) {
+                         const int n = 100, f = 784, batch = 40, rows = 20;
+                         std::vector<uint8_t> images(static_cast<std::size_t>(n) * f), labels(n);
+                         for (std::size_t i = 0; i < images.size(); ++i) images[i] = static_cast<uint8_t>(i * 31 % 256);
+                         for (int i = 0; i < n; ++i) labels[i] = static_cast<uint8_t>(i % 10);
+                         std::vector<int32_t> order(n);
+                         for (int i = 0; i < n; ++i) order[i] = (i * 37) % n;
+                         const std::vector<uint64_t> index = {2};
+                         std::vector<float> x[2];
+                         std::vector<uint8_t> y[2];
+                         for (Device d : {Device::Cpu, Device::Cuda}) {
+                             auto I = on(d, images), L = on(d, labels);
+                             auto B = on(d, index);
+                             auto O = on(d, order);
+                             Buffer<float> X(static_cast<std::size_t>(rows) * f, d);
+                             Buffer<uint8_t> Y(rows, d);
+                             ops::gather_batch(X.view(rows, f), Y.view(1, rows), I.view(n, f), L.view(1, n),
+                                               O.view(1, n), B.data(), batch);
+                             x[d == Device::Cuda] = X.to_host(), y[d == Device::Cuda] = Y.to_host();
+                         }
+                         compare(r, x[1], x[0], {0, 0}, "x");
+                         compare(r, y[1], y[0], {0, 0}, "labels");
+                     }});
+    for (OptimizerKind kind : {OptimizerKind::Adam, OptimizerKind::Sgd, OptimizerKind::RmsProp}) {
+        cases.push_back({fmt::format("{} step x3, 100003 params", to_string(kind)), kElementwise, [=](SelftestResult& r) {
+                             const std::size_t n = 100003;
+                             const auto w0 = random_floats(n, -1, 1, 9);
+                             OptimizerConfig cfg;
+                             cfg.kind = kind;
+                             cfg.momentum = 0.9f;
+                             std::vector<float> w[2];
+                             for (Device d : {Device::Cpu, Device::Cuda}) {
+                                 auto W = on(d, w0);
+                                 Optimizer opt(cfg, n, d);
+                                 Buffer<uint64_t> step(1, d);
+                                 step.zero();
+                                 for (uint32_t s = 0; s < 3; ++s) {
+                                     auto G = on(d, random_floats(n, -1, 1, 10 + s));
+                                     opt.step(W, G, step.data());
+                                     ops::increment(step.data(), d);
+                                 }
+                                 w[d == Device::Cuda] = W.to_host();
+                             }
+                             compare(r, w[1], w[0], kElementwise, "w");
+                         }});
+    }
+    return cases;
+}
+
+// A synthetic 784-pixel task, so the self-test needs no data files.
+Dataset synthetic(int n) {
+    Dataset ds;
+    ds.name = "synthetic";
+    ds.n = n;
+    ds.rows = ds.cols = 28;
+    ds.images.resize(static_cast<std::size_t>(n) * 784);
+    ds.labels.resize(n);
+    for (int i = 0; i < n; ++i) {
+        const int label = static_cast<int>(philox_word(1, 7, 0, static_cast<uint64_t>(i)) % 10);
+        ds.labels[i] = static_cast<uint8_t>(label);
+        for (int p = 0; p < 784; ++p) {
+            const uint32_t noise = philox_word(2, 7, static_cast<uint64_t>(i), static_cast<uint64_t>(p)) >> 26;
+            ds.images[static_cast<std::size_t>(i) * 784 + p] = static_cast<uint8_t>((p / 78 == label ? 160 : 0) + noise);
+        }
+    }
+    return ds;
+}
+
+std::vector<Case> training_cases() {
+    std::vector<Case> cases;
+    // The default model for one epoch of 20 steps from one seed, dropout on: losses and
+    // parameters within tolerance (expf/sqrtf and summation order differ in the last bits).
+    cases.push_back({"training: 20 Adam steps, GPU vs CPU", {1e-4, 1e-3}, [](SelftestResult& r) {
+                         const Dataset ds = synthetic(640);
+                         TrainConfig t;
+                         t.epochs = 1;
+                         t.batch = 32;
+                         t.eval_batch = 64;
+                         std::vector<float> params[2];
+                         std::vector<double> loss[2];
+                         for (Device d : {Device::Cpu, Device::Cuda}) {
+                             t.device = d;
+                             Trainer trainer(MlpConfig{}, OptimizerConfig{}, t, ds);
+                             loss[d == Device::Cuda] = {trainer.train_epoch(1, nullptr).train_loss};
+                             params[d == Device::Cuda] = trainer.model().parameters().to_host();
+                         }
+                         compare(r, loss[1], loss[0], {1e-4, 1e-3}, "loss");
+                         compare(r, params[1], params[0], {1e-4, 1e-3}, "parameters");
+                     }});
+    cases.push_back({"CUDA Graph replay vs plain launches", {0, 0}, [](SelftestResult& r) {
+                         const Dataset ds = synthetic(640);
+                         TrainConfig t;
+                         t.batch = 32;
+                         t.eval_batch = 64;
+                         t.device = Device::Cuda;
+                         std::vector<float> params[2];
+                         for (bool graph : {false, true}) {
+                             t.use_graph = graph;
+                             Trainer trainer(MlpConfig{}, OptimizerConfig{}, t, ds);
+                             trainer.train_epoch(1, nullptr);
+                             params[graph] = trainer.model().parameters().to_host();
+                             if (graph && trainer.graph_nodes() == 0) r.detail = "no graph was captured";
+                         }
+                         compare(r, params[1], params[0], {0, 0}, "parameters");
+                     }});
+    return cases;
+}
+
+}  // namespace
+
+std::vector<SelftestResult> run_gpu_selftest() {
+    const std::string why = cuda_unavailable_reason();
+    if (!why.empty()) throw Error(fmt::format("no usable GPU: {}", why));
+    std::vector<SelftestResult> results;
+    std::vector<Case> cases = op_cases();
+    for (Case& c : training_cases()) cases.push_back(std::move(c));
+    for (const Case& c : cases) {
+        SelftestResult r;
+        r.name = c.name;
+        r.tolerance = c.tol.abs == 0 && c.tol.rel == 0 ? "exact" : c.tol.text();
+        try {
+            c.run(r);
+            r.passed = r.worst_error <= 1.0 && r.detail.empty();
+        } catch (const std::exception& e) {
+            r.passed = false;
+            r.detail = e.what();
+        }
+        results.push_back(std::move(r));
+    }
+    return results;
+}
+
+}  // namespace cumnist

@@ -1,0 +1,742 @@
+// Image input and output: decoding every supported format and rejecting bad files with one line
+// naming the file; MNIST-style preprocessing (inversion, crop, 20 × 20 fit with the aspect ratio,
+// centre of mass at the centre); prediction on real MNIST test digits redrawn at other sizes,
+// polarities, colours and formats (the same digit as the original 28 × 28 must come out); PNG
+// pictures decodable with the dimensions the layout promises; `cumnist predict` on bad files and
+// `cumnist show`, run as a user runs them.
+#include <fmt/ranges.h>
+#include <stb_image_write.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <random>
+
+#include <nlohmann/json.hpp>
+
+#include "cumnist/checkpoint.h"
+#include "cumnist/data.h"
+#include "cumnist/error.h"
+#include "cumnist/image.h"
+#include "cumnist/predict.h"
+#include "cumnist/trainer.h"
+#include "test_support.h"
+
+namespace cumnist {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A folder of its own for each test program run, removed at the end.
+class TempDir {
+public:
+    TempDir() : m_path(fs::temp_directory_path() / fmt::format("cumnist_test_image_{}", ::getpid())) {
+        fs::create_directories(m_path);
+    }
+    ~TempDir() {
+        std::error_code ec;
+        fs::remove_all(m_path, ec);
+    }
+    std::string file(const std::string& name) const { return (m_path / name).string(); }
+
+private:
+    fs::path m_path;
+};
+
+const TempDir& temp() {
+    static TempDir dir;
+    return dir;
+}
+
+std::vector<uint8_t> bytes_of(const std::string& s) { return {s.begin(), s.end()}; }
+
+void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+Image gray(int w, int h, uint8_t value) { return Image{w, h, 1, std::vector<uint8_t>(static_cast<std::size_t>(w) * h, value)}; }
+
+void fill(Image& img, int x0, int y0, int w, int h, uint8_t value) {
+    for (int y = y0; y < y0 + h; ++y)
+        for (int x = x0; x < x0 + w; ++x)
+            for (int c = 0; c < img.channels; ++c) img.pixels[(static_cast<std::size_t>(y) * img.width + x) * img.channels + c] = value;
+}
+
+std::vector<uint8_t> jpeg_of(const Image& img, int quality) {
+    std::vector<uint8_t> out;
+    auto append = [](void* ctx, void* data, int size) {
+        auto* v = static_cast<std::vector<uint8_t>*>(ctx);
+        v->insert(v->end(), static_cast<uint8_t*>(data), static_cast<uint8_t*>(data) + size);
+    };
+    EXPECT_NE(stbi_write_jpg_to_func(append, &out, img.width, img.height, img.channels, img.pixels.data(), quality), 0);
+    return out;
+}
+
+std::vector<uint8_t> bmp_of(const Image& img) {
+    std::vector<uint8_t> out;
+    auto append = [](void* ctx, void* data, int size) {
+        auto* v = static_cast<std::vector<uint8_t>*>(ctx);
+        v->insert(v->end(), static_cast<uint8_t*>(data), static_cast<uint8_t*>(data) + size);
+    };
+    EXPECT_NE(stbi_write_bmp_to_func(append, &out, img.width, img.height, img.channels, img.pixels.data()), 0);
+    return out;
+}
+
+// Expects `f` to throw cumnist::Error whose message is one line naming `name` and containing `what`.
+template <class F>
+void expect_error(F&& f, const std::string& name, const std::string& what) {
+    try {
+        f();
+        ADD_FAILURE() << "no error for " << name << " (expected '" << what << "')";
+    } catch (const Error& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("'" + name + "'"), std::string::npos) << msg;
+        EXPECT_NE(msg.find(what), std::string::npos) << msg;
+        EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    }
+}
+
+// ---- Decoding ----------------------------------------------------------------------------------
+
+TEST(ImageIo, PngRoundTripsEveryChannelCount) {
+    for (int channels = 1; channels <= 4; ++channels) {
+        Image img{13, 7, channels, cumnist_test::uniform_bytes(13 * 7 * channels, 0, 255, 17u + channels)};
+        const std::vector<uint8_t> png = encode_png(img);
+        const Image back = decode_image("mem.png", png.data(), png.size());
+        EXPECT_EQ(back.width, 13);
+        EXPECT_EQ(back.height, 7);
+        EXPECT_EQ(back.channels, channels);
+        EXPECT_EQ(back.pixels, img.pixels) << channels << " channels";
+    }
+}
+
+TEST(ImageIo, WritePngGoesThroughATemporaryFile) {
+    const std::string path = temp().file("written.png");
+    Image img{5, 3, 1, {0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 255}};
+    write_png(path, img);
+    EXPECT_FALSE(fs::exists(path + ".tmp"));
+    const Image back = read_image(path);
+    EXPECT_EQ(back.width, 5);
+    EXPECT_EQ(back.height, 3);
+    EXPECT_EQ(back.pixels, img.pixels);
+    expect_error([&] { write_png(temp().file("no/such/folder/x.png"), img); }, temp().file("no/such/folder/x.png.tmp"),
+                 "cannot write");
+}
+
+TEST(ImageIo, ReadsJpegAndBmp) {
+    Image img = gray(40, 24, 0);
+    for (int y = 0; y < 24; ++y)
+        for (int x = 0; x < 40; ++x) img.pixels[y * 40 + x] = static_cast<uint8_t>(x * 6);  // a smooth ramp
+    const std::vector<uint8_t> jpg = jpeg_of(img, 95);
+    const Image j = decode_image("ramp.jpg", jpg.data(), jpg.size());
+    ASSERT_EQ(j.width, 40);
+    ASSERT_EQ(j.height, 24);
+    ASSERT_TRUE(j.channels == 1 || j.channels == 3) << j.channels;  // stb_image_write stores gray as YCbCr
+    for (std::size_t i = 0; i < img.pixels.size(); ++i)
+        ASSERT_NEAR(j.pixels[i * j.channels], img.pixels[i], 8) << "JPEG at quality 95 is close, not exact: pixel " << i;
+
+    Image rgb{7, 5, 3, cumnist_test::uniform_bytes(7 * 5 * 3, 0, 255, 3)};
+    const std::vector<uint8_t> bmp = bmp_of(rgb);
+    const Image b = decode_image("x.bmp", bmp.data(), bmp.size());
+    EXPECT_EQ(b.width, 7);
+    EXPECT_EQ(b.height, 5);
+    EXPECT_EQ(b.channels, 3);
+    EXPECT_EQ(b.pixels, rgb.pixels);
+}
+
+TEST(ImageIo, ReadsEveryNetpbmVariant) {
+    struct Case {
+        const char* name;
+        std::string bytes;
+        int channels;
+        std::vector<uint8_t> want;
+    };
+    const std::vector<Case> cases = {
+        {"p1.pbm", "P1\n# comment\n3 2\n0 1 0\n101", 1, {255, 0, 255, 0, 255, 0}},
+        {"p2.pgm", "P2\n3 2\n# max\n4\n0 1 2\n3 4 4\n", 1, {0, 64, 128, 191, 255, 255}},
+        {"p3.ppm", "P3 1 2 255\n1 2 3  4 5 6\n", 3, {1, 2, 3, 4, 5, 6}},
+        {"p4.pbm", std::string("P4\n3 2\n") + '\x40' + '\xA0', 1, {255, 0, 255, 0, 255, 0}},
+        {"p5.pgm", std::string("P5\n3 2\n255\n") + std::string("\x00\x10\x20\x30\x40\xff", 6), 1, {0, 16, 32, 48, 64, 255}},
+        {"p5_16.pgm", std::string("P5 2 1 65535\n") + std::string("\xff\xff\x80\x00", 4), 1, {255, 128}},
+        {"p6.ppm", std::string("P6\n1 1\n255\n") + "\x0a\x14\x1e", 3, {10, 20, 30}},
+    };
+    for (const Case& c : cases) {
+        const Image img = decode_image(c.name, reinterpret_cast<const uint8_t*>(c.bytes.data()), c.bytes.size());
+        EXPECT_EQ(img.channels, c.channels) << c.name;
+        EXPECT_EQ(img.pixels, c.want) << c.name;
+    }
+}
+
+TEST(ImageIo, RejectsBadFilesWithOneLineNamingTheFile) {
+    const Image digit = [] {
+        Image d = gray(30, 30, 0);
+        fill(d, 10, 5, 8, 20, 255);
+        return d;
+    }();
+    const std::vector<uint8_t> png = encode_png(digit);
+    const std::vector<uint8_t> bmp = bmp_of(digit);
+    const std::vector<uint8_t> jpg = jpeg_of(digit, 90);
+    std::vector<uint8_t> huge_png(png.begin(), png.begin() + 33);  // signature + IHDR claiming 100000 × 100000
+    huge_png[16] = 0, huge_png[17] = 1, huge_png[18] = 0x86, huge_png[19] = 0xa0;
+    huge_png[20] = 0, huge_png[21] = 1, huge_png[22] = 0x86, huge_png[23] = 0xa0;
+    struct Case {
+        const char* name;
+        std::vector<uint8_t> bytes;
+        const char* what;
+    };
+    const std::vector<Case> cases = {
+        {"text.png", bytes_of("hello, not an image\n"), "not an image (it starts with bytes 68 65 6c 6c"},
+        {"anim.gif", bytes_of("GIF89a\x01\x00\x01\x00"), "a GIF image; expected a PNG, JPEG, BMP or PGM"},
+        {"half.png", {png.begin(), png.begin() + static_cast<std::ptrdiff_t>(png.size() / 2)}, "corrupt, truncated"},
+        {"huge.png", huge_png, "100000 x 100000 pixels, expected 1 to 64 megapixels"},
+        {"half.bmp", {bmp.begin(), bmp.begin() + static_cast<std::ptrdiff_t>(bmp.size() / 2)}, "truncated BMP"},
+        {"tiny.bmp", bytes_of("BM1234"), "truncated BMP"},
+        {"half.jpg", {jpg.begin(), jpg.begin() + static_cast<std::ptrdiff_t>(jpg.size() * 9 / 10)}, "corrupt, truncated"},
+        {"short.pgm", bytes_of(std::string("P5\n10 10\n255\n") + std::string(20, '\0')), "truncated netpbm image"},
+        {"short_ascii.pgm", bytes_of("P2\n5 5\n9\n0 0 0 0 0\n0 0 9\n"), "truncated netpbm image"},
+        {"over.pgm", bytes_of("P2\n2 1\n9\n3 12\n"), "sample 2 is 12, above the maximum value 9"},
+        {"letters.pgm", bytes_of("P2\n5 x5\n9\n"), "netpbm height is missing or not a number"},
+        {"claims.pgm", bytes_of("P2\n60000 60000\n255\n1 2 3\n"), "60000 x 60000 pixels, expected 1 to 64 megapixels"},
+        {"zero.pgm", bytes_of("P5\n0 3\n255\n"), "0 x 3 pixels"},
+        {"maxval.pgm", bytes_of("P5\n1 1\n70000\nab"), "maximum value 70000"},
+    };
+    for (const Case& c : cases)
+        expect_error([&] { decode_image(c.name, c.bytes.data(), c.bytes.size()); }, c.name, c.what);
+
+    // Through read_image: the file system's answers.
+    const std::string empty = temp().file("empty.png"), dir = temp().file("folder.png"), missing = temp().file("missing.png");
+    write_bytes(empty, {});
+    fs::create_directories(dir);
+    expect_error([&] { read_image(empty); }, empty, "empty file (0 bytes)");
+    expect_error([&] { read_image(dir); }, dir, "is a directory");
+    expect_error([&] { read_image(missing); }, missing, "No such file or directory");
+    if (fs::exists("/dev/null")) expect_error([] { read_image("/dev/null"); }, "/dev/null", "not a regular file");
+    const std::string text = temp().file("notes.jpg");
+    write_bytes(text, bytes_of("just some text"));
+    expect_error([&] { read_image(text); }, text, "not an image");
+}
+
+// Damaged files (random bytes overwritten, or cut short) must decode or throw cumnist::Error: never
+// crash, hang or throw anything else. (The sanitizer build runs this under ASan and UBSan.)
+TEST(ImageIo, DamagedFilesDecodeOrThrowError) {
+    Image digit = gray(37, 23, 0);
+    fill(digit, 10, 4, 9, 15, 255);
+    Image rgb{20, 9, 3, cumnist_test::uniform_bytes(20 * 9 * 3, 0, 255, 8)};
+    std::string pgm = "P5\n37 23\n255\n", ascii = "P2\n4 3\n255\n";
+    pgm.append(digit.pixels.begin(), digit.pixels.end());
+    for (int i = 0; i < 12; ++i) ascii += fmt::format("{} ", i * 20);
+    const std::vector<std::vector<uint8_t>> originals = {encode_png(digit), encode_png(rgb), jpeg_of(digit, 80),
+                                                         bmp_of(rgb), bytes_of(pgm), bytes_of(ascii)};
+    std::mt19937 rng(123);
+    int decoded = 0, rejected = 0;
+    for (const std::vector<uint8_t>& original : originals)
+        for (int trial = 0; trial < 400; ++trial) {
+            std::vector<uint8_t> b = original;
+            const int flips = 1 + static_cast<int>(rng() % 8);
+            for (int k = 0; k < flips; ++k) b[rng() % b.size()] = static_cast<uint8_t>(rng());
+            if (trial % 4 == 0) b.resize(rng() % b.size());
+            try {
+                const Image img = decode_image("damaged", b.data(), b.size());
+                ASSERT_EQ(img.pixels.size(), static_cast<std::size_t>(img.width) * img.height * img.channels);
+                ++decoded;
+            } catch (const Error&) {
+                ++rejected;
+            }
+        }
+    std::printf("%d damaged files decoded, %d rejected\n", decoded, rejected);
+    EXPECT_GT(rejected, 0);
+}
+
+// ---- Preprocessing -----------------------------------------------------------------------------
+
+struct Moments {
+    double mass = 0, cx = 0, cy = 0;
+    int x0 = kMnistSide, y0 = kMnistSide, x1 = -1, y1 = -1;  // bounding box of non-zero pixels
+};
+
+Moments moments(const std::vector<uint8_t>& d) {
+    Moments m;
+    for (int y = 0; y < kMnistSide; ++y)
+        for (int x = 0; x < kMnistSide; ++x) {
+            const double v = d[y * kMnistSide + x];
+            m.mass += v, m.cx += v * x, m.cy += v * y;
+            if (v > 0) m.x0 = std::min(m.x0, x), m.x1 = std::max(m.x1, x), m.y0 = std::min(m.y0, y), m.y1 = std::max(m.y1, y);
+        }
+    m.cx /= m.mass, m.cy /= m.mass;
+    return m;
+}
+
+TEST(Preprocess, WideBarIsInvertedScaledToTwentyAndCentred) {
+    // A black 200 × 40 bar, off-centre on a 300 × 100 white page.
+    Image page = gray(300, 100, 255);
+    fill(page, 20, 50, 200, 40, 0);
+    PreprocessInfo info;
+    const std::vector<uint8_t> d = preprocess_digit(page, "bar.png", &info);
+    ASSERT_EQ(d.size(), 784u);
+    EXPECT_TRUE(info.inverted);
+    EXPECT_EQ(info.crop_x, 20);
+    EXPECT_EQ(info.crop_y, 50);
+    EXPECT_EQ(info.crop_width, 200);
+    EXPECT_EQ(info.crop_height, 40);
+    EXPECT_EQ(info.box_width, 20);
+    EXPECT_EQ(info.box_height, 4);  // 40 · 20/200: the aspect ratio kept
+    const Moments m = moments(d);
+    EXPECT_EQ(m.x1 - m.x0 + 1, 20);
+    EXPECT_LE(m.y1 - m.y0 + 1, 6);  // 4 rows, plus the anti-aliasing filter's fringe at most
+    EXPECT_NEAR(m.cx, 14.0, 0.5);   // centre of mass on MNIST's (14, 14), within the whole-pixel shift
+    EXPECT_NEAR(m.cy, 14.0, 0.5);
+    EXPECT_EQ(*std::max_element(d.begin(), d.end()), 255);
+    EXPECT_EQ(d[0], 0);
+}
+
+TEST(Preprocess, FashionFramingFillsTheFieldAndCentresTheBox) {
+    Image page = gray(300, 100, 255);
+    fill(page, 20, 50, 200, 40, 0);
+    PreprocessInfo info;
+    const Moments m = moments(preprocess_digit(page, "belt.png", &info, Framing::Fashion));
+    EXPECT_EQ(info.box_width, 28);
+    EXPECT_EQ(info.box_height, 6);  // 40 · 28/200 = 5.6, rounded
+    EXPECT_EQ(info.offset_x, 0);
+    EXPECT_EQ(info.offset_y, 11);
+    EXPECT_EQ(m.x1 - m.x0 + 1, 28);
+    EXPECT_EQ(framing_for("fashion"), Framing::Fashion);
+    EXPECT_EQ(framing_for("mnist"), Framing::Mnist);
+}
+
+TEST(Preprocess, TallStrokeKeepsItsAspectRatio) {
+    Image img = gray(100, 300, 0);  // white on black: no inversion
+    fill(img, 60, 30, 20, 160, 255);
+    PreprocessInfo info;
+    const Moments m = moments(preprocess_digit(img, "one.png", &info));
+    EXPECT_FALSE(info.inverted);
+    EXPECT_EQ(info.box_height, 20);
+    EXPECT_EQ(info.box_width, 3);  // 20 · 20/160 = 2.5, rounded
+    EXPECT_EQ(m.y1 - m.y0 + 1, 20);
+    EXPECT_NEAR(m.cx, 14.0, 0.5);
+    EXPECT_NEAR(m.cy, 14.0, 0.5);
+}
+
+// An "L" shape in a given polarity and colour: ink and paper as RGB.
+Image letter_l(int w, int h, const uint8_t ink[3], const uint8_t paper[3]) {
+    Image img{w, h, 3, std::vector<uint8_t>(static_cast<std::size_t>(w) * h * 3)};
+    for (int y = 0; y < h; ++y)
+        for (int x = 0; x < w; ++x) {
+            const bool on = (x >= w / 4 && x < w / 4 + w / 8 && y >= h / 5 && y < 4 * h / 5) ||
+                            (y >= 4 * h / 5 - h / 10 && y < 4 * h / 5 && x >= w / 4 && x < 3 * w / 4);
+            const uint8_t* c = on ? ink : paper;
+            std::copy(c, c + 3, &img.pixels[(static_cast<std::size_t>(y) * w + x) * 3]);
+        }
+    return img;
+}
+
+TEST(Preprocess, PolarityColourAndTransparencyGiveTheSameDigit) {
+    const uint8_t white[3] = {255, 255, 255}, black[3] = {0, 0, 0}, blue[3] = {20, 30, 160}, yellow[3] = {250, 240, 170};
+    const std::vector<uint8_t> base = preprocess_digit(letter_l(160, 160, white, black), "light-on-dark");
+    PreprocessInfo info;
+    EXPECT_EQ(preprocess_digit(letter_l(160, 160, black, white), "dark-on-light", &info), base);
+    EXPECT_TRUE(info.inverted);
+    EXPECT_EQ(preprocess_digit(letter_l(160, 160, blue, yellow), "blue-on-yellow", &info), base);
+    EXPECT_TRUE(info.inverted);
+    // Black ink drawn on a transparent canvas (RGBA, colour 0 everywhere, the shape in alpha only).
+    const Image l = letter_l(160, 160, white, black);
+    Image rgba{160, 160, 4, std::vector<uint8_t>(160 * 160 * 4, 0)};
+    for (std::size_t i = 0; i < 160 * 160; ++i) rgba.pixels[i * 4 + 3] = l.pixels[i * 3];
+    EXPECT_EQ(preprocess_digit(rgba, "transparent-canvas", &info), base);
+    EXPECT_TRUE(info.inverted);
+}
+
+TEST(Preprocess, NoiseOnThePaperIsNotInk) {
+    Image page = gray(200, 200, 230);
+    std::vector<uint8_t> noise = cumnist_test::uniform_bytes(page.pixels.size(), 0, 12, 5);
+    for (std::size_t i = 0; i < noise.size(); ++i) page.pixels[i] = static_cast<uint8_t>(page.pixels[i] + noise[i] - 6);
+    fill(page, 90, 40, 20, 120, 30);
+    PreprocessInfo info;
+    preprocess_digit(page, "noisy.png", &info);
+    EXPECT_EQ(info.crop_x, 90);
+    EXPECT_EQ(info.crop_y, 40);
+    EXPECT_EQ(info.crop_width, 20);
+    EXPECT_EQ(info.crop_height, 120);
+}
+
+TEST(Preprocess, RejectsImagesWithoutADigit) {
+    expect_error([] { preprocess_digit(gray(50, 40, 255), "white.png"); }, "white.png",
+                 "no digit found: every pixel has grey level 255");
+    Image faint = gray(40, 40, 250);
+    fill(faint, 10, 10, 5, 20, 240);
+    expect_error([&] { preprocess_digit(faint, "faint.png"); }, "faint.png", "ink and background differ by 10 grey levels");
+    Image clear{20, 20, 4, std::vector<uint8_t>(20 * 20 * 4, 0)};
+    expect_error([&] { preprocess_digit(clear, "clear.png"); }, "clear.png", "fully transparent");
+    // A single pixel is a (tiny) digit, not an error.
+    Image dot = gray(9, 9, 0);
+    dot.pixels[40] = 255;
+    const std::vector<uint8_t> d = preprocess_digit(dot, "dot.png");
+    EXPECT_GT(std::count_if(d.begin(), d.end(), [](uint8_t v) { return v > 0; }), 0);
+}
+
+// ---- Prediction on real MNIST digits, redrawn ----------------------------------------------
+
+// A digit as a float image in [0, 1], enlarged by `scale` with the resampling filter, on a
+// `width` × `height` canvas at (x, y); `invert` gives dark ink on white.
+Image redraw(const uint8_t* digit, int scale, int width, int height, int x, int y, bool invert, int channels) {
+    std::vector<float> src(784);
+    for (int i = 0; i < 784; ++i) src[i] = digit[i] / 255.0f;
+    const int side = kMnistSide * scale;
+    const std::vector<float> big = resize_gray(src, kMnistSide, kMnistSide, side, side);
+    Image img{width, height, channels, std::vector<uint8_t>(static_cast<std::size_t>(width) * height * channels, 0)};
+    const float ink[3] = {0.08f, 0.12f, 0.6f}, paper[3] = {0.98f, 0.94f, 0.7f};  // blue on yellow, for colour
+    for (int r = 0; r < height; ++r)
+        for (int c = 0; c < width; ++c) {
+            const int br = r - y, bc = c - x;
+            float v = br >= 0 && bc >= 0 && br < side && bc < side ? big[static_cast<std::size_t>(br) * side + bc] : 0.0f;
+            for (int k = 0; k < channels; ++k) {
+                const float out = channels == 3 ? paper[k] + (ink[k] - paper[k]) * v : invert ? 1.0f - v : v;
+                img.pixels[(static_cast<std::size_t>(r) * width + c) * channels + k] =
+                    static_cast<uint8_t>(std::lround(255.0f * out));
+            }
+        }
+    return img;
+}
+
+class MnistPrediction : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        try {
+            s_train = load_dataset(default_data_dir(), "mnist", Split::Train);
+            s_test = load_dataset(default_data_dir(), "mnist", Split::Test);
+        } catch (const Error& e) {
+            s_missing = e.what();
+        }
+    }
+    // One epoch of a small model (784-64-10) on the CPU, trained on first use: ~95 % test accuracy.
+    static Mlp& model() {
+        if (!s_trainer) {
+            MlpConfig model;
+            model.hidden = {64};
+            TrainConfig t;
+            t.epochs = 1;
+            t.device = Device::Cpu;
+            s_trainer = std::make_unique<Trainer>(model, OptimizerConfig{}, t, s_train);
+            s_trainer->train_epoch(1, nullptr);
+        }
+        return s_trainer->model();
+    }
+    static void TearDownTestSuite() { s_trainer.reset(); }
+    void SetUp() override {
+        if (!s_missing.empty()) GTEST_SKIP() << "real MNIST is needed (run scripts/fetch_data.sh): " << s_missing;
+    }
+
+    static Dataset s_train, s_test;
+    static std::unique_ptr<Trainer> s_trainer;
+    static std::string s_missing;
+};
+Dataset MnistPrediction::s_train, MnistPrediction::s_test;
+std::unique_ptr<Trainer> MnistPrediction::s_trainer;
+std::string MnistPrediction::s_missing;
+
+TEST_F(MnistPrediction, ProbabilitiesAndRanking) {
+    const int n = 300;
+    const std::vector<uint8_t> images(s_test.images.begin(), s_test.images.begin() + n * 784);
+    const std::vector<Prediction> p = predict(model(), images, n);
+    ASSERT_EQ(p.size(), static_cast<std::size_t>(n));
+    int correct = 0;
+    for (int i = 0; i < n; ++i) {
+        ASSERT_EQ(p[i].probabilities.size(), 10u);
+        EXPECT_NEAR(std::accumulate(p[i].probabilities.begin(), p[i].probabilities.end(), 0.0), 1.0, 1e-5);
+        for (int r = 1; r < 10; ++r) EXPECT_GE(p[i].probabilities[p[i].ranking[r - 1]], p[i].probabilities[p[i].ranking[r]]);
+        correct += p[i].top() == s_test.labels[i];
+    }
+    EXPECT_GE(correct, n * 9 / 10) << "a one-epoch 784-64-10 model gets ~95 % right";
+    EXPECT_THROW(predict(model(), images, n + 1), Error);
+}
+
+// Test digits written to files at other sizes, polarities, colours and formats, read back and
+// preprocessed, must be classified as the same digit as the original 28 × 28.
+TEST_F(MnistPrediction, RedrawnDigitsAreClassifiedAsTheOriginal) {
+    const int n = 200;
+    const std::vector<uint8_t> originals(s_test.images.begin(), s_test.images.begin() + n * 784);
+    const std::vector<Prediction> want = predict(model(), originals, n);
+
+    struct Variant {
+        const char* name;
+        const char* ext;
+        int scale, width, height, x, y;
+        bool invert;
+        int channels;
+    };
+    const std::vector<Variant> variants = {
+        {"200x150, dark on white, PNG", "png", 5, 200, 150, 45, 3, true, 1},
+        {"28x28 as is, PNG", "png", 1, 28, 28, 0, 0, false, 1},
+        {"28x28, dark on white, PGM", "pgm", 1, 28, 28, 0, 0, true, 1},
+        {"80x90, light on black, BMP", "bmp", 2, 80, 90, 12, 20, false, 1},
+        {"300x300, blue on yellow, JPEG", "jpg", 10, 300, 300, 8, 12, false, 3},
+    };
+    for (const Variant& v : variants) {
+        int same = 0, same_confident = 0, confident = 0;
+        std::string differ;
+        for (int i = 0; i < n; ++i) {
+            const Image img = redraw(&originals[static_cast<std::size_t>(i) * 784], v.scale, v.width, v.height, v.x, v.y,
+                                     v.invert, v.channels);
+            const std::string path = temp().file(fmt::format("digit{}.{}", i, v.ext));
+            if (std::string(v.ext) == "png") {
+                write_png(path, img);
+            } else if (std::string(v.ext) == "jpg") {
+                write_bytes(path, jpeg_of(img, 90));
+            } else if (std::string(v.ext) == "bmp") {
+                write_bytes(path, bmp_of(img));
+            } else {
+                std::string pgm = fmt::format("P5\n{} {}\n255\n", img.width, img.height);
+                pgm.append(img.pixels.begin(), img.pixels.end());
+                write_bytes(path, bytes_of(pgm));
+            }
+            const Image back = read_image(path);
+            ASSERT_EQ(back.width, v.width);
+            ASSERT_EQ(back.height, v.height);
+            const std::vector<Prediction> got = predict(model(), preprocess_digit(back, path), 1);
+            const bool agree = got[0].top() == want[i].top();
+            same += agree;
+            if (want[i].probabilities[want[i].top()] >= 0.9f) ++confident, same_confident += agree;
+            if (!agree) differ += fmt::format(" #{} ({} -> {})", i, want[i].top(), got[0].top());
+        }
+        std::printf("%-32s %d/%d agree with the 28x28 original; confident ones %d/%d;%s\n", v.name, same, n, same_confident,
+                    confident, differ.c_str());
+        // Every digit the model is sure of on the original must come out the same; of the rest,
+        // which sit near a decision boundary, resampling may move a few across it.
+        EXPECT_EQ(same_confident, confident) << v.name << ":" << differ;
+        EXPECT_GE(same, n * 97 / 100) << v.name << ":" << differ;
+    }
+}
+
+// The original 28 × 28 digits barely change in preprocessing: they already are what it makes.
+TEST_F(MnistPrediction, MnistDigitsAreAlmostFixedPoints) {
+    double total = 0;
+    for (int i = 0; i < 100; ++i) {
+        const uint8_t* d = &s_test.images[static_cast<std::size_t>(i) * 784];
+        const std::vector<uint8_t> p = preprocess_digit(Image{28, 28, 1, {d, d + 784}}, "mnist");
+        const Moments m = moments(p);
+        EXPECT_NEAR(m.cx, 14.0, 0.5) << i;
+        EXPECT_NEAR(m.cy, 14.0, 0.5) << i;
+        double diff = 0;
+        for (int k = 0; k < 784; ++k) diff += std::abs(p[k] - d[k]);
+        total += diff / 784;
+    }
+    std::printf("mean absolute change: %.1f grey levels per pixel\n", total / 100);
+    EXPECT_LT(total / 100, 20.0);
+}
+
+// ---- Pictures --------------------------------------------------------------------------------
+
+TEST(DigitGrid, PictureHasTheDimensionsOfItsLayout) {
+    std::vector<DigitTile> tiles;
+    for (int i = 0; i < 7; ++i) {
+        DigitTile t;
+        t.pixels.assign(784, static_cast<uint8_t>(i * 30));
+        t.caption = {{fmt::format("Label: {}", i)}};
+        tiles.push_back(t);
+    }
+    GridOptions o;
+    o.columns = 3;
+    // Cell: max(28 · 3, text width of "Label: 0" = (8 · 6 − 1) · 2 = 94) wide; one caption line
+    // (10 · 2) + 2 · 2 above the 84 rows of the image.
+    const int cell_w = 94, cell_h = 20 + 4 + 84;
+    EXPECT_EQ(text_width("Label: 0", 2), 94);
+    const std::string path = temp().file("grid.png");
+    write_digit_grid(path, tiles, o);
+    const Image back = read_image(path);
+    EXPECT_EQ(back.width, 2 * 12 + 3 * cell_w + 2 * 16);
+    EXPECT_EQ(back.height, 2 * 12 + 3 * cell_h + 2 * 16);
+    EXPECT_EQ(back.channels, 3);
+    // Tile 1's image (value 30) at its place: cell (1, 0), centred horizontally, under the caption.
+    const int x = 12 + (cell_w + 16) + (cell_w - 84) / 2 + 40, y = 12 + 24 + 40;
+    EXPECT_EQ(back.pixels[(static_cast<std::size_t>(y) * back.width + x) * 3], 30);
+    EXPECT_EQ(back.pixels[0], 255);  // white background
+
+    o.title = "a title";
+    const Image titled = render_digit_grid(tiles, o);
+    EXPECT_EQ(titled.height, back.height + 20 + 8);  // one text line plus half a gap
+    EXPECT_EQ(titled.width, back.width);
+
+    expect_error([] { write_digit_grid("none.png", {}); }, "none.png", "no images to draw");
+}
+
+TEST(DigitGrid, RejectsBadTilesAndLayouts) {
+    DigitTile bad;
+    bad.pixels.assign(100, 0);
+    EXPECT_THROW(render_digit_grid({bad}), Error);
+    DigitTile ok;
+    ok.pixels.assign(784, 0);
+    GridOptions o;
+    o.columns = 0;
+    EXPECT_THROW(render_digit_grid({ok}, o), Error);
+    o.columns = 1;
+    o.scale = 64;
+    EXPECT_THROW(render_digit_grid(std::vector<DigitTile>(2000, ok), o), Error);  // over 100 megapixels
+}
+
+TEST(DigitGrid, MisclassifiedPictureDecodes) {
+    Dataset ds;
+    ds.name = "mnist test";
+    ds.n = 30, ds.rows = 28, ds.cols = 28;
+    ds.images = cumnist_test::uniform_bytes(30 * 784, 0, 255, 9);
+    ds.labels.resize(30);
+    for (int i = 0; i < 30; ++i) ds.labels[i] = static_cast<uint8_t>(i % 10);
+    const std::vector<int> wrong = {3, 7, 11, 12, 20, 21, 22, 23, 24, 25, 26, 27};
+    std::vector<int> predicted;
+    for (int i : wrong) predicted.push_back((i + 1) % 10);
+    const std::string path = temp().file("wrong.png");
+    write_misclassified_grid(path, ds, wrong, predicted, 5);
+    const Image back = read_image(path);
+    EXPECT_EQ(back.channels, 3);
+    EXPECT_GT(back.width, 5 * 84);
+    EXPECT_GT(back.height, 84 + 2 * 20);
+    expect_error([&] { write_misclassified_grid(path, ds, {}, {}); }, path, "no misclassified images");
+}
+
+TEST(Font, EveryPrintableCharacterHasItsOwnGlyph) {
+    // Each character drawn alone; no two printable characters may look alike, except that
+    // characters outside printable ASCII fall back to '?'.
+    std::map<std::vector<uint8_t>, char> seen;
+    for (int c = 32; c < 127; ++c) {
+        Image img{8, 12, 3, std::vector<uint8_t>(8 * 12 * 3, 255)};
+        draw_text(img, 1, 1, std::string(1, static_cast<char>(c)), Rgb{0, 0, 0}, 1);
+        const auto [it, fresh] = seen.emplace(img.pixels, static_cast<char>(c));
+        EXPECT_TRUE(fresh) << "'" << static_cast<char>(c) << "' looks like '" << it->second << "'";
+    }
+    Image a{8, 12, 3, std::vector<uint8_t>(8 * 12 * 3, 255)}, b = a;
+    draw_text(a, 1, 1, "\x01", Rgb{0, 0, 0}, 1);
+    draw_text(b, 1, 1, "?", Rgb{0, 0, 0}, 1);
+    EXPECT_EQ(a.pixels, b.pixels);
+    EXPECT_EQ(text_width("", 2), 0);
+    EXPECT_EQ(text_width("ab", 3), (2 * 6 - 1) * 3);
+    Image small{4, 4, 3, std::vector<uint8_t>(48, 255)};
+    draw_text(small, -10, -3, "clipped at every edge", Rgb{0, 0, 0}, 2);  // must not write outside
+}
+
+// ---- The command line: `cumnist predict` and `cumnist show` as a user runs them ---------------
+
+#ifdef CUMNIST_EXE
+struct CliRun {
+    int status = -1;
+    std::vector<std::string> lines;  // stdout and stderr together
+};
+
+CliRun run_cumnist(const std::string& args) {
+    CliRun r;
+    std::FILE* p = ::popen(fmt::format("'{}' {} 2>&1", CUMNIST_EXE, args).c_str(), "r");
+    if (!p) return r;
+    char buf[4096];
+    std::string out;
+    while (std::fgets(buf, sizeof buf, p)) out += buf;
+    const int status = ::pclose(p);
+    r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::size_t start = 0;
+    for (std::size_t nl; (nl = out.find('\n', start)) != std::string::npos; start = nl + 1) r.lines.push_back(out.substr(start, nl - start));
+    if (start < out.size()) r.lines.push_back(out.substr(start));
+    return r;
+}
+
+// A checkpoint of an untrained 784-16-10 model: enough to exercise the command line.
+std::string small_checkpoint() {
+    const std::string path = temp().file("small.safetensors");
+    if (!fs::exists(path)) {
+        Checkpoint c;
+        c.meta.model.hidden = {16};
+        c.meta.dataset = "mnist";
+        c.parameters = glorot_uniform_init(c.meta.model, 3);
+        save_checkpoint(path, c);
+    }
+    return path;
+}
+
+// Every bad file gets exactly one line, "cumnist: error: '<file>': ...", the good one is still
+// classified, and the exit status is 1; nothing crashes.
+TEST(PredictCommand, BadFilesGetOneErrorLineEachAndExitStatusOne) {
+    const std::string model = small_checkpoint();
+    Image digit = gray(60, 80, 255);
+    fill(digit, 25, 10, 10, 60, 0);
+    const std::string good = temp().file("good.png"), empty = temp().file("empty.png"), text = temp().file("text.png"),
+                      cut = temp().file("cut.png"), blank = temp().file("blank.png"), folder = temp().file("dir.png"),
+                      missing = temp().file("missing.png");
+    write_png(good, digit);
+    write_bytes(empty, {});
+    write_bytes(text, bytes_of("not an image at all"));
+    const std::vector<uint8_t> png = encode_png(digit);
+    write_bytes(cut, {png.begin(), png.begin() + static_cast<std::ptrdiff_t>(png.size() / 2)});
+    write_png(blank, gray(30, 30, 200));
+    fs::create_directories(folder);
+    const std::vector<std::string> bad = {empty, text, cut, blank, folder, missing};
+    std::string args = fmt::format("predict --model '{}' '{}'", model, good);
+    for (const std::string& b : bad) args += fmt::format(" '{}'", b);
+    const CliRun r = run_cumnist(args);
+    EXPECT_EQ(r.status, 1);
+    ASSERT_EQ(r.lines.size(), 1 + bad.size()) << fmt::format("{}", fmt::join(r.lines, "\n"));
+    EXPECT_EQ(r.lines[0].rfind(good + ": ", 0), 0u) << r.lines[0];
+    EXPECT_NE(r.lines[0].find("%)  then "), std::string::npos) << r.lines[0];
+    for (std::size_t i = 0; i < bad.size(); ++i) {
+        EXPECT_EQ(r.lines[1 + i].rfind("cumnist: error: ", 0), 0u) << r.lines[1 + i];
+        EXPECT_NE(r.lines[1 + i].find("'" + bad[i] + "'"), std::string::npos) << r.lines[1 + i];
+    }
+
+    // One good image alone: exit 0, --json parses, --save-preprocessed writes the 28 × 28 input.
+    const std::string saved = temp().file("seen.png");
+    const CliRun ok = run_cumnist(fmt::format("predict --model '{}' '{}' --json --save-preprocessed '{}'", model, good, saved));
+    EXPECT_EQ(ok.status, 0);
+    const Image seen = read_image(saved);
+    EXPECT_EQ(seen.width, 28);
+    EXPECT_EQ(seen.height, 28);
+    EXPECT_EQ(seen.channels, 1);
+    std::string json;
+    for (const std::string& l : ok.lines) json += l + "\n";
+    const nlohmann::json doc = nlohmann::json::parse(json);
+    ASSERT_EQ(doc.at("predictions").size(), 1u);
+    EXPECT_EQ(doc["predictions"][0].at("top").size(), 3u);
+    EXPECT_TRUE(doc["predictions"][0].at("inverted").get<bool>());
+
+    // The model itself unreadable: one line naming it.
+    const CliRun no_model = run_cumnist(fmt::format("predict --model '{}' '{}'", text, good));
+    EXPECT_EQ(no_model.status, 1);
+    ASSERT_EQ(no_model.lines.size(), 1u);
+    EXPECT_NE(no_model.lines[0].find(text), std::string::npos) << no_model.lines[0];
+}
+
+void write_idx(const std::string& path, const std::vector<uint32_t>& dims, const std::vector<uint8_t>& data) {
+    std::vector<uint8_t> bytes = {0, 0, 8, static_cast<uint8_t>(dims.size())};
+    for (uint32_t d : dims)
+        for (int k = 3; k >= 0; --k) bytes.push_back(static_cast<uint8_t>(d >> (8 * k)));
+    bytes.insert(bytes.end(), data.begin(), data.end());
+    write_bytes(path, bytes);
+}
+
+TEST(ShowCommand, WritesAGridOfTheRequestedShape) {
+    const std::string data = temp().file("data");
+    fs::create_directories(data + "/mnist");
+    const int n = 12;
+    std::vector<uint8_t> labels(n);
+    for (int i = 0; i < n; ++i) labels[i] = static_cast<uint8_t>(i % 10);
+    write_idx(data + "/mnist/train-images-idx3-ubyte", {n, 28, 28}, cumnist_test::uniform_bytes(n * 784, 0, 255, 4));
+    write_idx(data + "/mnist/train-labels-idx1-ubyte", {n}, labels);
+    const std::string out = temp().file("show.png");
+    const CliRun r = run_cumnist(fmt::format("show --data '{}' -n 7 --columns 4 --seed 5 -o '{}'", data, out));
+    ASSERT_EQ(r.status, 0) << fmt::format("{}", fmt::join(r.lines, "\n"));
+    const Image img = read_image(out);
+    // 4 columns, 2 rows; cells 94 wide ("Label: 0" at text scale 2), 20 + 4 + 84 tall; a title line,
+    // here wider than the grid.
+    EXPECT_EQ(img.width, std::max(2 * 12 + 4 * 94 + 3 * 16, 2 * 12 + text_width("mnist train: 7 random images (seed 5)", 2)));
+    EXPECT_EQ(img.height, 2 * 12 + 28 + 2 * 108 + 16);
+    const CliRun too_many = run_cumnist(fmt::format("show --data '{}' -n 13 -o '{}'", data, out));
+    EXPECT_EQ(too_many.status, 1);
+    ASSERT_EQ(too_many.lines.size(), 1u);
+    EXPECT_NE(too_many.lines[0].find("--count 13 is more than the 12 images of mnist train"), std::string::npos)
+        << too_many.lines[0];
+}
+#endif  // CUMNIST_EXE
+
+}  // namespace
+}  // namespace cumnist

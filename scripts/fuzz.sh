@@ -48,10 +48,17 @@ for t in "${targets[@]}"; do
   # Inputs that once crashed must keep passing (run once each, no fuzzing).
   regressions=(tests/fuzz/regressions/"$name"/*)
   if [ -e "${regressions[0]}" ]; then
-    if ! "$bin" -runs=1 "${regressions[@]}" >"$work/regressions.log" 2>&1; then
-      echo "fuzz: $t: a saved regression input fails again:" >&2
-      tail -n 60 "$work/regressions.log" >&2
-      failed+=("$t (regression)")
+    bad=0
+    for input in "${regressions[@]}"; do
+      log="$work/regression-$(basename "$input").log"
+      if ! "$bin" -runs=1 "$input" >"$log" 2>&1; then
+        echo "fuzz: $t: saved input $input fails again (log: $log):" >&2
+        grep -aE '^fuzz_|runtime error|ERROR: |SUMMARY: |#[0-9]+ .* in cumnist::' "$log" | head -n 12 >&2
+        bad=$((bad + 1))
+      fi
+    done
+    if [ "$bad" -ne 0 ]; then
+      failed+=("$t ($bad of ${#regressions[@]} regression inputs)")
     else
       echo "fuzz: $t: ${#regressions[@]} regression input(s) pass"
     fi

@@ -404,7 +404,11 @@ private:
         try {
             for (const json& h : history) {
                 EpochMetrics e;
-                e.epoch = h.at("epoch").get<int>();
+                const json& ep = h.at("epoch");
+                if (!ep.is_number_unsigned() || ep.get<uint64_t>() > (1u << 30))
+                    fail("__metadata__ 'metrics' holds an epoch of {}, expected an integer in [0, {}]", ep.dump(),
+                         1u << 30);
+                e.epoch = static_cast<int>(ep.get<uint64_t>());
                 e.train_loss = number_or_nan(h, "train_loss");
                 e.train_accuracy = number_or_nan(h, "train_accuracy");
                 e.test_loss = number_or_nan(h, "test_loss");

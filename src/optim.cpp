@@ -37,7 +37,8 @@ void OptimizerConfig::validate() const {
     if (!(beta1 >= 0.0f && beta1 < 1.0f && beta2 >= 0.0f && beta2 < 1.0f))
         throw Error(fmt::format("Adam betas must be in [0, 1), got {} and {}", beta1, beta2));
     if (!(rho >= 0.0f && rho < 1.0f)) throw Error(fmt::format("rho must be in [0, 1), got {}", rho));
-    if (!(epsilon > 0.0f)) throw Error(fmt::format("epsilon must be positive, got {}", epsilon));
+    if (!(std::isfinite(epsilon) && epsilon > 0.0f))
+        throw Error(fmt::format("epsilon must be a positive number, got {}", epsilon));
 }
 
 Optimizer::Optimizer(OptimizerConfig config, std::size_t n_params, Device device) : m_config(config) {

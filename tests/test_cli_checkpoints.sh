@@ -68,6 +68,12 @@ expect_error "the file is truncated" "$cumnist" eval --device cpu --model trunca
 expect_error "is a folder, expected a .safetensors file" "$cumnist" eval --device cpu --model split
 touch a-file
 expect_error "--save: cannot create folder 'a-file/run': Not a directory" "${train[@]}" --epochs 1 --save a-file/run
+# eval --misclassified writes a PNG grid of the test images the model gets wrong.
+"$cumnist" eval --device cpu --data "$data" --model straight/best.safetensors --misclassified wrong.png > eval.log
+grep -q "^Wrote wrong.png" eval.log || fail "eval --misclassified did not report the picture: $(cat eval.log)"
+[ "$(head -c 8 wrong.png | od -An -t x1 | tr -d ' ')" = "89504e470d0a1a0a" ] || fail "wrong.png is not a PNG"
+echo "eval --misclassified: $(grep '^Wrote' eval.log)"
+
 # Interruption inside an epoch (the default model: an epoch takes seconds, not milliseconds).
 "${base[@]}" --epochs 1 --save whole > whole.log
 "${base[@]}" --epochs 1 --save cut > cut.log 2>&1 &

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_common.h"
+#include "cumnist/image.h"
 #include "cumnist/checkpoint.h"
 #include "cumnist/data.h"
 #include "cumnist/evaluation.h"
@@ -21,6 +22,8 @@ struct EvalOptions {
     std::string dataset;  // empty: the checkpoint's
     std::string device = "auto";
     std::string json_out;
+    std::string misclassified_out;
+    int misclassified_max = 100;
     int threads = 0;
     int eval_batch = 1000;
 };
@@ -128,6 +131,20 @@ int run_eval(EvalOptions& o) {
     print_confusion(r, names);
     print_top_confusions(r, names, 5);
 
+    if (!o.misclassified_out.empty()) {
+        std::vector<int> wrong, predicted;
+        for (int i = 0; i < test.n; ++i)
+            if (r.predictions[i] != test.labels[i]) wrong.push_back(i), predicted.push_back(r.predictions[i]);
+        if (wrong.empty()) {
+            fmt::print("No misclassified images: {} not written\n", o.misclassified_out);
+        } else {
+            write_misclassified_grid(o.misclassified_out, test, wrong, predicted, o.misclassified_max,
+                                     cumnist::class_names(dataset));
+            fmt::print("Wrote {} ({} of the {} misclassified images)\n", o.misclassified_out,
+                       std::min<std::size_t>(wrong.size(), static_cast<std::size_t>(o.misclassified_max)),
+                       wrong.size());
+        }
+    }
     if (!o.json_out.empty()) {
         nlohmann::json per_class = nlohmann::json::array(), confusion = nlohmann::json::array();
         for (int t = 0; t < r.classes; ++t) {
@@ -179,6 +196,11 @@ void add_eval_command(CLI::App& parent, std::vector<Command>& commands) {
     eval->add_option("--device", o->device, "auto (the GPU when usable), cpu or gpu")->capture_default_str();
     eval->add_option("--threads", o->threads, "CPU threads (0: all cores)")->capture_default_str();
     eval->add_option("--eval-batch", o->eval_batch, "Batch size for evaluation")->capture_default_str();
+    eval->add_option("--misclassified", o->misclassified_out,
+                     "Write a PNG grid of misclassified test images, captioned with true and predicted class");
+    eval->add_option("--misclassified-max", o->misclassified_max, "At most this many images in that grid")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 10000));
     eval->add_option("--json", o->json_out, "Also write the results (and every prediction) to this JSON file");
     commands.push_back({eval, [o] { return run_eval(*o); }});
 }

@@ -38,7 +38,8 @@ if ! "$python" -c 'import torch, numpy' 2>/dev/null; then
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
   echo "compare: installing python3-torch and python3-numpy (Debian packages; a large download)"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3-torch python3-numpy >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    python3-torch python3-numpy >/dev/null
 fi
 
 if [ ! -x "$build_dir/cumnist" ]; then
@@ -53,10 +54,8 @@ echo "== cumnist =="
 "$build_dir/cumnist" bench --device cpu "${common[@]}" --json "$out_dir/cumnist.json"
 echo
 echo "== PyTorch =="
-# PyTorch's OpenMP threads must wait passively, or they spin against OpenBLAS's (~3x slower). It
-# has to be in the environment before torch loads. cumnist ran above in the caller's environment:
-# it has one OpenMP pool shared with OpenBLAS, and nothing spins against it.
-export OMP_WAIT_POLICY=PASSIVE
+# bench_pytorch.py picks PyTorch's OpenMP wait policy for the BLAS torch loads (PASSIVE with a
+# pthreads OpenBLAS, else libgomp's default) unless OMP_WAIT_POLICY is already set here.
 "$python" scripts/bench_pytorch.py "${common[@]}" --json "$out_dir/pytorch.json"
 echo
 
@@ -65,8 +64,9 @@ import json, sys
 ours, peer = (json.load(open(path)) for path in sys.argv[1:3])
 theirs = {r["batch"]: r for r in peer["training"]}
 m = ours["machine"]
-print(f"cumnist vs PyTorch {peer['torch_version']}, CPU training, {ours['steps']} steps after {ours['warmup']} warm-up; "
-      f"{m['cpu']}, {m['threads']} threads; load average {m['load_average_start'][0]:.2f} at start")
+print(f"cumnist vs PyTorch {peer['torch_version']}, CPU training, {ours['steps']} steps after "
+      f"{ours['warmup']} warm-up; "
+      f"{m['cpu']}, {m['threads']} threads; PyTorch OMP_WAIT_POLICY={peer['omp_wait_policy'] or 'default'}")
 print(f"{'batch':>6} | {'cumnist samples/s':>17} | {'PyTorch samples/s':>17} | {'ratio':>6}")
 print(f"{'-' * 6}-+-{'-' * 17}-+-{'-' * 17}-+-{'-' * 6}")
 for r in ours["training"]:
@@ -79,10 +79,10 @@ if ours["inference"] and peer["inference"]:
     a, b = ours["inference"][0], peer["inference"][0]
     print(f"{'infer':>6} | {a['samples_per_second']:>17,.0f} | {b['samples_per_second']:>17,.0f} | "
           f"{a['samples_per_second'] / b['samples_per_second']:>5.2f}x")
-loads = [ours["machine"]["load_average_start"][0], peer["machine"]["load_average_start"][0]]
-if max(loads) > 0.5 * m["cores"]:
-    print(f"warning: the machine was busy (load average {loads[0]:.2f} before cumnist, {loads[1]:.2f} before "
-          f"PyTorch, {m['cores']} cores): the numbers are low and the ratio is not representative")
+load = ours["machine"]["load_average_start"][0]  # before either run: later readings include our own
+if load > 0.5 * m["cores"]:
+    print(f"warning: the machine was busy (load average {load:.2f} on {m['cores']} cores before the runs): "
+          "the numbers are low and the ratio is not representative")
 print("(ratio > 1: cumnist is faster; infer: the test set in batches of "
       f"{ours['inference'][0]['batch'] if ours['inference'] else '-'}, forward only)")
 EOF

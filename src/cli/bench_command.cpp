@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -288,6 +290,12 @@ int run_bench(BenchOptions& o) {
     if (o.eval_repeats < 0) throw Error(fmt::format("--eval-repeats must be 0 (skip) or more, got {}", o.eval_repeats));
     if (o.sgemm_size < 0) throw Error(fmt::format("--sgemm-size must be 0 (skip) or more, got {}", o.sgemm_size));
     const std::vector<int> batches = parse_batch_sizes(o.batch_sizes);
+    if (!o.json_out.empty()) {  // fail now rather than after the whole run
+        const std::string probe = o.json_out + ".tmp";
+        if (!std::ofstream(probe))
+            throw Error(fmt::format("--json: cannot write '{}': {}", probe, std::strerror(errno)));
+        std::remove(probe.c_str());
+    }
     o.model.hidden = parse_hidden(o.hidden);
     o.model.validate();
     OptimizerConfig opt;  // Adam, lr 1e-3, β 0.9/0.999, ε 1e-7: the reference configuration
@@ -317,8 +325,10 @@ int run_bench(BenchOptions& o) {
     fmt::print("  cpu    {}, {} threads{}\n", device_name(Device::Cpu), threads,
                load.empty() ? "" : fmt::format(", load average {:.2f} at start", load[0]));
     if (!load.empty() && load[0] > 0.5 * omp_get_num_procs())
-        fmt::print(stderr, "Warning: the machine is busy (load average {:.2f} on {} cores): CPU numbers will be low and "
-                   "noisy.\n", load[0], omp_get_num_procs());
+        fmt::print(stderr,
+                   "Warning: the machine is busy (load average {:.2f} on {} cores): CPU numbers will be low and "
+                   "noisy.\n",
+                   load[0], omp_get_num_procs());
     if (has_gpu)
         fmt::print("  gpu    {}, {}{}\n", device_name(Device::Cuda), o.no_graph ? "no graph" : "CUDA Graph",
                    o.tf32 ? ", TF32" : ", FP32");
@@ -331,7 +341,7 @@ int run_bench(BenchOptions& o) {
     SgemmPeak peak;
     if (has_cpu && o.sgemm_size > 0) {
         progress.running(fmt::format("sgemm {}³", o.sgemm_size));
-        peak = measure_sgemm_peak(o.sgemm_size, 5);
+        peak = measure_sgemm_peak(o.sgemm_size, 10);
         progress.finished(fmt::format("cpu  sgemm peak: {:.1f} GFLOP/s ({}x{}x{}, {} threads, best of {})", peak.gflops,
                                       peak.size, peak.size, peak.size, peak.threads, peak.repeats));
     }
@@ -356,7 +366,8 @@ int run_bench(BenchOptions& o) {
     if (peak.gflops > 0)
         fmt::print("of peak: GFLOP/s over the measured sgemm peak ({:.1f} GFLOP/s, {}³).\n", peak.gflops, peak.size);
     if (has_cpu && o.gemm_floor)
-        fmt::print("GEMM floor: samples/s if a CPU step were only its GEMMs (the same shapes timed alone, best run).\n");
+        fmt::print("GEMM floor: samples/s if a CPU step were only its GEMMs (the same shapes timed alone, best "
+                   "run).\n");
     for (const TrainResult& r : results)
         if (r.graph_nodes > 0) {
             fmt::print("CUDA Graph: {} nodes per training step\n", r.graph_nodes);
@@ -416,7 +427,8 @@ void add_bench_command(CLI::App& parent, std::vector<Command>& commands) {
     bench->add_option("--warmup", o->warmup, "Untimed training steps before timing")->capture_default_str();
     bench->add_option("--threads", o->threads, "CPU threads (0: all cores)")->capture_default_str();
     bench->add_option("--json", o->json_out, "Also write the results to this file as JSON");
-    bench->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files")->capture_default_str();
+    bench->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files")
+        ->capture_default_str();
     bench->add_option("--dataset", o->dataset, "Data set: mnist or fashion")->capture_default_str();
     bench->add_option("--eval-batch", o->eval_batch, "Batch size for inference")->capture_default_str();
     bench->add_option("--eval-repeats", o->eval_repeats, "Timed passes over the test set (0: skip inference)")
@@ -427,7 +439,8 @@ void add_bench_command(CLI::App& parent, std::vector<Command>& commands) {
     bench->add_option("--dropout", o->model.dropout, "Dropout rate after each hidden layer")->capture_default_str();
     bench->add_option("--seed", o->seed, "Seed for initialisation and dropout")->capture_default_str();
     bench->add_flag("--no-gemm-floor{false}", o->gemm_floor, "CPU: skip timing each step's GEMMs alone");
-    bench->add_flag("--no-graph", o->no_graph, "GPU: launch the step's kernels one by one instead of replaying a CUDA Graph");
+    bench->add_flag("--no-graph", o->no_graph,
+                    "GPU: launch the step's kernels one by one instead of replaying a CUDA Graph");
     bench->add_flag("--tf32", o->tf32, "GPU: allow TF32 tensor-core GEMMs");
     commands.push_back({bench, [o] { return run_bench(*o); }});
 }

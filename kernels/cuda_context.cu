@@ -1,5 +1,6 @@
 // Host-side control of the CUDA backend (src/cuda_host.h): device discovery, the lazily created
-// Context, device and pinned memory, synchronous copies, TF32, CUDA Graph capture and event timers.
+// Context, device and pinned memory, synchronous copies, TF32, CUDA Graph capture, the streaming
+// path's copy stream and event timers.
 // No numeric op lives here.
 #include <atomic>
 #include <cstring>
@@ -175,7 +176,7 @@ void* allocate(std::size_t bytes) {
                   : std::string("free memory unknown");
     if (err == cudaErrorMemoryAllocation) {
         throw Error(fmt::format("out of GPU memory: cannot allocate {} bytes ({:.1f} MiB) on device {} ({}); "
-                                "try a smaller batch size",
+                                "try a smaller batch size (--batch-size) or model (--hidden)",
                                 bytes, static_cast<double>(bytes) / kMiB, kDeviceIndex, memory_info));
     }
     throw Error(fmt::format("cudaMalloc of {} bytes failed: {} ({}); {}", bytes, cudaGetErrorString(err),
@@ -186,6 +187,13 @@ void release(void* ptr) noexcept {
     if (ptr == nullptr) return;
     (void)cudaFree(ptr);
     (void)cudaGetLastError();
+}
+
+MemoryInfo memory_info() {
+    Context::get();
+    MemoryInfo info;
+    CUDA_CHECK(cudaMemGetInfo(&info.free_bytes, &info.total_bytes));
+    return info;
 }
 
 void* allocate_pinned(std::size_t bytes) {
@@ -297,6 +305,75 @@ void StepGraph::launch() {
 bool StepGraph::ready() const { return m_impl != nullptr && static_cast<bool>(m_impl->exec); }
 
 std::size_t StepGraph::node_count() const { return m_impl ? m_impl->nodes : 0; }
+
+// --- CopyStream ----------------------------------------------------------------------------------
+
+struct CopyStream::Impl {
+    Stream stream;
+    std::vector<Event> ready;     // recorded on the copy stream after the copies into a slot
+    std::vector<Event> consumed;  // recorded on the compute stream after the step reading a slot
+};
+
+CopyStream::CopyStream(int slots) : m_impl(std::make_unique<Impl>()) {
+    CUMNIST_CHECK(slots >= 1, "CopyStream: {} slots", slots);
+    Context::get();
+    // Non-blocking, like the compute stream: no implicit ordering with the legacy default stream.
+    cudaStream_t stream = nullptr;
+    CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    m_impl->stream = Stream(stream);
+    for (int k = 0; k < slots; ++k) {
+        // The loader thread waits for ready[k] on the host: blocking sync puts it to sleep instead
+        // of spinning on a core for as long as the compute stream runs ahead of the copies.
+        m_impl->ready.push_back(make_event(cudaEventDisableTiming | cudaEventBlockingSync));
+        // consumed[k] is only waited for by the copy stream, on the device.
+        m_impl->consumed.push_back(make_event(cudaEventDisableTiming));
+    }
+}
+
+CopyStream::~CopyStream() {
+    if (m_impl && m_impl->stream) {
+        (void)cudaStreamSynchronize(m_impl->stream.get());
+        (void)cudaGetLastError();
+    }
+}
+
+CopyStream::CopyStream(CopyStream&&) noexcept = default;
+CopyStream& CopyStream::operator=(CopyStream&&) noexcept = default;
+
+namespace {
+void check_slot(const char* what, int slot, int slots) {
+    CUMNIST_CHECK(slot >= 0 && slot < slots, "CopyStream::{}: slot {} of {}", what, slot, slots);
+}
+}  // namespace
+
+void CopyStream::upload(int slot, std::initializer_list<Region> regions) {
+    check_slot("upload", slot, slots());
+    const cudaStream_t stream = m_impl->stream.get();
+    // Before the first mark_consumed(slot) the event holds no work and the wait is a no-op; later
+    // it is the step that last read this ring slot, which the copy must not overwrite early.
+    CUDA_CHECK(cudaStreamWaitEvent(stream, m_impl->consumed[static_cast<std::size_t>(slot)].get(), 0));
+    for (const Region& r : regions)
+        if (r.bytes > 0) CUDA_CHECK(cudaMemcpyAsync(r.device, r.host, r.bytes, cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaEventRecord(m_impl->ready[static_cast<std::size_t>(slot)].get(), stream));
+}
+
+void CopyStream::wait_ready(int slot) {
+    check_slot("wait_ready", slot, slots());
+    CUDA_CHECK(cudaStreamWaitEvent(Context::get().stream(), m_impl->ready[static_cast<std::size_t>(slot)].get(), 0));
+}
+
+void CopyStream::mark_consumed(int slot) {
+    check_slot("mark_consumed", slot, slots());
+    CUDA_CHECK(cudaEventRecord(m_impl->consumed[static_cast<std::size_t>(slot)].get(), Context::get().stream()));
+}
+
+void CopyStream::wait_copied(int slot) {
+    check_slot("wait_copied", slot, slots());
+    // Returns at once for an event never recorded (an empty set of work).
+    CUDA_CHECK(cudaEventSynchronize(m_impl->ready[static_cast<std::size_t>(slot)].get()));
+}
+
+int CopyStream::slots() const { return m_impl ? static_cast<int>(m_impl->ready.size()) : 0; }
 
 // --- StreamTimer ---------------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ std::string unavailable_reason() { return kNoCuda; }
 std::string device_description() { no_cuda(); }
 void* allocate(std::size_t) { no_cuda(); }
 void release(void*) noexcept {}
+MemoryInfo memory_info() { no_cuda(); }
 void* allocate_pinned(std::size_t) { no_cuda(); }
 void release_pinned(void*) noexcept {}
 void copy(void*, bool, const void*, bool, std::size_t) { no_cuda(); }
@@ -76,6 +77,18 @@ void StepGraph::capture(const std::function<void()>&) { no_cuda(); }
 void StepGraph::launch() { no_cuda(); }
 bool StepGraph::ready() const { return false; }
 std::size_t StepGraph::node_count() const { return 0; }
+
+// A CopyStream cannot be made without CUDA: its constructor throws.
+struct CopyStream::Impl {};
+CopyStream::CopyStream(int) { no_cuda(); }
+CopyStream::~CopyStream() = default;
+CopyStream::CopyStream(CopyStream&&) noexcept = default;
+CopyStream& CopyStream::operator=(CopyStream&&) noexcept = default;
+void CopyStream::upload(int, std::initializer_list<Region>) { no_cuda(); }
+void CopyStream::wait_ready(int) { no_cuda(); }
+void CopyStream::mark_consumed(int) { no_cuda(); }
+void CopyStream::wait_copied(int) { no_cuda(); }
+int CopyStream::slots() const { return 0; }
 
 struct StreamTimer::Impl {};
 StreamTimer::StreamTimer() = default;

@@ -2,8 +2,6 @@
 // anything the header claims is allocated or read.
 #include "cumnist/checkpoint.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -15,6 +13,8 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string_view>
+
+#include "cumnist/file_io.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "checkpoints are read and written as little-endian F32: a big-endian host needs byte swapping"
@@ -430,11 +430,14 @@ private:
                                   [](const Entry& e) { return e.name.rfind("optimizer.", 0) == 0; });
         m_specs = expected_tensors(m_meta.model, m_meta.optimizer.kind, m_has_state);
         const std::string model = m_meta.model.describe();
+        // What the file holds besides the parameters: all of its optimizer's state, or none of it.
+        const std::string state =
+            m_has_state ? fmt::format("{} optimizer", to_string(m_meta.optimizer.kind)) : std::string("no optimizer");
         for (const TensorSpec& s : m_specs) {
             const auto it = m_by_name.find(s.name);
             if (it == m_by_name.end())
-                fail("missing tensor '{}' (the model {} with {} state has {} tensors)", s.name, model,
-                     s.buffer == 0 ? "no optimizer" : to_string(m_meta.optimizer.kind), m_specs.size());
+                fail("missing tensor '{}' (the model {} with {} state has {} tensors)", s.name, model, state,
+                     m_specs.size());
             if (it->second->shape != s.shape)
                 fail("tensor '{}' has shape {}, but the model in the metadata ({}) needs {}", s.name,
                      shape_text(it->second->shape), model, shape_text(s.shape));
@@ -445,7 +448,7 @@ private:
                                                [&](const TensorSpec& s) { return s.name == e.name; });
                 if (!known)
                     fail("unexpected tensor '{}': the model {} with {} state has only layers.{{0..{}}}.{{weight,bias}}{}",
-                         e.name, model, to_string(m_meta.optimizer.kind), m_meta.model.n_layers() - 1,
+                         e.name, model, state, m_meta.model.n_layers() - 1,
                          m_has_state ? " and their optimizer.* state" : "");
             }
         }
@@ -510,22 +513,7 @@ Checkpoint parse_checkpoint(const std::string& name, const std::string& bytes) {
 }
 
 void save_checkpoint(const std::string& path, const Checkpoint& checkpoint) {
-    const std::string bytes = serialize_checkpoint(checkpoint);
-    const std::string tmp = path + ".tmp";
-    std::FILE* f = std::fopen(tmp.c_str(), "wb");
-    if (!f) throw Error(fmt::format("cannot write checkpoint '{}': {}", tmp, std::strerror(errno)));
-    const bool written = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 &&
-                         ::fsync(::fileno(f)) == 0;
-    const int err = errno;
-    if (std::fclose(f) != 0 || !written) {
-        std::remove(tmp.c_str());
-        throw Error(fmt::format("cannot write checkpoint '{}': {}", tmp, std::strerror(written ? errno : err)));
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int e = errno;
-        std::remove(tmp.c_str());
-        throw Error(fmt::format("cannot replace checkpoint '{}': {}", path, std::strerror(e)));
-    }
+    write_file_atomically(path, serialize_checkpoint(checkpoint), "checkpoint ");
 }
 
 Checkpoint load_checkpoint(const std::string& path) {

@@ -1,11 +1,12 @@
 // Host-side control of the CUDA backend that is not a numeric op: device discovery, memory,
-// the compute stream and CUDA Graph capture. CUDA-free declarations; implemented in
-// kernels/cuda_context.cu, or by kernels/cuda_stubs.cpp (every call throws "built without CUDA
-// support") in a build without CUDA.
+// the compute stream, CUDA Graph capture and the streaming path's copy stream. CUDA-free
+// declarations; implemented in kernels/cuda_context.cu, or by kernels/cuda_stubs.cpp (every call
+// throws "built without CUDA support") in a build without CUDA.
 #pragma once
 
 #include <cstddef>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <string>
 
@@ -22,6 +23,13 @@ std::string device_description();
 // free/total memory.
 void* allocate(std::size_t bytes);
 void release(void* ptr) noexcept;
+
+// Free and total memory of the GPU (cudaMemGetInfo), in bytes.
+struct MemoryInfo {
+    std::size_t free_bytes = 0;
+    std::size_t total_bytes = 0;
+};
+MemoryInfo memory_info();
 
 // Page-locked host memory for async copies.
 void* allocate_pinned(std::size_t bytes);
@@ -54,6 +62,47 @@ public:
     bool ready() const;
     // Number of kernel (and memcpy/memset) nodes in the captured graph.
     std::size_t node_count() const;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> m_impl;
+};
+
+// The streaming data path's host-to-device copies: a second (copy) stream beside the compute
+// stream, and per device ring slot two events that order the copies into a slot against the steps
+// that read it, with no host wait on the compute stream:
+//   copy stream:     wait consumed[k] → copy the staged batch into ring slot k → record ready[k]
+//   compute stream:  wait ready[k] → the step reading ring slot k → record consumed[k]
+// so the copy of the next batch runs while the current step computes. The host memory copied from
+// must be page-locked (allocate_pinned) and must not be rewritten until wait_copied() returns.
+// wait_copied() may be called from another thread (the loader's) while this one queues work.
+class CopyStream {
+public:
+    struct Region {
+        void* device;
+        const void* host;
+        std::size_t bytes;
+    };
+
+    explicit CopyStream(int slots);
+    // Waits for the copies in flight (their pinned sources may be freed next); never throws.
+    ~CopyStream();
+    CopyStream(CopyStream&&) noexcept;
+    CopyStream& operator=(CopyStream&&) noexcept;
+    CopyStream(const CopyStream&) = delete;
+    CopyStream& operator=(const CopyStream&) = delete;
+
+    // Queues the copies into ring slot `slot` on the copy stream behind the last step that read the
+    // slot (consumed[slot]; nothing before the first mark_consumed), then records ready[slot].
+    void upload(int slot, std::initializer_list<Region> regions);
+    // Makes the compute stream wait for ready[slot]: work queued on it afterwards sees the copies.
+    void wait_ready(int slot);
+    // Records consumed[slot] on the compute stream, behind the work queued so far.
+    void mark_consumed(int slot);
+    // Blocks the calling thread (without spinning) until the last upload() into `slot` has
+    // finished reading host memory; returns at once when there was none.
+    void wait_copied(int slot);
+    int slots() const;
 
 private:
     struct Impl;

@@ -1,8 +1,11 @@
 // Device names and the memory primitives behind Buffer<T>, dispatched to the host or to CUDA.
+#include <sys/sysinfo.h>
+
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <new>
 #include <string>
 
@@ -46,7 +49,21 @@ namespace memory {
 
 namespace {
 constexpr std::size_t kHostAlignment = 64;
+constexpr std::size_t kNoLimit = std::numeric_limits<std::size_t>::max();
 std::atomic<std::size_t> g_allocations{0};
+
+// RAM plus swap, in bytes (kNoLimit when unknown).
+std::size_t host_memory_limit() {
+    struct sysinfo info {};
+    if (::sysinfo(&info) != 0 || info.mem_unit == 0) return kNoLimit;
+    const unsigned long long units = static_cast<unsigned long long>(info.totalram) + info.totalswap;
+    if (units > kNoLimit / info.mem_unit) return kNoLimit;
+    return static_cast<std::size_t>(units * info.mem_unit);
+}
+
+std::string gib(std::size_t bytes) {
+    return fmt::format("{:.1f} GiB", static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0));
+}
 }  // namespace
 
 std::size_t allocation_count() { return g_allocations.load(std::memory_order_relaxed); }
@@ -55,9 +72,18 @@ void* allocate(std::size_t bytes, Device device) {
     if (bytes == 0) return nullptr;
     g_allocations.fetch_add(1, std::memory_order_relaxed);
     if (device == Device::Cuda) return cuda::allocate(bytes);
-    const std::size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
-    void* p = std::aligned_alloc(kHostAlignment, rounded);
-    if (!p) throw Error(fmt::format("out of host memory allocating {} bytes", bytes));
+    // More than the RAM and swap could hold is refused up front: with overcommit it might be
+    // granted, and the process killed when the buffer is filled.
+    static const std::size_t limit = host_memory_limit();
+    void* p = nullptr;
+    if (bytes <= limit && bytes <= std::numeric_limits<std::size_t>::max() - kHostAlignment) {
+        const std::size_t rounded = (bytes + kHostAlignment - 1) / kHostAlignment * kHostAlignment;
+        p = std::aligned_alloc(kHostAlignment, rounded);
+    }
+    if (!p)
+        throw Error(fmt::format("out of host memory: cannot allocate {} bytes ({}; this machine has {} of RAM and "
+                                "swap); try a smaller batch size (--batch-size) or model (--hidden)",
+                                bytes, gib(bytes), limit == kNoLimit ? std::string("an unknown amount") : gib(limit)));
     return p;
 }
 

@@ -19,6 +19,7 @@
 
 #include "cumnist/data.h"
 #include "cumnist/error.h"
+#include "cumnist/file_io.h"
 
 namespace cumnist {
 namespace {
@@ -292,24 +293,7 @@ std::vector<uint8_t> encode_png(const Image& image) {
 
 void write_png(const std::string& path, const Image& image) {
     const std::vector<uint8_t> png = encode_png(image);
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-        out.write(reinterpret_cast<const char*>(png.data()), static_cast<std::streamsize>(png.size()));
-        out.flush();
-        if (!out) {
-            const int err = errno;
-            out.close();
-            std::remove(tmp.c_str());
-            throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(err)));
-        }
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int err = errno;
-        std::remove(tmp.c_str());
-        throw Error(fmt::format("cannot write '{}': {}", path, std::strerror(err)));
-    }
+    write_file_atomically(path, std::string_view(reinterpret_cast<const char*>(png.data()), png.size()));
 }
 
 std::vector<float> resize_gray(const std::vector<float>& pixels, int width, int height, int out_width, int out_height) {

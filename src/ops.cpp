@@ -180,7 +180,10 @@ void gather_batch(MatrixView<float> x, MatrixView<uint8_t> labels_out, MatrixVie
     require_shape(op, "images", images, images.rows, x.cols);
     require_shape(op, "labels", labels, 1, images.rows);
     require_shape(op, "labels_out", labels_out, 1, x.rows);
-    require_shape(op, "order", order, 1, images.rows);
+    // `order` maps batch positions to rows of `images`: a resident data set's permutation (as long
+    // as the data set) or the streaming ring's row map (as long as the epoch, the ring shorter).
+    CUMNIST_CHECK(order.rows == 1 && order.cols >= x.rows, "{}: order is ({}, {}), expected (1, n) with n >= {}", op,
+                  order.rows, order.cols, x.rows);
     CUMNIST_CHECK(x.rows <= batch_size, "{}: {} rows exceed the batch size {}", op, x.rows, batch_size);
     if (x.size() == 0) return;
     CUMNIST_DISPATCH(x.device, gather_batch, x.data, labels_out.data, images.data, labels.data, order.data, batch_index,

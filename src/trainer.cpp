@@ -4,10 +4,54 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "cuda_host.h"
+#include "cumnist/loader.h"
 
 namespace cumnist {
+
+namespace {
+
+// Staging slots of the streaming path, on the host and in the device ring: the loader works up to
+// this many batches ahead, and the copy of batch b + 1 overlaps step b.
+constexpr int kStreamSlots = 3;
+
+// The device memory a resident training set takes: pixels, labels and the int32 order.
+std::size_t resident_bytes(const Dataset& train) {
+    return train.images.size() + train.labels.size() + static_cast<std::size_t>(train.n) * sizeof(int32_t);
+}
+
+// Validates the configuration (before anything is allocated for it) and resolves Auto. On the GPU
+// a data set is resident when it takes less than half of the free memory, which leaves the rest
+// for the model, its workspace and whatever else shares the GPU.
+DataPlacement resolve_placement(const TrainConfig& config, const Dataset& train) {
+    config.validate(train.n);
+    if (config.placement != DataPlacement::Auto) return config.placement;
+    if (config.device == Device::Cpu) return DataPlacement::Resident;
+    const cuda::MemoryInfo memory = cuda::memory_info();
+    return static_cast<double>(resident_bytes(train)) < 0.5 * static_cast<double>(memory.free_bytes)
+               ? DataPlacement::Resident
+               : DataPlacement::Stream;
+}
+
+}  // namespace
+
+const char* to_string(DataPlacement placement) {
+    switch (placement) {
+    case DataPlacement::Auto: return "auto";
+    case DataPlacement::Resident: return "resident";
+    case DataPlacement::Stream: return "stream";
+    }
+    return "?";
+}
+
+DataPlacement parse_data_placement(const std::string& name) {
+    if (name == "auto") return DataPlacement::Auto;
+    if (name == "resident") return DataPlacement::Resident;
+    if (name == "stream") return DataPlacement::Stream;
+    throw Error(fmt::format("--data-placement: unknown placement '{}' (expected auto, resident or stream)", name));
+}
 
 void TrainConfig::validate(int n_train) const {
     if (epochs <= 0) throw Error(fmt::format("--epochs must be at least 1, got {}", epochs));
@@ -32,22 +76,80 @@ struct Trainer::Graph {
     cuda::StepGraph step;
 };
 
+// The streaming path. The device holds a ring of kStreamSlots batches (uint8 pixels and labels)
+// instead of the data set; batch b of an epoch is copied into ring slot b mod kStreamSlots. The
+// step is unchanged: its gather_batch reads `order` at positions b·batch + r (r < rows ≤ batch),
+// and order[i] = i mod (kStreamSlots·batch) is exactly ring row (b mod kStreamSlots)·batch + r
+// there, because b·batch + r = ⌊b / kStreamSlots⌋·kStreamSlots·batch + (b mod kStreamSlots)·batch
+// + r with the last two terms < kStreamSlots·batch. That holds for every b, for the short last
+// batch, and for an epoch resumed at any step, so `order` is uploaded once and the captured graph
+// stays valid. (It costs 4 bytes of device memory per training sample.)
+//
+// On the GPU the copies run on a copy stream ordered by events (cuda::CopyStream): the copy into
+// ring slot k waits for the step that last read it, the step waits for its copy, and the loader
+// refills its pinned slot k only once the copy out of it has finished (the loader's fence). The
+// host never waits for the compute stream inside an epoch. On the CPU the copy is a memcpy.
+struct Trainer::Streamed {
+    Streamed(const Dataset& train, int batch_size, Device dev)
+        : images(static_cast<std::size_t>(kStreamSlots) * batch_size * train.features(), dev),
+          labels(static_cast<std::size_t>(kStreamSlots) * batch_size, dev),
+          order(static_cast<std::size_t>(train.n), dev),
+          copies(dev == Device::Cuda ? std::make_unique<cuda::CopyStream>(kStreamSlots) : nullptr),
+          loader(train, batch_size, kStreamSlots, dev,
+                 dev == Device::Cuda ? BatchLoader::SlotFence([this](int k) { copies->wait_copied(k); })
+                                     : BatchLoader::SlotFence()),
+          epoch_order(static_cast<std::size_t>(train.n)) {
+        const int ring_rows = kStreamSlots * batch_size;
+        std::vector<int32_t> ring_order(static_cast<std::size_t>(train.n));
+        for (int i = 0; i < train.n; ++i) {
+            ring_order[i] = i % ring_rows;
+            epoch_order[i] = i;  // train_steps() before the first epoch: the identity, as Resident
+        }
+        order.copy_from_host(ring_order.data(), ring_order.size());
+    }
+    ~Streamed() {
+        // Idle the loader thread first (its fence uses `copies`), then let `copies` wait for the
+        // copies still reading the loader's pinned slots, and only then free those slots.
+        try {
+            loader.stop();
+        } catch (...) {
+        }
+        copies.reset();
+    }
+    Streamed(const Streamed&) = delete;
+    Streamed& operator=(const Streamed&) = delete;
+
+    Buffer<uint8_t> images, labels;  // the device ring: kStreamSlots × batch rows
+    Buffer<int32_t> order;           // n entries: i mod (kStreamSlots · batch)
+    std::unique_ptr<cuda::CopyStream> copies;  // CUDA only; before `loader`, whose fence uses it
+    BatchLoader loader;
+    std::vector<int32_t> epoch_order;  // the current epoch's order, for train_steps()
+    bool bench_loading = false;        // the loader is positioned for train_steps()
+    int slot = 0;                      // the ring slot of the staged batch
+};
+
 Trainer::Trainer(const MlpConfig& model, const OptimizerConfig& optimizer, const TrainConfig& config,
                  const Dataset& train)
     : m_config(config),
+      m_placement(resolve_placement(config, train)),
+      m_n(train.n),
+      m_features(train.features()),
       m_model(model, config.device),
       m_optimizer(optimizer, parameter_count(model), config.device),
-      m_train(train, config.device),
       m_ws(model, std::max(config.batch, config.eval_batch), config.device),
       m_x(static_cast<std::size_t>(std::max(config.batch, config.eval_batch)) * model.inputs, config.device),
       m_y(static_cast<std::size_t>(std::max(config.batch, config.eval_batch)), config.device),
       m_counters(2, config.device),
       m_totals(2, config.device),
       m_graph(std::make_unique<Graph>()) {
-    m_config.validate(train.n);
+    m_config.placement = m_placement;
     if (train.features() != model.inputs)
         throw Error(fmt::format("{}: images have {} pixels, the model expects {}", train.name, train.features(),
                                 model.inputs));
+    if (m_placement == DataPlacement::Resident)
+        m_resident = std::make_unique<ResidentData>(train, config.device);
+    else
+        m_streamed = std::make_unique<Streamed>(train, config.batch, config.device);
     if (config.device == Device::Cuda) cuda::set_tf32(config.tf32);
     const std::vector<float> init = glorot_uniform_init(model, config.seed);
     m_model.parameters().copy_from_host(init.data(), init.size());
@@ -56,7 +158,7 @@ Trainer::Trainer(const MlpConfig& model, const OptimizerConfig& optimizer, const
 
 Trainer::~Trainer() = default;
 
-int Trainer::steps_per_epoch() const { return (m_train.n + m_config.batch - 1) / m_config.batch; }
+int Trainer::steps_per_epoch() const { return (m_n + m_config.batch - 1) / m_config.batch; }
 
 uint64_t Trainer::step() const { return m_counters.to_host()[0]; }
 
@@ -70,8 +172,16 @@ void Trainer::run_step(int rows) {
     uint64_t* batch_index = m_counters.data() + 1;
     MatrixView<float> x = m_x.view(rows, m_model.config().inputs);
     MatrixView<uint8_t> y = m_y.view(1, rows);
-    ops::gather_batch(x, y, m_train.images.view(m_train.n, m_train.features), m_train.labels.view(1, m_train.n),
-                      m_train.order.view(1, m_train.n), batch_index, m_config.batch);
+    if (m_resident) {
+        ResidentData& d = *m_resident;
+        ops::gather_batch(x, y, d.images.view(d.n, d.features), d.labels.view(1, d.n), d.order.view(1, d.n),
+                          batch_index, m_config.batch);
+    } else {
+        Streamed& s = *m_streamed;
+        const int ring_rows = kStreamSlots * m_config.batch;
+        ops::gather_batch(x, y, s.images.view(ring_rows, m_features), s.labels.view(1, ring_rows),
+                          s.order.view(1, m_n), batch_index, m_config.batch);
+    }
     const MatrixView<float> logits = m_model.forward(m_ws, x, true, m_config.seed, step);
     // The loss is the batch mean: its 1/rows is applied here, in the gradient, and nowhere else.
     MatrixView<float> dlogits = m_ws.dh.back().view(rows, m_model.config().classes);
@@ -95,15 +205,50 @@ void Trainer::full_batch_step() {
     if (graph) m_graph->step.capture([&] { run_step(m_config.batch); });
 }
 
+void Trainer::stage_batch(int b) {
+    Streamed& s = *m_streamed;
+    const BatchLoader::Batch batch = s.loader.next();
+    CUMNIST_CHECK(batch.index == b && batch.slot == b % kStreamSlots, "the loader delivered batch {} (slot {}) for step {}",
+                  batch.index, batch.slot, b);
+    const std::size_t row0 = static_cast<std::size_t>(batch.slot) * static_cast<std::size_t>(m_config.batch);
+    uint8_t* images = s.images.data() + row0 * static_cast<std::size_t>(m_features);
+    uint8_t* labels = s.labels.data() + row0;
+    const std::size_t image_bytes = static_cast<std::size_t>(batch.rows) * static_cast<std::size_t>(m_features);
+    const std::size_t label_bytes = static_cast<std::size_t>(batch.rows);
+    if (s.copies) {
+        s.copies->upload(batch.slot, {{images, batch.images, image_bytes}, {labels, batch.labels, label_bytes}});
+        s.copies->wait_ready(batch.slot);
+    } else {
+        std::memcpy(images, batch.images, image_bytes);
+        std::memcpy(labels, batch.labels, label_bytes);
+    }
+    // On the GPU the copy may still be reading the pinned slot: the loader's fence waits for it
+    // before refilling, so the slot can be handed back now.
+    s.loader.release(batch);
+    s.slot = batch.slot;
+}
+
+void Trainer::finish_batch() {
+    if (m_streamed && m_streamed->copies) m_streamed->copies->mark_consumed(m_streamed->slot);
+}
+
 void Trainer::train_steps(int n) {
-    const int full_batches = m_train.n / m_config.batch;
+    const int full_batches = m_n / m_config.batch;
     for (int i = 0; i < n; ++i) {
         if (m_bench_batch >= full_batches) {
             const uint64_t zero = 0;
             m_counters.copy_from_host(&zero, 1, 1);
             m_bench_batch = 0;
+            if (m_streamed) m_streamed->bench_loading = false;
+        }
+        if (m_streamed) {
+            Streamed& s = *m_streamed;
+            if (!s.bench_loading) s.loader.start(s.epoch_order, m_bench_batch, full_batches);
+            s.bench_loading = true;
+            stage_batch(m_bench_batch);
         }
         full_batch_step();
+        finish_batch();
         ++m_bench_batch;
     }
 }
@@ -115,7 +260,7 @@ void Trainer::synchronize() {
 EpochMetrics Trainer::train_epoch(int epoch, const ResidentData* test, const ProgressFn& progress, int first_step) {
     using Clock = std::chrono::steady_clock;
     const Device dev = m_config.device;
-    const int n = m_train.n, batch = m_config.batch;
+    const int n = m_n, batch = m_config.batch;
     const int full_batches = n / batch, n_steps = steps_per_epoch();
     if (first_step < 0 || first_step >= n_steps)
         throw Error(fmt::format("epoch {} has {} steps; cannot start at step {}", epoch, n_steps, first_step));
@@ -123,19 +268,26 @@ EpochMetrics Trainer::train_epoch(int epoch, const ResidentData* test, const Pro
     const auto t0 = Clock::now();
     // Epoch set-up, outside the step: the order, the batch index and the metric totals.
     const std::vector<int32_t> order = epoch_order(n, m_config.seed, static_cast<uint64_t>(epoch - 1));
-    m_train.order.copy_from_host(order.data(), order.size());
+    if (m_resident) {
+        m_resident->order.copy_from_host(order.data(), order.size());
+    } else {
+        m_streamed->epoch_order = order;  // same size: no allocation
+        m_streamed->loader.start(order, first_step, n_steps);
+        m_streamed->bench_loading = false;
+    }
     const uint64_t start = static_cast<uint64_t>(first_step);
     m_counters.copy_from_host(&start, 1, 1);
     m_totals.zero();
 
-    m_bench_batch = first_step;
     int b = first_step;
     bool stopped = false;
     for (; b < n_steps && !stopped; ++b) {
+        if (m_streamed) stage_batch(b);
         if (b < full_batches)
             full_batch_step();
         else
             run_step(n - full_batches * batch);  // the short last batch: plain launches
+        finish_batch();
         if (progress) {
             const bool readable = dev == Device::Cpu;
             const double seen = static_cast<double>(std::min(n, (b + 1) * batch) - first_step * batch);
@@ -144,6 +296,9 @@ EpochMetrics Trainer::train_epoch(int epoch, const ResidentData* test, const Pro
         }
         stopped = m_stop != nullptr && m_stop->load(std::memory_order_relaxed);
     }
+    // The device's batch index is now b: train_steps() continues from there (or wraps).
+    m_bench_batch = b;
+    if (m_streamed) m_streamed->loader.stop();  // after a stop request, no batch is left loading
     const std::vector<double> totals = m_totals.to_host();  // the epoch's one read-back (synchronises)
     const auto t1 = Clock::now();
 

@@ -536,12 +536,30 @@ TEST_F(CorruptCheckpoint, TruncatedOrExtendedData) {
 }
 
 TEST_F(CorruptCheckpoint, MissingOrUnexpectedTensors) {
+    // The file holds Adam's state: 6 parameter tensors and 2 x 6 of state, whichever one is missing.
     expect_rejected(edited([](json& h) { h.erase("layers.2.bias"); }),
-                    "missing tensor 'layers.2.bias' (the model 64-33-17-10 relu, dropout 0.2");
+                    "missing tensor 'layers.2.bias' (the model 64-33-17-10 relu, dropout 0.2 with adam optimizer state "
+                    "has 18 tensors)");
     expect_rejected(edited([](json& h) { h.erase("optimizer.adam.v.layers.1.weight"); }),
-                    "missing tensor 'optimizer.adam.v.layers.1.weight'");
+                    "missing tensor 'optimizer.adam.v.layers.1.weight' (the model 64-33-17-10 relu, dropout 0.2 with "
+                    "adam optimizer state has 18 tensors)");
     expect_rejected(edited([](json& h) { h["layers.3.weight"] = h["layers.2.weight"]; }),
-                    "unexpected tensor 'layers.3.weight'");
+                    "unexpected tensor 'layers.3.weight': the model 64-33-17-10 relu, dropout 0.2 with adam optimizer "
+                    "state has only layers.{0..2}.{weight,bias} and their optimizer.* state");
+}
+
+TEST_F(CorruptCheckpoint, MissingOrUnexpectedTensorsWithoutOptimizerState) {
+    Checkpoint c = trained_checkpoint(OptimizerKind::Sgd);
+    c.optimizer_state.clear();  // parameters only, as a file to evaluate but not resume
+    const Parts p = split(serialize_checkpoint(c));
+    Parts missing = p;
+    missing.header.erase("layers.0.weight");
+    expect_rejected(join(missing), "missing tensor 'layers.0.weight' (the model 64-33-17-10 relu, dropout 0.2 with no "
+                                   "optimizer state has 6 tensors)");
+    Parts extra = p;
+    extra.header["layers.3.weight"] = extra.header["layers.2.weight"];
+    expect_rejected(join(extra), "unexpected tensor 'layers.3.weight': the model 64-33-17-10 relu, dropout 0.2 with no "
+                                 "optimizer state has only layers.{0..2}.{weight,bias}");
 }
 
 TEST_F(CorruptCheckpoint, MetadataMissingOrMalformed) {

@@ -907,9 +907,15 @@ TEST_F(OpsValidation, BatchShapes) {
     expect_rejected(
         [&] {
             ops::gather_batch(x.view(4, 6), lab_out.view(1, 4), images.view(10, 6), labels.view(1, 10),
-                              order.view(1, 9), bi.data(), 4);
+                              order.view(2, 5), bi.data(), 4);
         },
-        "gather_batch");  // order of the wrong length
+        "gather_batch");  // order of more than one row
+    expect_rejected(
+        [&] {
+            ops::gather_batch(x.view(4, 6), lab_out.view(1, 4), images.view(10, 6), labels.view(1, 10),
+                              order.view(1, 3), bi.data(), 4);
+        },
+        "gather_batch");  // order shorter than one batch
     expect_rejected(
         [&] {
             ops::gather_batch(x.view(4, 6), lab_out.view(1, 3), images.view(10, 6), labels.view(1, 10),

@@ -1,13 +1,19 @@
 // The training loop: determinism from the seed, learning on a synthetic task, no allocation
-// inside the step, CPU/GPU parity and graph replay (on a GPU), and the end-to-end run on MNIST.
+// inside the step, streamed against resident data, CPU/GPU parity and graph replay (on a GPU),
+// the batch loader, and the end-to-end run on MNIST.
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <future>
+#include <memory>
 #include <new>
+#include <thread>
 
 #include "cumnist/data.h"
+#include "cumnist/loader.h"
 #include "cumnist/selftest.h"
 #include "cumnist/trainer.h"
 #include "test_support.h"
@@ -65,17 +71,31 @@ MlpConfig small_model() {
     return m;
 }
 
-TrainConfig small_train(Device device, int batch = 16) {
+TrainConfig small_train(Device device, int batch = 16, DataPlacement placement = DataPlacement::Auto) {
     TrainConfig t;
     t.epochs = 1;
     t.batch = batch;
     t.eval_batch = 50;
     t.seed = 7;
     t.device = device;
+    t.placement = placement;
     return t;
 }
 
 bool skip_without_cuda(Device d) { return d == Device::Cuda && !cuda_available(); }
+
+// Runs `f` on its own thread and says whether it finished within `limit`; a hang fails the test
+// instead of hanging the suite (the stuck thread is then left behind, owning what `f` captured).
+template <class F>
+bool finishes_within(std::chrono::seconds limit, F f) {
+    auto done = std::make_shared<std::promise<void>>();
+    std::future<void> finished = done->get_future();
+    std::thread([done, f = std::move(f)]() mutable {
+        f();
+        done->set_value();
+    }).detach();
+    return finished.wait_for(limit) == std::future_status::ready;
+}
 
 class TrainerTest : public ::testing::TestWithParam<Device> {
 protected:
@@ -145,14 +165,32 @@ TEST_P(TrainerTest, TrainingStepAllocatesNothing) {
     EXPECT_EQ(few.second, many.second) << "heap allocations grow with the number of steps";
 }
 
+// The same with the training data streamed: the loader thread and the staging copies allocate
+// nothing per batch either.
+TEST_P(TrainerTest, StreamingTrainingStepAllocatesNothing) {
+    auto allocations_for_epoch = [&](int n_samples) {
+        const Dataset train = synthetic_dataset(n_samples, 4);
+        Trainer t(small_model(), {}, small_train(GetParam(), 10, DataPlacement::Stream), train);
+        t.train_epoch(1, nullptr);
+        const std::size_t buffers = memory::allocation_count(), heap = g_new_calls.load();
+        t.train_epoch(2, nullptr);
+        return std::make_pair(memory::allocation_count() - buffers, g_new_calls.load() - heap);
+    };
+    const auto few = allocations_for_epoch(50);    // 5 steps
+    const auto many = allocations_for_epoch(500);  // 50 steps
+    EXPECT_EQ(few.first, many.first) << "device/host buffer allocations grow with the number of steps";
+    EXPECT_EQ(few.second, many.second) << "heap allocations grow with the number of steps";
+}
+
 // A stop request ends the epoch after the step in flight; resuming the epoch at that step gives
-// exactly the parameters of an uninterrupted epoch.
-TEST_P(TrainerTest, StopAndResumeInsideAnEpochIsExact) {
+// exactly the parameters of an uninterrupted epoch (with the training data resident).
+void check_stop_and_resume(Device device, DataPlacement placement) {
     const Dataset train = synthetic_dataset(200, 9);  // 13 steps of 16
-    Trainer straight(small_model(), {}, small_train(GetParam()), train);
+    Trainer straight(small_model(), {}, small_train(device, 16, DataPlacement::Resident), train);
     straight.train_epoch(1, nullptr);
 
-    Trainer interrupted(small_model(), {}, small_train(GetParam()), train);
+    Trainer interrupted(small_model(), {}, small_train(device, 16, placement), train);
+    ASSERT_EQ(interrupted.placement(), placement);
     std::atomic<bool> stop{false};
     interrupted.set_stop_flag(&stop);
     const EpochMetrics part = interrupted.train_epoch(1, nullptr, [&](int step, int, double, double) {
@@ -168,6 +206,78 @@ TEST_P(TrainerTest, StopAndResumeInsideAnEpochIsExact) {
     EXPECT_EQ(interrupted.step(), 13u);
     EXPECT_EQ(interrupted.model().parameters().to_host(), straight.model().parameters().to_host());
     EXPECT_THROW(interrupted.train_epoch(2, nullptr, {}, 13), Error);
+}
+
+TEST_P(TrainerTest, StopAndResumeInsideAnEpochIsExact) { check_stop_and_resume(GetParam(), DataPlacement::Resident); }
+
+// The same when streaming: the resumed epoch starts at step 5, i.e. in ring slot 5 mod 3.
+TEST_P(TrainerTest, StopAndResumeInsideAnEpochIsExactWhenStreaming) {
+    check_stop_and_resume(GetParam(), DataPlacement::Stream);
+}
+
+// Streamed and resident training data give bit-identical runs: dropout on, two epochs, and
+// training sets that are not a multiple of the batch (the short last batch goes through the ring
+// too) nor of the ring (3 slots), one of them smaller than the ring.
+TEST_P(TrainerTest, StreamingMatchesResidentBitForBit) {
+    for (int n : {203, 37}) {
+        SCOPED_TRACE(n);
+        const Dataset train = synthetic_dataset(n, 11);
+        Trainer resident(small_model(), {}, small_train(GetParam(), 16, DataPlacement::Resident), train);
+        Trainer streamed(small_model(), {}, small_train(GetParam(), 16, DataPlacement::Stream), train);
+        ASSERT_EQ(resident.placement(), DataPlacement::Resident);
+        ASSERT_EQ(streamed.placement(), DataPlacement::Stream);
+        for (int epoch = 1; epoch <= 2; ++epoch) {
+            const EpochMetrics mr = resident.train_epoch(epoch, nullptr);
+            const EpochMetrics ms = streamed.train_epoch(epoch, nullptr);
+            EXPECT_EQ(mr.train_loss, ms.train_loss) << "epoch " << epoch;
+            EXPECT_EQ(mr.train_accuracy, ms.train_accuracy) << "epoch " << epoch;
+            EXPECT_EQ(mr.steps, ms.steps);
+        }
+        EXPECT_EQ(resident.step(), streamed.step());
+        EXPECT_EQ(resident.model().parameters().to_host(), streamed.model().parameters().to_host());
+        for (std::size_t i = 0; i < resident.optimizer().state().size(); ++i)
+            EXPECT_EQ(resident.optimizer().state()[i].to_host(), streamed.optimizer().state()[i].to_host());
+        // train_steps() (the benchmark's path) continues identically too, wrapping at the epoch's end.
+        resident.train_steps(5);
+        streamed.train_steps(5);
+        EXPECT_EQ(resident.model().parameters().to_host(), streamed.model().parameters().to_host());
+    }
+}
+
+// Auto keeps a small data set resident (always on the CPU; on the GPU when it fits easily).
+TEST_P(TrainerTest, AutoPlacementKeepsASmallDataSetResident) {
+    const Dataset train = synthetic_dataset(50, 12);
+    Trainer t(small_model(), {}, small_train(GetParam()), train);
+    EXPECT_EQ(t.placement(), DataPlacement::Resident);
+    EXPECT_EQ(t.config().placement, DataPlacement::Resident);
+}
+
+// A streamed epoch ended early by the stop flag, or by an exception from inside the epoch, leaves
+// the loader with batches staged and none taken: the trainer still trains on, and its destruction
+// (which joins the loader thread) does not hang.
+TEST_P(TrainerTest, StreamingShutsDownAfterAnEarlyStopOrAnException) {
+    auto train = std::make_shared<const Dataset>(synthetic_dataset(200, 13));
+    auto trainer = std::make_unique<Trainer>(small_model(), OptimizerConfig{},
+                                             small_train(GetParam(), 16, DataPlacement::Stream), *train);
+    std::atomic<bool> stop{false};
+    trainer->set_stop_flag(&stop);
+    const EpochMetrics part = trainer->train_epoch(1, nullptr, [&](int step, int, double, double) {
+        if (step == 2) stop = true;
+    });
+    EXPECT_FALSE(part.completed);
+    EXPECT_EQ(part.steps, 2);
+    stop = false;
+    EXPECT_THROW(trainer->train_epoch(2, nullptr,
+                                      [](int step, int, double, double) {
+                                          if (step == 4) throw Error("stopped by the test");
+                                      }),
+                 Error);
+    EXPECT_TRUE(trainer->train_epoch(3, nullptr).completed);  // a new epoch after both
+    trainer->train_epoch(4, nullptr, [&](int step, int, double, double) {
+        if (step == 1) stop = true;
+    });
+    EXPECT_TRUE(finishes_within(std::chrono::seconds(20), [train, t = std::move(trainer)]() mutable { t.reset(); }))
+        << "destroying a trainer after an early stop hangs";
 }
 
 TEST_P(TrainerTest, DivergenceStopsWithAMessage) {
@@ -204,6 +314,151 @@ TEST_P(TrainerTest, RejectsBadConfiguration) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Devices, TrainerTest, ::testing::Values(Device::Cpu, Device::Cuda),
+                         [](const auto& param_info) { return std::string(to_string(param_info.param)); });
+
+// --- BatchLoader ------------------------------------------------------------------------------------
+
+class BatchLoaderTest : public ::testing::TestWithParam<Device> {
+protected:
+    void SetUp() override {
+        if (skip_without_cuda(GetParam())) GTEST_SKIP() << "no CUDA device: " << cuda_unavailable_reason();
+    }
+};
+
+// Expects `batch` to hold rows [b·size, ...) of `order` gathered from `ds`.
+void expect_batch(const BatchLoader::Batch& batch, int b, int size, const Dataset& ds,
+                  const std::vector<int32_t>& order) {
+    const int features = ds.features();
+    ASSERT_EQ(batch.index, b);
+    ASSERT_EQ(batch.rows, std::min(size, ds.n - b * size));
+    for (int r = 0; r < batch.rows; ++r) {
+        const std::size_t sample = static_cast<std::size_t>(order[static_cast<std::size_t>(b) * size + r]);
+        const std::vector<uint8_t> expected(ds.images.begin() + static_cast<std::ptrdiff_t>(sample * features),
+                                            ds.images.begin() + static_cast<std::ptrdiff_t>((sample + 1) * features));
+        const std::vector<uint8_t> got(batch.images + static_cast<std::size_t>(r) * features,
+                                       batch.images + static_cast<std::size_t>(r + 1) * features);
+        ASSERT_EQ(got, expected) << "batch " << b << " row " << r;
+        ASSERT_EQ(batch.labels[r], ds.labels[sample]) << "batch " << b << " row " << r;
+    }
+}
+
+// The batches come in order, batch b in slot b mod slots, holding the rows of the epoch order;
+// the short last batch is short; a start inside the epoch (a resume) begins at that batch; a
+// restart drops the old epoch's staged batches.
+TEST_P(BatchLoaderTest, BatchesFollowTheEpochOrder) {
+    const Dataset ds = synthetic_dataset(203, 21);  // 13 batches of 16, the last of 11
+    BatchLoader loader(ds, 16, 3, GetParam());
+    const std::vector<int32_t> order = epoch_order(ds.n, 5, 0);
+    for (int first : {0, 5}) {
+        SCOPED_TRACE(first);
+        loader.start(order, first, 13);
+        for (int b = first; b < 13; ++b) {
+            const BatchLoader::Batch batch = loader.next();
+            EXPECT_EQ(batch.slot, b % 3);
+            expect_batch(batch, b, 16, ds, order);
+            loader.release(batch);
+        }
+        EXPECT_THROW(loader.next(), Error);  // every batch taken
+    }
+    // A restart in the middle of an epoch, with batches staged and one held: the new epoch's
+    // batches, from its first.
+    loader.start(order, 0, 13);
+    const BatchLoader::Batch held = loader.next();
+    const std::vector<int32_t> other = epoch_order(ds.n, 5, 1);
+    loader.start(other, 2, 13);
+    loader.release(held);  // from before the restart: ignored
+    for (int b = 2; b < 6; ++b) {
+        const BatchLoader::Batch batch = loader.next();
+        expect_batch(batch, b, 16, ds, other);
+        loader.release(batch);
+    }
+    loader.stop();
+    EXPECT_THROW(loader.next(), Error);  // stopped
+}
+
+// Taking a batch whose slot the consumer still holds would wait forever: it throws instead.
+TEST_P(BatchLoaderTest, NextThrowsWhenItsSlotIsStillHeld) {
+    const Dataset ds = synthetic_dataset(100, 22);
+    BatchLoader loader(ds, 10, 2, GetParam());
+    loader.start(epoch_order(ds.n, 1, 0), 0, 10);
+    const BatchLoader::Batch b0 = loader.next();
+    const BatchLoader::Batch b1 = loader.next();
+    EXPECT_THROW(loader.next(), Error);  // batch 2 goes into slot 0, held by batch 0
+    loader.release(b0);
+    EXPECT_EQ(loader.next().index, 2);
+    loader.release(b1);
+}
+
+// An exception on the loader thread reaches the consumer in place of the batch being loaded; the
+// batches before it are still delivered, and the next start() clears it.
+TEST_P(BatchLoaderTest, LoaderThreadErrorsReachTheConsumer) {
+    const Dataset ds = synthetic_dataset(100, 23);
+    std::vector<int32_t> order = epoch_order(ds.n, 2, 0);
+    order[35] = 1000;  // in batch 3
+    BatchLoader loader(ds, 10, 3, GetParam());
+    loader.start(order, 0, 10);
+    for (int b = 0; b < 3; ++b) {
+        const BatchLoader::Batch batch = loader.next();
+        expect_batch(batch, b, 10, ds, order);
+        loader.release(batch);
+    }
+    try {
+        loader.next();
+        FAIL() << "a bad sample index was loaded";
+    } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("outside the 100 samples"), std::string::npos) << e.what();
+    }
+    order[35] = 0;
+    loader.start(order, 3, 10);
+    EXPECT_EQ(loader.next().index, 3);
+
+    // An exception from the fence (the CUDA trainer's wait for a copy) likewise.
+    std::atomic<int> fences{0};
+    BatchLoader fenced(ds, 10, 3, GetParam(), [&](int) {
+        if (fences.fetch_add(1) == 4) throw Error("copy failed");
+    });
+    fenced.start(order, 0, 10);
+    bool failed = false;
+    for (int b = 0; b < 10 && !failed; ++b) {
+        try {
+            const BatchLoader::Batch batch = fenced.next();
+            EXPECT_EQ(batch.index, b);
+            fenced.release(batch);
+        } catch (const Error& e) {
+            EXPECT_EQ(std::string(e.what()), "copy failed");
+            EXPECT_EQ(b, 4);
+            failed = true;
+        }
+    }
+    EXPECT_TRUE(failed);
+}
+
+// Destroying a loader mid-epoch (slots full, one held, the thread waiting for a slot or inside a
+// slow fence) joins its thread promptly.
+TEST_P(BatchLoaderTest, DestructionMidEpochDoesNotHang) {
+    auto ds = std::make_shared<const Dataset>(synthetic_dataset(100, 24));
+    const std::vector<int32_t> order = epoch_order(ds->n, 3, 0);
+    {
+        auto loader = std::make_unique<BatchLoader>(*ds, 10, 3, GetParam());
+        loader->start(order, 0, 10);
+        loader->next();  // held, never released
+        EXPECT_TRUE(finishes_within(std::chrono::seconds(20), [ds, l = std::move(loader)]() mutable { l.reset(); }));
+    }
+    {
+        auto loader = std::make_unique<BatchLoader>(*ds, 10, 3, GetParam(), [](int) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        });
+        loader->start(order, 0, 10);
+        loader->release(loader->next());
+        EXPECT_TRUE(finishes_within(std::chrono::seconds(20), [ds, l = std::move(loader)]() mutable { l.reset(); }));
+    }
+    {
+        auto loader = std::make_unique<BatchLoader>(*ds, 10, 3, GetParam());  // never started
+        EXPECT_TRUE(finishes_within(std::chrono::seconds(20), [ds, l = std::move(loader)]() mutable { l.reset(); }));
+    }
+}
+
+INSTANTIATE_TEST_SUITE_P(Devices, BatchLoaderTest, ::testing::Values(Device::Cpu, Device::Cuda),
                          [](const auto& param_info) { return std::string(to_string(param_info.param)); });
 
 // GPU against CPU from one seed, dropout on: the same losses and parameters within tolerance

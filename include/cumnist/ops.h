@@ -71,11 +71,14 @@ void softmax(MatrixView<float> probs, MatrixView<const float> logits);
 // totals[0] += Σ row_loss, totals[1] += Σ row_correct, in double, in a fixed order. Accumulates.
 void accumulate_metrics(double* totals, MatrixView<const float> row_loss, MatrixView<const float> row_correct);
 
-// Batch assembly from a data set resident on the tensors' device:
-//   r-th row of the batch = sample order[*batch_index · batch_size + r]   (r < x.rows ≤ batch_size;
-//   the last batch of an epoch may be short)
-//   x (rows, cols) = images (n_samples, cols) / 255 as float;  labels_out (1, rows) = labels
-// `order` (1, n_samples) is the epoch's permutation; `batch_index` one value on the device.
+// Batch assembly from images held on the tensors' device:
+//   r-th row of the batch = row order[*batch_index · batch_size + r] of images   (r < x.rows ≤
+//   batch_size; the last batch of an epoch may be short)
+//   x (rows, cols) = images (n_rows, cols) / 255 as float;  labels_out (1, rows) = labels
+// `order` (1, n) maps batch positions to rows of images, and must be long enough for every batch
+// index used: the epoch's permutation of a resident data set (n = n_rows), or, when streaming, the
+// map of the epoch's positions to the rows of a ring of staged batches (n ≥ n_rows).
+// `batch_index` is one value on the device.
 void gather_batch(MatrixView<float> x, MatrixView<uint8_t> labels_out, MatrixView<const uint8_t> images,
                   MatrixView<const uint8_t> labels, MatrixView<const int32_t> order, const uint64_t* batch_index,
                   int batch_size);

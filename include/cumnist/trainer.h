@@ -1,7 +1,7 @@
-// The training loop, written once for every device: the data set resident on the device, the
-// step as a fixed sequence of ops reading its batch and step number from device memory (so on
-// the GPU it is captured once as a CUDA Graph), metrics accumulated on the device and read back
-// once per epoch.
+// The training loop, written once for every device: the data set resident on the device or
+// streamed to it batch by batch, the step as a fixed sequence of ops reading its batch and step
+// number from device memory (so on the GPU it is captured once as a CUDA Graph), metrics
+// accumulated on the device and read back once per epoch.
 #pragma once
 
 #include <atomic>
@@ -17,6 +17,18 @@
 
 namespace cumnist {
 
+// Where the training set lives while training.
+//   Resident: uploaded to the device once; each step gathers its batch there.
+//   Stream:   stays in host memory; a loader thread stages the batches ahead of use (BatchLoader),
+//             and each one is copied into a small device ring while the step before it runs. For
+//             data sets that do not fit in device memory.
+//   Auto:     Resident on the CPU, and on the GPU when the data set takes less than half of the
+//             free device memory; Stream otherwise.
+// Both give bit-identical training.
+enum class DataPlacement { Auto, Resident, Stream };
+const char* to_string(DataPlacement placement);  // "auto", "resident", "stream"
+DataPlacement parse_data_placement(const std::string& name);
+
 struct TrainConfig {
     int epochs = 20;
     int batch = 32;
@@ -25,6 +37,7 @@ struct TrainConfig {
     Device device = Device::Cpu;
     bool use_graph = true;  // CUDA only: capture the step once and replay it
     bool tf32 = false;      // CUDA only
+    DataPlacement placement = DataPlacement::Auto;
     void validate(int n_train) const;
 };
 
@@ -48,7 +61,9 @@ struct Evaluation {
 // without synchronising the device (CPU), the running mean loss and accuracy (else NaN).
 using ProgressFn = std::function<void(int step, int n_steps, double loss, double accuracy)>;
 
-// A data set copied once to a device: uint8 images and labels, and the sample order.
+// A data set copied once to a device: uint8 images and labels, and the sample order. Evaluation
+// data is always resident (evaluate() takes a ResidentData), whatever the training placement: a
+// test set is a fraction of the training set, and evaluation is not where streaming is needed.
 struct ResidentData {
     ResidentData(const Dataset& ds, Device device);
     int n, features;
@@ -58,6 +73,8 @@ struct ResidentData {
 
 class Trainer {
 public:
+    // With DataPlacement::Stream the trainer reads `train` during every epoch: it must outlive the
+    // trainer. (Resident copies it to the device here.)
     Trainer(const MlpConfig& model, const OptimizerConfig& optimizer, const TrainConfig& config, const Dataset& train);
     ~Trainer();
 
@@ -80,19 +97,26 @@ public:
     Mlp& model() { return m_model; }
     Optimizer& optimizer() { return m_optimizer; }
     const TrainConfig& config() const { return m_config; }
+    DataPlacement placement() const { return m_placement; }  // Resident or Stream (Auto resolved)
     int steps_per_epoch() const;
     uint64_t step() const;           // optimizer steps taken so far (reads the device counter)
     void set_step(uint64_t step);    // for resuming
     std::size_t graph_nodes() const; // kernels in the captured step, 0 when none
 
 private:
+    struct Streamed;
     void run_step(int rows);   // one training step on the batch at the device's batch index
     void full_batch_step();    // run_step(batch), replaying the captured graph when there is one
+    void stage_batch(int b);   // Stream: batch b into its ring slot, the compute stream waiting for it
+    void finish_batch();       // Stream: after the step that read the staged batch
 
     TrainConfig m_config;
+    DataPlacement m_placement;  // resolved: Resident or Stream
+    int m_n, m_features;        // the training set's samples and pixels per sample
     Mlp m_model;
     Optimizer m_optimizer;
-    ResidentData m_train;
+    std::unique_ptr<ResidentData> m_resident;  // Resident placement
+    std::unique_ptr<Streamed> m_streamed;      // Stream placement
     MlpWorkspace m_ws;
     Buffer<float> m_x;
     Buffer<uint8_t> m_y;

@@ -31,6 +31,8 @@ struct BenchOptions {
     std::string batch_sizes = "32,128,256,1024";
     std::string json_out;
     std::string hidden = "512,256";
+    std::string placement = "auto";
+    DataPlacement data_placement = DataPlacement::Auto;
     int steps = 1000;      // timed CPU steps per configuration: the default run takes about a minute on 2 cores
     int gpu_steps = 2000;  // GPU steps are ~100x cheaper than CPU ones: more of them, for a stable total
     int warmup = 20;
@@ -55,6 +57,7 @@ struct TrainResult {
     double floor_ms = std::nan("");       // CPU: the step's GEMMs alone (measure_step_gemms)
     double floor_samples_per_second = std::nan("");
     std::size_t graph_nodes = 0;  // GPU: nodes of the captured step (0: no graph)
+    DataPlacement placement = DataPlacement::Resident;  // as resolved by the trainer
 };
 
 struct InferenceResult {
@@ -149,6 +152,7 @@ TrainResult bench_training(const BenchOptions& o, const OptimizerConfig& opt, co
     config.seed = o.seed;
     config.use_graph = !o.no_graph;
     config.tf32 = o.tf32;
+    config.placement = o.data_placement;
     const bool gpu = device == Device::Cuda;
     const int steps = gpu ? o.gpu_steps : o.steps;
     const std::string what = fmt::format("{} batch {}", to_string(device), batch);
@@ -162,6 +166,7 @@ TrainResult bench_training(const BenchOptions& o, const OptimizerConfig& opt, co
     r.device = device;
     r.batch = batch;
     r.steps = steps;
+    r.placement = trainer.placement();
     std::vector<double> step_ms;
     step_ms.reserve(static_cast<std::size_t>(steps));
     if (gpu) {
@@ -263,7 +268,8 @@ nlohmann::json to_json(const TrainResult& r) {
                         {"ms_per_step_mean", r.mean_ms},
                         {"epoch_seconds", r.epoch_seconds},
                         {"flops_per_step", r.flops_per_step},
-                        {"gflops", r.gflops}};
+                        {"gflops", r.gflops},
+                        {"data_placement", to_string(r.placement)}};
     const auto number_or_null = [](double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); };
     if (r.device == Device::Cuda) j["graph_nodes"] = r.graph_nodes;
     j["sgemm_peak_fraction"] = number_or_null(r.peak_fraction);
@@ -298,6 +304,7 @@ int run_bench(BenchOptions& o) {
     }
     o.model.hidden = parse_hidden(o.hidden);
     o.model.validate();
+    o.data_placement = parse_data_placement(o.placement);
     OptimizerConfig opt;  // Adam, lr 1e-3, β 0.9/0.999, ε 1e-7: the reference configuration
     set_threads(o.threads);
     const std::vector<Device> devices = choose_devices(o.device);
@@ -330,8 +337,8 @@ int run_bench(BenchOptions& o) {
                    "noisy.\n",
                    load[0], omp_get_num_procs());
     if (has_gpu)
-        fmt::print("  gpu    {}, {}{}\n", device_name(Device::Cuda), o.no_graph ? "no graph" : "CUDA Graph",
-                   o.tf32 ? ", TF32" : ", FP32");
+        fmt::print("  gpu    {}, {}{}, data placement {}\n", device_name(Device::Cuda),
+                   o.no_graph ? "no graph" : "CUDA Graph", o.tf32 ? ", TF32" : ", FP32", o.placement);
     std::fflush(stdout);
 
     const int n_devices = static_cast<int>(devices.size());
@@ -442,6 +449,9 @@ void add_bench_command(CLI::App& parent, std::vector<Command>& commands) {
     bench->add_flag("--no-graph", o->no_graph,
                     "GPU: launch the step's kernels one by one instead of replaying a CUDA Graph");
     bench->add_flag("--tf32", o->tf32, "GPU: allow TF32 tensor-core GEMMs");
+    bench->add_option("--data-placement", o->placement,
+                      "Training data: auto, resident (on the device) or stream (batches copied in as needed)")
+        ->capture_default_str();
     commands.push_back({bench, [o] { return run_bench(*o); }});
 }
 

@@ -3,10 +3,6 @@
 
 #include <omp.h>
 
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
-#include <fstream>
 #include <sstream>
 
 #include "cumnist/error.h"
@@ -68,27 +64,6 @@ std::string format_duration(double s) {
     if (s < 1.0) return fmt::format("{:.0f}ms", s * 1e3);
     if (s < 60.0) return fmt::format("{:.1f}s", s);
     return fmt::format("{}m{:02d}s", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
-}
-
-void write_file_atomically(const std::string& path, const std::string& bytes) {
-    const std::string tmp = path + ".tmp";
-    {
-        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-        if (!out) throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(errno)));
-        out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-        out.flush();
-        if (!out) {
-            const int err = errno;
-            out.close();
-            std::remove(tmp.c_str());
-            throw Error(fmt::format("cannot write '{}': {}", tmp, std::strerror(err)));
-        }
-    }
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-        const int err = errno;
-        std::remove(tmp.c_str());
-        throw Error(fmt::format("cannot replace '{}': {}", path, std::strerror(err)));
-    }
 }
 
 }  // namespace cumnist::cli

@@ -1,6 +1,6 @@
-// Helpers shared by the cumnist subcommands: parsing option values, choosing the device,
-// threads, durations, and writing files atomically. Every subcommand registers itself through
-// one add_*_command function; main.cpp runs the one the user chose.
+// Helpers shared by the cumnist subcommands: parsing option values, choosing the device, threads
+// and durations. Every subcommand registers itself through one add_*_command function; main.cpp
+// runs the one the user chose.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cumnist/device.h"
+#include "cumnist/file_io.h"  // write_file_atomically, for the subcommands
 #include "cumnist/mlp.h"
 
 namespace cumnist::cli {
@@ -37,9 +38,5 @@ void set_threads(int threads);
 
 // "850ms", "14.2s", "3m07s"
 std::string format_duration(double seconds);
-
-// Writes `bytes` to `path` through `path.tmp` and a rename: a reader never sees a partial file,
-// and a failed write leaves an existing file untouched.
-void write_file_atomically(const std::string& path, const std::string& bytes);
 
 }  // namespace cumnist::cli

@@ -1,7 +1,9 @@
 // The cumnist command line: registers the subcommands, runs the chosen one, and turns any error
 // into one line on stderr and a non-zero exit.
 #include <CLI/CLI.hpp>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "cli_common.h"
 #include "cumnist/error.h"
@@ -25,13 +27,25 @@ int main(int argc, char** argv) {
     } catch (const CLI::ParseError& e) {
         return app.exit(e);
     }
+    int status = 0;
     try {
         for (const cli::Command& c : commands)
-            if (c.app->parsed()) return c.run();
+            if (c.app->parsed()) {
+                status = c.run();
+                break;
+            }
     } catch (const std::exception& e) {
         std::fflush(stdout);
         fmt::print(stderr, "cumnist: error: {}\n", e.what());
         return 1;
     }
-    return 0;
+    // Output redirected to a file on a full disk is lost silently unless the flush is checked.
+    errno = 0;
+    if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+        const int err = errno;
+        fmt::print(stderr, "cumnist: error: cannot write to standard output: {}\n",
+                   err != 0 ? std::strerror(err) : "an earlier write failed");
+        return status != 0 ? status : 1;
+    }
+    return status;
 }

@@ -47,6 +47,7 @@ struct TrainOptions {
     std::string metrics_out;
     std::string save_dir;
     std::string resume;
+    std::string placement = "auto";
     CLI::App* app = nullptr;  // to tell flags given on the command line from defaults
     int threads = 0;
     float lr = 1e-3f;
@@ -170,6 +171,7 @@ int run_train(TrainOptions& o) {
     opt.validate();
     o.train.use_graph = !o.no_graph;
     o.train.tf32 = o.tf32;
+    o.train.placement = parse_data_placement(o.placement);
     if (o.train.epochs <= 0) throw Error(fmt::format("--epochs must be at least 1, got {}", o.train.epochs));
     if (o.train.batch <= 0) throw Error(fmt::format("--batch-size must be at least 1, got {}", o.train.batch));
     std::optional<Checkpoint> resumed;
@@ -181,6 +183,12 @@ int run_train(TrainOptions& o) {
         if (o.save_dir.empty()) o.save_dir = ".";
     }
     if (!o.save_dir.empty()) prepare_save_dir(o.save_dir);
+    if (!o.metrics_out.empty()) {  // fail now rather than after the first epoch
+        const std::string probe = o.metrics_out + ".tmp";
+        if (!std::ofstream(probe))
+            throw Error(fmt::format("--metrics-out: cannot write '{}': {}", probe, std::strerror(errno)));
+        std::remove(probe.c_str());
+    }
     set_threads(o.threads);
     o.train.device = choose_device(o.device);
 
@@ -207,6 +215,16 @@ int run_train(TrainOptions& o) {
                    : "");
 
     Trainer trainer(o.model, opt, o.train, train);
+    if (gpu || trainer.placement() != DataPlacement::Resident) {
+        const double mib = static_cast<double>(train.images.size() + train.labels.size()) / (1024.0 * 1024.0);
+        const std::string chosen = o.train.placement == DataPlacement::Auto ? " (auto)" : "";
+        if (trainer.placement() == DataPlacement::Resident)
+            fmt::print("  placement  resident{}: the training set ({:.1f} MiB) is copied to the GPU once\n", chosen, mib);
+        else
+            fmt::print("  placement  stream{}: the training set ({:.1f} MiB) stays in host memory; a loader thread "
+                       "stages each batch{}\n",
+                       chosen, mib, gpu ? ", copied to the GPU while the step before it runs" : "");
+    }
     CheckpointMeta meta;
     meta.epochs = o.train.epochs;
     meta.dataset = o.dataset;
@@ -310,6 +328,11 @@ void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
     train->add_option("--eval-batch", o->train.eval_batch, "Batch size for evaluation")->capture_default_str();
     train->add_flag("--no-graph", o->no_graph, "GPU: launch the step's kernels one by one instead of replaying a CUDA Graph");
     train->add_flag("--tf32", o->tf32, "GPU: allow TF32 tensor-core GEMMs (faster, less exact)");
+    train->add_option("--data-placement", o->placement,
+                      "auto, resident (the training set uploaded to the device once) or stream (batches copied in as "
+                      "they are needed, for data sets larger than device memory); auto: resident when it takes under "
+                      "half of the free GPU memory")
+        ->capture_default_str();
     train->add_option("--metrics-out", o->metrics_out, "Write the per-epoch metrics to this file, one JSON object per line");
     train->add_option("--save", o->save_dir,
                       "Checkpoint folder: last.safetensors after every epoch (and on SIGINT/SIGTERM), best.safetensors at "

@@ -167,12 +167,12 @@ TEST(Philox, Avx2EightGroupsMatchOneByOne) {
     for (uint64_t seed : seeds)
         for (uint64_t step : steps)
             for (uint64_t first : firsts) {
-                uint32_t words[4][8];
+                uint32_t words[32];
                 cumnist::cpu::philox_group8(seed, 0x101u, step, first, words);
                 for (int l = 0; l < 8; ++l) {
                     const Philox4 want = cumnist::philox_group(seed, 0x101u, step, first + l);
                     for (int j = 0; j < 4; ++j, ++checked)
-                        ASSERT_EQ(words[j][l], want.v[j]) << "seed " << seed << " step " << step << " group "
+                        ASSERT_EQ(words[4 * l + j], want.v[j]) << "seed " << seed << " step " << step << " group "
                                                           << first + l << " word " << j;
                 }
             }

@@ -75,9 +75,10 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
         }
         return;
     }
-    // With dropout, walk the elements in blocks of eight Philox groups (32 elements): the words of a
-    // block are drawn at once (AVX2 where available, else one philox_group() per group; the same
-    // words dropout_keep() would draw one by one), and the column is tracked incrementally.
+    // With dropout, walk the elements in blocks of 32 (eight Philox groups): the block's words are
+    // drawn at once (AVX2 where available, else one philox_group() per group; the same words
+    // dropout_keep() would draw one by one), then each run of consecutive columns inside the block
+    // is one vectorisable loop.
     const float scale = 1.0f / (1.0f - rate);
     const uint64_t t = *step;
     const std::size_t n_blocks = (total + 31) / 32;
@@ -88,7 +89,7 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
 #endif
 #pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
     for (std::size_t blk = 0; blk < n_blocks; ++blk) {
-        uint32_t words[4][8];  // words[j][l]: word j of group 8·blk + l
+        uint32_t words[32];  // the word of element 32·blk + e is words[e]
         const uint64_t first_group = 8 * static_cast<uint64_t>(blk);
 #if defined(__x86_64__)
         if (avx2) philox_group8(seed, stream, t, first_group, words);
@@ -96,17 +97,25 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
         if (!avx2) {
             for (int l = 0; l < 8; ++l) {
                 const Philox4 w = philox_group(seed, stream, t, first_group + l);
-                for (int j = 0; j < 4; ++j) words[j][l] = w.v[j];
+                for (int j = 0; j < 4; ++j) words[4 * l + j] = w.v[j];
             }
         }
         const std::size_t first = 32 * blk, last = std::min(total, first + 32);
         int c = static_cast<int>(first % static_cast<std::size_t>(cols));
-        for (std::size_t i = first; i < last; ++i) {
-            const std::size_t e = i - first;  // word e & 3 of group e / 4 of the block
-            const float y = activate(act, a[i] + bias[c]);
-            a[i] = y;
-            h[i] = words[e & 3][e >> 2] < keep_threshold ? y * scale : 0.0f;
-            if (++c == cols) c = 0;
+        for (std::size_t i = first; i < last;) {
+            const int run = static_cast<int>(std::min<std::size_t>(last - i, static_cast<std::size_t>(cols - c)));
+            float* ai = a + i;
+            float* hi = h + i;
+            const float* bc = bias + c;
+            const uint32_t* wi = words + (i - first);
+            for (int k = 0; k < run; ++k) {
+                const float y = activate(act, ai[k] + bc[k]);
+                const float kept = y * scale;  // unconditional, so the select below vectorises
+                ai[k] = y;
+                hi[k] = wi[k] < keep_threshold ? kept : 0.0f;
+            }
+            i += static_cast<std::size_t>(run);
+            c = 0;
         }
     }
 }
@@ -119,7 +128,10 @@ void act_dropout_backward(float* dpre, const float* dh, const float* saved, int 
         // saved is the forward's output h: h > 0 exactly when the unit was kept and active.
         const float scale = dropout ? 1.0f / (1.0f - rate) : 1.0f;
 #pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
-        for (std::size_t i = 0; i < total; ++i) dpre[i] = saved[i] > 0.0f ? dh[i] * scale : 0.0f;
+        for (std::size_t i = 0; i < total; ++i) {
+            const float g = dh[i] * scale;  // unconditional, so the select vectorises
+            dpre[i] = saved[i] > 0.0f ? g : 0.0f;
+        }
         return;
     }
     const float* a = saved;  // the activation before dropout

@@ -16,10 +16,11 @@ inline bool cpu_has_avx2() {
     return has;
 }
 
-// words[j][l] = philox_group(seed, stream, step, first + l).v[j] for l in 0..7: lane l of each
-// register carries group first + l (the 32-bit counter wraps like philox_group's cast).
+// words[4 l + j] = philox_group(seed, stream, step, first + l).v[j] for l in 0..7, j in 0..3: the
+// words of elements 4·first .. 4·first + 31 in element order. Lane l of each register carries
+// group first + l (the 32-bit counter wraps like philox_group's cast).
 __attribute__((target("avx2"))) inline void philox_group8(uint64_t seed, uint32_t stream, uint64_t step,
-                                                           uint64_t first, uint32_t (&words)[4][8]) {
+                                                           uint64_t first, uint32_t (&words)[32]) {
     const __m256i m0 = _mm256_set1_epi32(static_cast<int>(0xD2511F53u));
     const __m256i m1 = _mm256_set1_epi32(static_cast<int>(0xCD9E8D57u));
     constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
@@ -46,10 +47,17 @@ __attribute__((target("avx2"))) inline void philox_group8(uint64_t seed, uint32_
         k0 += kW0;
         k1 += kW1;
     }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(words[0]), c0);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(words[1]), c1);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(words[2]), c2);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(words[3]), c3);
+    // Transpose (word, group) -> (group, word): 4x4 transposes within each 128-bit half, then the
+    // halves regrouped, so group l's four words are consecutive.
+    const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
+    const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
+    const __m256i g04 = _mm256_unpacklo_epi64(t0, t2), g15 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i g26 = _mm256_unpacklo_epi64(t1, t3), g37 = _mm256_unpackhi_epi64(t1, t3);
+    __m256i* out = reinterpret_cast<__m256i*>(words);
+    _mm256_storeu_si256(out + 0, _mm256_permute2x128_si256(g04, g15, 0x20));  // groups 0, 1
+    _mm256_storeu_si256(out + 1, _mm256_permute2x128_si256(g26, g37, 0x20));  // groups 2, 3
+    _mm256_storeu_si256(out + 2, _mm256_permute2x128_si256(g04, g15, 0x31));  // groups 4, 5
+    _mm256_storeu_si256(out + 3, _mm256_permute2x128_si256(g26, g37, 0x31));  // groups 6, 7
 }
 
 }  // namespace cumnist::cpu

@@ -49,7 +49,7 @@ static __global__ void bias_act_dropout_kernel(float* h, float* a, const float* 
 
 // g = dh · act'(a);  dpre = keep(i) ? g · scale : 0  (kDropout),  dpre = g  (otherwise).
 // Same operation order as the CPU backend. dpre may alias dh: each element is read, then written,
-// by the same thread.
+// by the same thread. (Sigmoid and none; ReLU has relu_dropout_backward_kernel.)
 template <Activation kAct, bool kDropout>
 static __global__ void act_dropout_backward_kernel(float* dpre, const float* dh, const float* __restrict__ a,
                                                    std::size_t total, float scale, uint32_t keep_threshold,
@@ -60,6 +60,14 @@ static __global__ void act_dropout_backward_kernel(float* dpre, const float* dh,
         if constexpr (kDropout) dpre[i] = dropout_keep(seed, stream, t, i, keep_threshold) ? g * scale : 0.0f;
         else dpre[i] = g;
     }
+}
+
+// ReLU: h is the forward's output after dropout, and keep · relu' = [h > 0], so
+// dpre = h > 0 ? dh · scale : 0 with no mask redrawn (scale = 1 without dropout). As the CPU.
+static __global__ void relu_dropout_backward_kernel(float* dpre, const float* dh, const float* __restrict__ h,
+                                                    std::size_t total, float scale) {
+    for (std::size_t i = grid_thread_index(); i < total; i += grid_stride())
+        dpre[i] = h[i] > 0.0f ? dh[i] * scale : 0.0f;
 }
 
 // x = p · (1/255), the CPU backend's formula (multiplication by the float nearest 1/255).
@@ -114,15 +122,18 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
     }
 }
 
-void act_dropout_backward(float* dpre, const float* dh, const float* a, int n, int cols, Activation act, float rate,
-                          uint32_t keep_threshold, uint64_t seed, uint32_t stream, bool dropout, const uint64_t* step) {
+void act_dropout_backward(float* dpre, const float* dh, const float* saved, int n, int cols, Activation act,
+                          float rate, uint32_t keep_threshold, uint64_t seed, uint32_t stream, bool dropout,
+                          const uint64_t* step) {
     const std::size_t total = static_cast<std::size_t>(n) * static_cast<std::size_t>(cols);
     if (total == 0) return;
     const float scale = dropout ? dropout_scale(rate) : 1.0f;
+    const float* a = saved;  // sigmoid, none: the activation before dropout
     switch (act) {
-    case Activation::Relu:
-        if (dropout) launch_backward<Activation::Relu, true>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
-        else launch_backward<Activation::Relu, false>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+    case Activation::Relu:  // saved is the forward's output h
+        relu_dropout_backward_kernel<<<grid_for(total), kBlockSize, 0, context().stream()>>>(dpre, dh, saved, total,
+                                                                                            scale);
+        CUMNIST_CHECK_LAUNCH();
         break;
     case Activation::Sigmoid:
         if (dropout) launch_backward<Activation::Sigmoid, true>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);

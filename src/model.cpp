@@ -126,9 +126,12 @@ void Mlp::backward(MlpWorkspace& ws, MatrixView<const float> x, bool training, u
         const bool hidden = l + 1 < m_config.n_layers();
         MatrixView<float> dpre = ws.dh[l].view(n, layer.out);
         if (hidden) {
-            // ∂loss/∂pre = ∂loss/∂h · keep/(1 − rate) · act'(a), in place.
-            ops::act_dropout_backward(dpre, dpre, ws.a[l].view(n, layer.out), m_config.activation,
-                                      dropout_for(l, training, dropout_seed), step);
+            // ∂loss/∂pre = ∂loss/∂h · keep/(1 − rate) · act'(pre), in place. ReLU's backward reads the
+            // forward's output h (after dropout), the others the activation a (ops.h).
+            const Dropout d = dropout_for(l, training, dropout_seed);
+            const bool from_output = m_config.activation == Activation::Relu && d.active();
+            ops::act_dropout_backward(dpre, dpre, from_output ? ws.h[l].view(n, layer.out) : ws.a[l].view(n, layer.out),
+                                      m_config.activation, d, step);
         }
         // The layer's input: x, or the previous layer's output after dropout.
         MatrixView<const float> input = x;

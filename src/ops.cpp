@@ -99,18 +99,18 @@ void bias_act_dropout_forward(MatrixView<float> h, MatrixView<float> a, MatrixVi
                      dropout_keep_threshold(dropout.rate), dropout.seed, dropout.stream, dropout.active(), step);
 }
 
-void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, MatrixView<const float> a,
+void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, MatrixView<const float> saved,
                           Activation act, const Dropout& dropout, const uint64_t* step) {
     constexpr const char* op = "act_dropout_backward";
-    require_data(op, "dpre", dpre), require_data(op, "dh", dh), require_data(op, "a", a);
-    require_device(op, dpre.device, dh, a);
+    require_data(op, "dpre", dpre), require_data(op, "dh", dh), require_data(op, "saved", saved);
+    require_device(op, dpre.device, dh, saved);
     require_shape(op, "dh", dh, dpre.rows, dpre.cols);
-    require_shape(op, "a", a, dpre.rows, dpre.cols);
+    require_shape(op, "saved", saved, dpre.rows, dpre.cols);
     check_dropout(op, dropout, step);
     CUMNIST_CHECK(!overlaps(dpre, dh) || same_view(dpre, dh), "{}: dpre partially overlaps dh", op);
-    CUMNIST_CHECK(!overlaps(dpre, a), "{}: dpre overlaps a", op);
+    CUMNIST_CHECK(!overlaps(dpre, saved), "{}: dpre overlaps saved", op);
     if (dpre.size() == 0) return;
-    CUMNIST_DISPATCH(dpre.device, act_dropout_backward, dpre.data, dh.data, a.data, dpre.rows, dpre.cols, act,
+    CUMNIST_DISPATCH(dpre.device, act_dropout_backward, dpre.data, dh.data, saved.data, dpre.rows, dpre.cols, act,
                      dropout.rate, dropout_keep_threshold(dropout.rate), dropout.seed, dropout.stream,
                      dropout.active(), step);
 }

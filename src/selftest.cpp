@@ -109,7 +109,9 @@ std::vector<Case> op_cases() {
                                  auto S = on(d, step);
                                  ops::bias_act_dropout_forward(H.view(n, cols), A.view(n, cols), B.view(1, cols), act,
                                                                drop, S.data());
-                                 ops::act_dropout_backward(DH.view(n, cols), DH.view(n, cols), A.view(n, cols), act,
+                                 // ReLU's backward reads the forward's output h, the others a (ops.h).
+                                 const auto& saved = act == Activation::Relu ? H : A;
+                                 ops::act_dropout_backward(DH.view(n, cols), DH.view(n, cols), saved.view(n, cols), act,
                                                            drop, S.data());
                                  const int k = d == Device::Cuda;
                                  h[k] = H.to_host(), a[k] = A.to_host(), dpre[k] = DH.to_host();

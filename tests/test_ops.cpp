@@ -276,17 +276,25 @@ TEST_P(ActDropoutBackward, MatchesReference) {
             const std::vector<uint8_t> keep =
                 dc.dropout.active() ? expected_keep(dc.dropout, dc.step, size) : std::vector<uint8_t>{};
             const ref::Matrix want = ref::act_dropout_backward(dhr, ar, keep, dc.dropout.rate, to_ref(act));
+            // What the op reads (ops.h): for ReLU the forward's output h = keep ? a / (1 − rate) : 0
+            // (in float, as the forward computes it), otherwise a.
+            std::vector<float> saved = a;
+            if (act == Activation::Relu && dc.dropout.active()) {
+                const float scale = 1.0f / (1.0f - dc.dropout.rate);
+                for (std::size_t i = 0; i < size; ++i) saved[i] = keep[i] ? a[i] * scale : 0.0f;
+            }
+            Buffer<float> saved_buf = Buffer<float>::from_host(saved, dev);
 
             Buffer<float> dpre = Buffer<float>::from_host(std::vector<float>(size, kNaN), dev);
             ops::act_dropout_backward(dpre.view(s.rows, s.cols), dh_buf.view(s.rows, s.cols),
-                                      a_buf.view(s.rows, s.cols), act, dc.dropout, step.data());
+                                      saved_buf.view(s.rows, s.cols), act, dc.dropout, step.data());
             // Element-wise: two or three float products.
             EXPECT_TRUE(all_close(dpre.to_host(), want.data, kElementwise, "dpre"));
 
             // dpre may be the same view as dh.
             Buffer<float> inplace = Buffer<float>::from_host(dh, dev);
             ops::act_dropout_backward(inplace.view(s.rows, s.cols), inplace.view(s.rows, s.cols),
-                                      a_buf.view(s.rows, s.cols), act, dc.dropout, step.data());
+                                      saved_buf.view(s.rows, s.cols), act, dc.dropout, step.data());
             EXPECT_TRUE(all_close(inplace.to_host(), want.data, kElementwise, "dpre aliasing dh"));
         }
     }

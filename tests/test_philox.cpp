@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "cpu/philox_x86.h"
 #include "cumnist/philox.h"
 #include "reference/reference.h"
 
@@ -152,6 +153,33 @@ std::vector<float> gradients(int steps, uint32_t seed) {
 
 void expect_close(double got, double want, const char* what, int step) {
     EXPECT_NEAR(got, want, 1e-6 + 1e-5 * std::fabs(want)) << what << " after step " << step;
+}
+
+// The CPU backend's eight-groups-at-once AVX2 Philox (src/cpu/philox_x86.h) draws exactly
+// philox_group()'s words, including where the 32-bit group counter wraps and with a step above 2^32.
+TEST(Philox, Avx2EightGroupsMatchOneByOne) {
+#if defined(__x86_64__)
+    if (!cumnist::cpu::cpu_has_avx2()) GTEST_SKIP() << "this processor has no AVX2";
+    const uint64_t firsts[] = {0, 8, 1000, 0xFFFFFFFCull, (uint64_t{1} << 32) + 5};
+    const uint64_t steps[] = {0, 1, 12345, (uint64_t{7} << 32) + 3};
+    const uint64_t seeds[] = {0, 42, 0xDEADBEEFCAFEF00Dull};
+    int checked = 0;
+    for (uint64_t seed : seeds)
+        for (uint64_t step : steps)
+            for (uint64_t first : firsts) {
+                uint32_t words[32];
+                cumnist::cpu::philox_group8(seed, 0x101u, step, first, words);
+                for (int l = 0; l < 8; ++l) {
+                    const Philox4 want = cumnist::philox_group(seed, 0x101u, step, first + l);
+                    for (int j = 0; j < 4; ++j, ++checked)
+                        ASSERT_EQ(words[4 * l + j], want.v[j]) << "seed " << seed << " step " << step << " group "
+                                                          << first + l << " word " << j;
+                }
+            }
+    EXPECT_EQ(checked, 3 * 4 * 5 * 32);
+#else
+    GTEST_SKIP() << "not an x86-64 build";
+#endif
 }
 
 TEST(SharedMath, AdamUpdateAndAlphaMatchFormulas) {

@@ -47,10 +47,14 @@ void gemm(MatrixView<float> c, MatrixView<const float> a, Trans ta, MatrixView<c
 void bias_act_dropout_forward(MatrixView<float> h, MatrixView<float> a, MatrixView<const float> bias,
                               Activation act, const Dropout& dropout, const uint64_t* step);
 
-// Backward of the epilogue above: dpre (n, cols) = dh · keep/(1 − rate) · act'(a), where a is the
-// activation output saved by the forward pass (relu' = a > 0, sigmoid' = a (1 − a)). Overwrites
-// dpre; dpre may be the same view as dh.
-void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, MatrixView<const float> a,
+// Backward of the epilogue above: dpre (n, cols) = dh · keep/(1 − rate) · act'(pre). `saved` is
+// what the forward pass left for it:
+//   ReLU: the output h (after dropout; h is a when dropout is not active). keep · relu'(pre) is
+//         exactly [h > 0], so dpre = [h > 0] · dh / (1 − rate) and no mask is redrawn;
+//   sigmoid, none: the activation a before dropout (sigmoid' = a (1 − a)); the mask is redrawn
+//         from Philox at *step.
+// Overwrites dpre; dpre may be the same view as dh.
+void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, MatrixView<const float> saved,
                           Activation act, const Dropout& dropout, const uint64_t* step);
 
 // db (1, cols) = Σ_rows dy (n, cols). Overwrites db. Summed in a fixed order (deterministic).

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <cmath>
 
+#include "cumnist/ops.h"
+
 namespace cumnist {
 
 namespace {
@@ -73,21 +75,21 @@ GemmFloor measure_step_gemms(const MlpConfig& config, int n) {
         dw.push_back(filled(static_cast<std::size_t>(l.out) * l.in));
         y.push_back(filled(static_cast<std::size_t>(n) * l.out));
     }
+    // The training step's GEMMs through the same op (and so the same BLAS calls) as training.
+    const auto view = [](std::vector<float>& v, int rows, int cols) {
+        return MatrixView<float>{v.data(), rows, cols, Device::Cpu};
+    };
     const auto step = [&] {
         for (std::size_t l = 0; l < layout.size(); ++l) {  // y (n, out) = x (n, in) · wᵀ
             const int in = layout[l].in, out = layout[l].out;
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out, in, 1.0f, x[l].data(), in, w[l].data(), in,
-                        0.0f, y[l].data(), out);
+            ops::gemm(view(y[l], n, out), view(x[l], n, in), Trans::No, view(w[l], out, in), Trans::Yes);
         }
         for (std::size_t l = layout.size(); l-- > 0;) {
             const int in = layout[l].in, out = layout[l].out;
             // dw (out, in) = dyᵀ (out, n) · x (n, in)
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, n, 1.0f, y[l].data(), out, x[l].data(), in,
-                        0.0f, dw[l].data(), in);
+            ops::gemm(view(dw[l], out, in), view(y[l], n, out), Trans::Yes, view(x[l], n, in), Trans::No);
             // dx (n, in) = dy (n, out) · w (out, in), not for the first layer
-            if (l > 0)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in, out, 1.0f, y[l].data(), out,
-                            w[l].data(), in, 0.0f, dx[l].data(), in);
+            if (l > 0) ops::gemm(view(dx[l], n, in), view(y[l], n, out), Trans::No, view(w[l], out, in), Trans::No);
         }
     };
     step();  // untimed

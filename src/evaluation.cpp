@@ -76,7 +76,8 @@ ClassificationReport evaluate_classifier(Mlp& model, const Dataset& data, int ev
     r.loss = loss_sum / data.n;
     r.accuracy = static_cast<double>(correct) / data.n;
     if (!std::isfinite(r.loss))
-        throw Error(fmt::format("{}: the loss is {}; the model's parameters hold NaN or Inf", data.name, r.loss));
+        throw Error(fmt::format("{}: the loss is {}; the model's parameters hold NaN or Inf", data.name,
+                                std::isnan(r.loss) ? std::string("NaN") : fmt::format("{}", r.loss)));
     return r;
 }
 

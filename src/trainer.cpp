@@ -313,7 +313,7 @@ EpochMetrics Trainer::train_epoch(int epoch, const ResidentData* test, const Pro
     m.samples_per_second = samples / m.seconds;
     if (!std::isfinite(m.train_loss))
         throw Error(fmt::format("training diverged in epoch {}: the loss is {}; try a lower learning rate (--lr)", epoch,
-                                m.train_loss));
+                                std::isnan(m.train_loss) ? std::string("NaN") : fmt::format("{}", m.train_loss)));
     if (test && m.completed) {
         const Evaluation e = evaluate(*test);
         m.test_loss = e.loss;

@@ -89,7 +89,11 @@ std::vector<int> parse_batch_sizes(const std::string& text) {
 
 // --device all: every usable device; auto: the GPU when usable, else the CPU; cpu; gpu.
 std::vector<Device> choose_devices(const std::string& requested) {
-    if (requested != "all") return {choose_device(requested)};
+    if (requested != "all") {
+        if (requested != "auto" && requested != "cpu" && requested != "gpu" && requested != "cuda")
+            throw Error(fmt::format("--device: unknown device '{}' (expected all, auto, cpu or gpu)", requested));
+        return {choose_device(requested)};
+    }
     const std::string why = cuda_unavailable_reason();
     if (!why.empty()) {
         fmt::print(stderr, "No usable GPU ({}): benchmarking the CPU only.\n", why);

@@ -18,13 +18,7 @@ set -euo pipefail
 cumnist="$1"
 work="$2"
 
-data="${CUMNIST_DATA:-${XDG_CACHE_HOME:-$HOME/.cache}/cumnist}"
-for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
-  if [ ! -e "$data/mnist/$f" ] && [ ! -e "$data/mnist/$f.gz" ]; then
-    echo "SKIPPED: real MNIST is needed ($data/mnist/$f missing; run scripts/fetch_data.sh mnist)"
-    exit 77
-  fi
-done
+source "$(dirname "${BASH_SOURCE[0]}")/require_mnist.sh"  # sets $data
 
 rm -rf "$work"
 mkdir -p "$work"

@@ -79,10 +79,10 @@ if ours["inference"] and peer["inference"]:
     a, b = ours["inference"][0], peer["inference"][0]
     print(f"{'infer':>6} | {a['samples_per_second']:>17,.0f} | {b['samples_per_second']:>17,.0f} | "
           f"{a['samples_per_second'] / b['samples_per_second']:>5.2f}x")
-load = ours["machine"]["load_average_start"][0]  # before either run: later readings include our own
-if load > 0.5 * m["cores"]:
-    print(f"warning: the machine was busy (load average {load:.2f} on {m['cores']} cores before the runs): "
-          "the numbers are low and the ratio is not representative")
+busy = ours["machine"].get("cpu_busy_start")  # measured before either run, over half a second
+if busy is not None and busy > 0.25:
+    print(f"warning: the machine was busy ({100 * busy:.0f} % of its {m['cores']} cores used by other processes "
+          "before the runs): the numbers are low and the ratio is not representative")
 print("(ratio > 1: cumnist is faster; infer: the test set in batches of "
       f"{ours['inference'][0]['batch'] if ours['inference'] else '-'}, forward only)")
 EOF

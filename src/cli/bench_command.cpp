@@ -14,6 +14,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "cli_common.h"
 #include "cuda_host.h"
@@ -118,6 +119,30 @@ std::vector<double> load_average() {
     double a = 0, b = 0, c = 0;
     if (in >> a >> b >> c) return {a, b, c};
     return {};
+}
+
+// The share of all CPUs' time that other processes used over `seconds` while this one slept:
+// (busy ticks) / (all ticks) between two readings of /proc/stat. Unlike the load average, which
+// still counts a run that ended seconds ago, it says whether the cores are busy now. -1 when
+// /proc/stat is not readable.
+double cpu_busy_fraction(double seconds) {
+    const auto ticks = [](uint64_t& busy, uint64_t& total) {
+        std::ifstream in("/proc/stat");
+        std::string cpu;
+        uint64_t v[8] = {};
+        if (!(in >> cpu) || cpu != "cpu") return false;
+        for (uint64_t& x : v)
+            if (!(in >> x)) return false;
+        total = 0;
+        for (uint64_t x : v) total += x;
+        busy = total - v[3] - v[4];  // all but idle and iowait
+        return true;
+    };
+    uint64_t busy0 = 0, total0 = 0, busy1 = 0, total1 = 0;
+    if (!ticks(busy0, total0)) return -1.0;
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    if (!ticks(busy1, total1) || total1 <= total0) return -1.0;
+    return static_cast<double>(busy1 - busy0) / static_cast<double>(total1 - total0);
 }
 
 // Progress on stderr: on a terminal a "running …" line redrawn in place, and, everywhere, one line
@@ -326,6 +351,7 @@ int run_bench(BenchOptions& o) {
     const bool has_cpu = std::find(devices.begin(), devices.end(), Device::Cpu) != devices.end();
     const bool has_gpu = std::find(devices.begin(), devices.end(), Device::Cuda) != devices.end();
     const std::vector<double> load = load_average();
+    const double busy = cpu_busy_fraction(0.5);
     const int threads = omp_get_max_threads();
     fmt::print("cumnist bench: {} ({} parameters), {}\n", o.model.describe(),
                grouped(static_cast<double>(parameter_count(o.model))), opt.describe());
@@ -334,12 +360,12 @@ int run_bench(BenchOptions& o) {
     fmt::print("  steps  {} warm-up, then {} timed per configuration{}\n", o.warmup, o.steps,
                has_gpu ? fmt::format(" ({} on the GPU)", o.gpu_steps) : "");
     fmt::print("  cpu    {}, {} threads{}\n", device_name(Device::Cpu), threads,
-               load.empty() ? "" : fmt::format(", load average {:.2f} at start", load[0]));
-    if (!load.empty() && load[0] > 0.5 * omp_get_num_procs())
+               busy < 0 ? "" : fmt::format(", {:.0f} % of the CPUs busy with other work at start", 100.0 * busy));
+    if (busy > 0.25)
         fmt::print(stderr,
-                   "Warning: the machine is busy (load average {:.2f} on {} cores): CPU numbers will be low and "
-                   "noisy.\n",
-                   load[0], omp_get_num_procs());
+                   "Warning: the machine is busy ({:.0f} % of its {} cores in use by other processes): CPU numbers "
+                   "will be low and noisy.\n",
+                   100.0 * busy, omp_get_num_procs());
     if (has_gpu)
         fmt::print("  gpu    {}, {}{}, data placement {}\n", device_name(Device::Cuda),
                    o.no_graph ? "no graph" : "CUDA Graph", o.tf32 ? ", TF32" : ", FP32", o.placement);
@@ -398,7 +424,8 @@ int run_bench(BenchOptions& o) {
         nlohmann::json j;
         j["tool"] = "cumnist";
         j["machine"] = {{"cpu", device_name(Device::Cpu)}, {"cores", omp_get_num_procs()}, {"threads", threads},
-                        {"load_average_start", load}, {"load_average_end", load_average()}};
+                        {"load_average_start", load}, {"load_average_end", load_average()},
+                        {"cpu_busy_start", busy < 0 ? nlohmann::json() : nlohmann::json(busy)}};
         j["machine"]["gpu"] = has_gpu ? nlohmann::json(device_name(Device::Cuda)) : nlohmann::json();
         j["model"] = o.model.describe();
         j["parameters"] = parameter_count(o.model);

@@ -209,7 +209,7 @@ int run_train(TrainOptions& o) {
     fmt::print("  optimizer  {}\n", opt.describe());
     fmt::print("  data       {}: {} training, {} test images of {}x{} from {}/{}\n", o.dataset, train.n, test.n,
                train.rows, train.cols, o.data_dir, o.dataset);
-    fmt::print("  schedule   {} epochs of {} steps (batch {}), seed {}{}\n", o.train.epochs,
+    fmt::print("  schedule   {} epoch{} of {} steps (batch {}), seed {}{}\n", o.train.epochs, o.train.epochs == 1 ? "" : "s",
                (train.n + o.train.batch - 1) / o.train.batch, o.train.batch, o.train.seed,
                gpu ? fmt::format(", {}{}", o.train.use_graph ? "CUDA Graph" : "no graph", o.train.tf32 ? ", TF32" : ", FP32")
                    : "");
@@ -300,7 +300,8 @@ int run_train(TrainOptions& o) {
             write_file_atomically(o.metrics_out, metrics_text);
         }
     }
-    fmt::print("Done: {} epochs in {}; best test accuracy {:.4f} (epoch {})\n", o.train.epochs - first_epoch + 1,
+    const int epochs_run = o.train.epochs - first_epoch + 1;
+    fmt::print("Done: {} epoch{} in {}; best test accuracy {:.4f} (epoch {})\n", epochs_run, epochs_run == 1 ? "" : "s",
                format_duration(total_seconds), best, best_epoch);
     if (gpu && trainer.graph_nodes() > 0) fmt::print("CUDA Graph: {} nodes per training step\n", trainer.graph_nodes());
     return 0;

@@ -27,6 +27,14 @@ void sync_folder_of(const std::string& path) {
 
 }  // namespace
 
+void require_writable(const std::string& path, std::string_view option) {
+    const std::string tmp = path + ".tmp";
+    const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) throw Error(fmt::format("{}: cannot write '{}': {}", option, tmp, std::strerror(errno)));
+    (void)::close(fd);
+    ::unlink(tmp.c_str());
+}
+
 void write_file_atomically(const std::string& path, std::string_view bytes, std::string_view what) {
     const std::string tmp = path + ".tmp";
     std::error_code ec;

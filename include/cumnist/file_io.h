@@ -14,4 +14,9 @@ namespace cumnist {
 // (`what` is e.g. "checkpoint "), or "cannot replace <what>'<path>': ..." when the rename fails.
 void write_file_atomically(const std::string& path, std::string_view bytes, std::string_view what = {});
 
+// Checks, before a long run, that write_file_atomically(path, ...) will be able to create its
+// temporary file: creates and removes "<path>.tmp", or throws cumnist::Error
+// "<option>: cannot write '<path>.tmp': <reason>".
+void require_writable(const std::string& path, std::string_view option);
+
 }  // namespace cumnist

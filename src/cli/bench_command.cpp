@@ -5,11 +5,9 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -325,12 +323,7 @@ int run_bench(BenchOptions& o) {
     if (o.eval_repeats < 0) throw Error(fmt::format("--eval-repeats must be 0 (skip) or more, got {}", o.eval_repeats));
     if (o.sgemm_size < 0) throw Error(fmt::format("--sgemm-size must be 0 (skip) or more, got {}", o.sgemm_size));
     const std::vector<int> batches = parse_batch_sizes(o.batch_sizes);
-    if (!o.json_out.empty()) {  // fail now rather than after the whole run
-        const std::string probe = o.json_out + ".tmp";
-        if (!std::ofstream(probe))
-            throw Error(fmt::format("--json: cannot write '{}': {}", probe, std::strerror(errno)));
-        std::remove(probe.c_str());
-    }
+    if (!o.json_out.empty()) require_writable(o.json_out, "--json");  // fail now, not after the whole run
     o.model.hidden = parse_hidden(o.hidden);
     o.model.validate();
     o.data_placement = parse_data_placement(o.placement);

@@ -183,12 +183,7 @@ int run_train(TrainOptions& o) {
         if (o.save_dir.empty()) o.save_dir = ".";
     }
     if (!o.save_dir.empty()) prepare_save_dir(o.save_dir);
-    if (!o.metrics_out.empty()) {  // fail now rather than after the first epoch
-        const std::string probe = o.metrics_out + ".tmp";
-        if (!std::ofstream(probe))
-            throw Error(fmt::format("--metrics-out: cannot write '{}': {}", probe, std::strerror(errno)));
-        std::remove(probe.c_str());
-    }
+    if (!o.metrics_out.empty()) require_writable(o.metrics_out, "--metrics-out");  // fail now, not after an epoch
     set_threads(o.threads);
     o.train.device = choose_device(o.device);
 
@@ -209,7 +204,8 @@ int run_train(TrainOptions& o) {
     fmt::print("  optimizer  {}\n", opt.describe());
     fmt::print("  data       {}: {} training, {} test images of {}x{} from {}/{}\n", o.dataset, train.n, test.n,
                train.rows, train.cols, o.data_dir, o.dataset);
-    fmt::print("  schedule   {} epoch{} of {} steps (batch {}), seed {}{}\n", o.train.epochs, o.train.epochs == 1 ? "" : "s",
+    fmt::print("  schedule   {} epoch{} of {} steps (batch {}), seed {}{}\n", o.train.epochs,
+               o.train.epochs == 1 ? "" : "s",
                (train.n + o.train.batch - 1) / o.train.batch, o.train.batch, o.train.seed,
                gpu ? fmt::format(", {}{}", o.train.use_graph ? "CUDA Graph" : "no graph", o.train.tf32 ? ", TF32" : ", FP32")
                    : "");

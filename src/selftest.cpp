@@ -227,16 +227,23 @@ Dataset synthetic(int n) {
     return ds;
 }
 
+// The training cases' configuration: batch 32 on `device`, evaluation batches of 64.
+TrainConfig training_config(Device device) {
+    TrainConfig t;
+    t.epochs = 1;
+    t.batch = 32;
+    t.eval_batch = 64;
+    t.device = device;
+    return t;
+}
+
 std::vector<Case> training_cases() {
     std::vector<Case> cases;
     // The default model for one epoch of 20 steps from one seed, dropout on: losses and
     // parameters within tolerance (expf/sqrtf and summation order differ in the last bits).
     cases.push_back({"training: 20 Adam steps, GPU vs CPU", {1e-4, 1e-3}, [](SelftestResult& r) {
                          const Dataset ds = synthetic(640);
-                         TrainConfig t;
-                         t.epochs = 1;
-                         t.batch = 32;
-                         t.eval_batch = 64;
+                         TrainConfig t = training_config(Device::Cpu);
                          std::vector<float> params[2];
                          std::vector<double> loss[2];
                          for (Device d : {Device::Cpu, Device::Cuda}) {
@@ -250,10 +257,7 @@ std::vector<Case> training_cases() {
                      }});
     cases.push_back({"CUDA Graph replay vs plain launches", {0, 0}, [](SelftestResult& r) {
                          const Dataset ds = synthetic(640);
-                         TrainConfig t;
-                         t.batch = 32;
-                         t.eval_batch = 64;
-                         t.device = Device::Cuda;
+                         TrainConfig t = training_config(Device::Cuda);
                          std::vector<float> params[2];
                          for (bool graph : {false, true}) {
                              t.use_graph = graph;
@@ -268,10 +272,7 @@ std::vector<Case> training_cases() {
     // the resident data set: two epochs of 21 steps, the last one short, bit for bit.
     cases.push_back({"streamed vs resident training data", {0, 0}, [](SelftestResult& r) {
                          const Dataset ds = synthetic(650);
-                         TrainConfig t;
-                         t.batch = 32;
-                         t.eval_batch = 64;
-                         t.device = Device::Cuda;
+                         TrainConfig t = training_config(Device::Cuda);
                          std::vector<float> params[2];
                          std::vector<double> loss[2];
                          for (DataPlacement p : {DataPlacement::Resident, DataPlacement::Stream}) {

@@ -17,12 +17,12 @@ __device__ __forceinline__ float activate(float x) {
     else return x;
 }
 
-// act'(x) written in terms of the activation's output a = act(x):
-//   relu' = [a > 0];  sigmoid' = a (1 − a);  none' = 1.
+// act'(x) written in terms of the activation's output a = act(x): sigmoid' = a (1 − a), none' = 1.
+// (ReLU's backward reads the dropout output instead: relu_dropout_backward_kernel.)
 template <Activation kAct>
 __device__ __forceinline__ float activation_derivative(float a) {
-    if constexpr (kAct == Activation::Relu) return a > 0.0f ? 1.0f : 0.0f;
-    else if constexpr (kAct == Activation::Sigmoid) return a * (1.0f - a);
+    static_assert(kAct != Activation::Relu, "ReLU's backward is relu_dropout_backward_kernel");
+    if constexpr (kAct == Activation::Sigmoid) return a * (1.0f - a);
     else return 1.0f;
 }
 

@@ -4,12 +4,13 @@
 // against the double-precision formulas of the oracle.
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <set>
 #include <vector>
 
 #include <gtest/gtest.h>
 
-#include "cpu/philox_x86.h"
+#include "cpu/philox_blocks.h"
 #include "cumnist/philox.h"
 #include "reference/reference.h"
 
@@ -155,31 +156,33 @@ void expect_close(double got, double want, const char* what, int step) {
     EXPECT_NEAR(got, want, 1e-6 + 1e-5 * std::fabs(want)) << what << " after step " << step;
 }
 
-// The CPU backend's eight-groups-at-once AVX2 Philox (src/cpu/philox_x86.h) draws exactly
-// philox_group()'s words, including where the 32-bit group counter wraps and with a step above 2^32.
-TEST(Philox, Avx2EightGroupsMatchOneByOne) {
-#if defined(__x86_64__)
-    if (!cumnist::cpu::cpu_has_avx2()) GTEST_SKIP() << "this processor has no AVX2";
-    const uint64_t firsts[] = {0, 8, 1000, 0xFFFFFFFCull, (uint64_t{1} << 32) + 5};
+// The CPU backend's blocks of 32 dropout words (src/cpu/philox_blocks.h), on both paths (the AVX2
+// one where the processor has it): exactly philox_group()'s words, including where the 32-bit
+// group counter wraps and with a step above 2^32.
+TEST(Philox, BlockWordsMatchOneByOne) {
+    const std::size_t blocks[] = {0, 1, 125, (0xFFFFFFFCull / 8), (uint64_t{1} << 29) + 5};
     const uint64_t steps[] = {0, 1, 12345, (uint64_t{7} << 32) + 3};
     const uint64_t seeds[] = {0, 42, 0xDEADBEEFCAFEF00Dull};
+    std::vector<bool> paths = {false};
+    if (cumnist::cpu::use_avx2()) paths.push_back(true);
     int checked = 0;
-    for (uint64_t seed : seeds)
-        for (uint64_t step : steps)
-            for (uint64_t first : firsts) {
-                uint32_t words[32];
-                cumnist::cpu::philox_group8(seed, 0x101u, step, first, words);
-                for (int l = 0; l < 8; ++l) {
-                    const Philox4 want = cumnist::philox_group(seed, 0x101u, step, first + l);
-                    for (int j = 0; j < 4; ++j, ++checked)
-                        ASSERT_EQ(words[4 * l + j], want.v[j]) << "seed " << seed << " step " << step << " group "
-                                                          << first + l << " word " << j;
+    for (bool avx2 : paths)
+        for (uint64_t seed : seeds)
+            for (uint64_t step : steps)
+                for (std::size_t blk : blocks) {
+                    uint32_t words[32];
+                    cumnist::cpu::block_words(seed, 0x101u, step, blk, avx2, words);
+                    for (int l = 0; l < 8; ++l) {
+                        const uint64_t group = 8 * static_cast<uint64_t>(blk) + l;
+                        const Philox4 want = cumnist::philox_group(seed, 0x101u, step, group);
+                        for (int j = 0; j < 4; ++j, ++checked)
+                            ASSERT_EQ(words[4 * l + j], want.v[j]) << (avx2 ? "AVX2" : "scalar") << " seed " << seed
+                                                                   << " step " << step << " group " << group
+                                                                   << " word " << j;
+                    }
                 }
-            }
-    EXPECT_EQ(checked, 3 * 4 * 5 * 32);
-#else
-    GTEST_SKIP() << "not an x86-64 build";
-#endif
+    EXPECT_EQ(checked, static_cast<int>(paths.size()) * 3 * 4 * 5 * 32);
+    if (paths.size() == 1) std::printf("(this processor has no AVX2: only the scalar path was checked)\n");
 }
 
 TEST(SharedMath, AdamUpdateAndAlphaMatchFormulas) {

@@ -11,7 +11,7 @@
 
 #include "backend.h"
 #include "cumnist/philox.h"
-#include "philox_x86.h"
+#include "philox_blocks.h"
 
 namespace cumnist::cpu {
 namespace {
@@ -49,14 +49,10 @@ void with_activation(Activation act, F&& f) {
     }
 }
 
-// act'(pre) expressed through the saved output a = act(pre).
+// act'(pre) expressed through the saved output a = act(pre): sigmoid' = a (1 − a), none' = 1.
+// (ReLU's backward reads the dropout output instead; see act_dropout_backward.)
 inline float activation_derivative(Activation act, float a) {
-    switch (act) {
-        case Activation::Relu: return a > 0.0f ? 1.0f : 0.0f;
-        case Activation::Sigmoid: return a * (1.0f - a);
-        case Activation::None: break;
-    }
-    return 1.0f;
+    return act == Activation::Sigmoid ? a * (1.0f - a) : 1.0f;
 }
 
 }  // namespace
@@ -106,24 +102,11 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
         const float scale = 1.0f / (1.0f - rate);
         const uint64_t t = *step;
         const std::size_t n_blocks = (total + 31) / 32;
-#if defined(__x86_64__)
-        const bool avx2 = cpu_has_avx2();
-#else
-        const bool avx2 = false;
-#endif
+        const bool avx2 = use_avx2();
 #pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
         for (std::size_t blk = 0; blk < n_blocks; ++blk) {
             uint32_t words[32];  // the word of element 32·blk + e is words[e]
-            const uint64_t first_group = 8 * static_cast<uint64_t>(blk);
-#if defined(__x86_64__)
-            if (avx2) philox_group8(seed, stream, t, first_group, words);
-#endif
-            if (!avx2) {
-                for (int l = 0; l < 8; ++l) {
-                    const Philox4 w = philox_group(seed, stream, t, first_group + l);
-                    for (int j = 0; j < 4; ++j) words[4 * l + j] = w.v[j];
-                }
-            }
+            block_words(seed, stream, t, blk, avx2, words);
             const std::size_t first = 32 * blk, last = std::min(total, first + 32);
             int c = static_cast<int>(first % static_cast<std::size_t>(cols));
             for (std::size_t i = first; i < last;) {
@@ -163,17 +146,20 @@ void act_dropout_backward(float* dpre, const float* dh, const float* saved, int 
         for (std::size_t i = 0; i < total; ++i) dpre[i] = dh[i] * activation_derivative(act, a[i]);
         return;
     }
-    // ∂loss/∂pre = ∂loss/∂h · act'(a) · keep / (1 − rate), the keep bits redrawn from Philox.
+    // ∂loss/∂pre = ∂loss/∂h · act'(a) · keep / (1 − rate), the keep bits redrawn from Philox in
+    // the forward's blocks of 32 elements.
     const float scale = 1.0f / (1.0f - rate);
     const uint64_t t = *step;
-    const std::size_t n_groups = (total + 3) / 4;
+    const std::size_t n_blocks = (total + 31) / 32;
+    const bool avx2 = use_avx2();
 #pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
-    for (std::size_t g = 0; g < n_groups; ++g) {
-        const Philox4 words = philox_group(seed, stream, t, g);
-        const std::size_t first = 4 * g, last = std::min(total, first + 4);
+    for (std::size_t blk = 0; blk < n_blocks; ++blk) {
+        uint32_t words[32];
+        block_words(seed, stream, t, blk, avx2, words);
+        const std::size_t first = 32 * blk, last = std::min(total, first + 32);
         for (std::size_t i = first; i < last; ++i) {
             const float grad = dh[i] * activation_derivative(act, a[i]);
-            dpre[i] = words.v[i - first] < keep_threshold ? grad * scale : 0.0f;
+            dpre[i] = select_or_zero(words[i - first] < keep_threshold, grad * scale);
         }
     }
 }

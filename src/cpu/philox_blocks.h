@@ -1,15 +1,21 @@
-// Philox4x32-10 for eight consecutive element groups at once in AVX2 registers: the CPU backend's
-// dropout forward spends most of its time drawing masks, and one philox_group() call per group
-// leaves the vector units idle. The words are philox_group()'s, bit for bit (tests/test_philox.cpp);
-// the CPU backend calls this only where the processor reports AVX2, else philox_group().
+// The CPU backend's dropout masks, drawn in blocks of 32 elements (eight Philox groups): with AVX2,
+// the eight groups at once in vector registers (one philox_group() call per group leaves the vector
+// units idle, and drawing masks was most of the epilogues' time); without it, one philox_group() per
+// group. Both give philox_group()'s words bit for bit (tests/test_philox.cpp).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+
+#include "cumnist/philox.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+#endif
 
 namespace cumnist::cpu {
+
+#if defined(__x86_64__)
 
 inline bool cpu_has_avx2() {
     static const bool has = __builtin_cpu_supports("avx2");
@@ -60,5 +66,33 @@ __attribute__((target("avx2"))) inline void philox_group8(uint64_t seed, uint32_
     _mm256_storeu_si256(out + 3, _mm256_permute2x128_si256(g26, g37, 0x31));  // groups 6, 7
 }
 
-}  // namespace cumnist::cpu
 #endif
+
+// Whether block_words() can take the AVX2 path on this processor.
+inline bool use_avx2() {
+#if defined(__x86_64__)
+    return cpu_has_avx2();
+#else
+    return false;
+#endif
+}
+
+// The Philox words of elements 32·blk .. 32·blk + 31 (eight groups) in element order: the words
+// dropout_keep() would draw one by one. `avx2` (from use_avx2()) picks the vector path.
+inline void block_words(uint64_t seed, uint32_t stream, uint64_t step, std::size_t blk, bool avx2,
+                        uint32_t (&words)[32]) {
+    const uint64_t first_group = 8 * static_cast<uint64_t>(blk);
+#if defined(__x86_64__)
+    if (avx2) {
+        philox_group8(seed, stream, step, first_group, words);
+        return;
+    }
+#endif
+    (void)avx2;
+    for (int l = 0; l < 8; ++l) {
+        const Philox4 w = philox_group(seed, stream, step, first_group + l);
+        for (int j = 0; j < 4; ++j) words[4 * l + j] = w.v[j];
+    }
+}
+
+}  // namespace cumnist::cpu

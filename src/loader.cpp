@@ -41,6 +41,7 @@ BatchLoader::BatchLoader(const Dataset& data, int batch, int slots, Device devic
     m_images = m_memory.get();
     m_labels = m_images + rows * static_cast<std::size_t>(m_features);
     m_order.resize(static_cast<std::size_t>(data.n));
+    for (int i = 0; i < data.n; ++i) m_order[static_cast<std::size_t>(i)] = i;  // until the first start()
     m_state.assign(static_cast<std::size_t>(slots), SlotState::Free);
     m_slot_batch.assign(static_cast<std::size_t>(slots), -1);
     m_thread = std::thread([this] { run(); });
@@ -64,14 +65,20 @@ void BatchLoader::cancel_and_wait(std::unique_lock<std::mutex>& lock) {
 }
 
 void BatchLoader::start(const std::vector<int32_t>& order, int first, int last) {
-    const int n_batches = (m_data.n + m_batch - 1) / m_batch;
     CUMNIST_CHECK(order.size() == static_cast<std::size_t>(m_data.n), "BatchLoader: an order of {} entries for {} samples",
                   order.size(), m_data.n);
+    begin(&order, first, last);
+}
+
+void BatchLoader::restart(int first, int last) { begin(nullptr, first, last); }
+
+void BatchLoader::begin(const std::vector<int32_t>* order, int first, int last) {
+    const int n_batches = (m_data.n + m_batch - 1) / m_batch;
     CUMNIST_CHECK(0 <= first && first <= last && last <= n_batches, "BatchLoader: batches [{}, {}) of an epoch of {}",
                   first, last, n_batches);
     std::unique_lock<std::mutex> lock(m_mutex);
     cancel_and_wait(lock);
-    std::copy(order.begin(), order.end(), m_order.begin());  // same size: no allocation
+    if (order) std::copy(order->begin(), order->end(), m_order.begin());  // same size: no allocation
     std::fill(m_state.begin(), m_state.end(), SlotState::Free);
     std::fill(m_slot_batch.begin(), m_slot_batch.end(), -1);
     m_fill = m_take = first;

@@ -97,14 +97,10 @@ struct Trainer::Streamed {
           copies(dev == Device::Cuda ? std::make_unique<cuda::CopyStream>(kStreamSlots) : nullptr),
           loader(train, batch_size, kStreamSlots, dev,
                  dev == Device::Cuda ? BatchLoader::SlotFence([this](int k) { copies->wait_copied(k); })
-                                     : BatchLoader::SlotFence()),
-          epoch_order(static_cast<std::size_t>(train.n)) {
+                                     : BatchLoader::SlotFence()) {
         const int ring_rows = kStreamSlots * batch_size;
         std::vector<int32_t> ring_order(static_cast<std::size_t>(train.n));
-        for (int i = 0; i < train.n; ++i) {
-            ring_order[i] = i % ring_rows;
-            epoch_order[i] = i;  // train_steps() before the first epoch: the identity, as Resident
-        }
+        for (int i = 0; i < train.n; ++i) ring_order[i] = i % ring_rows;
         order.copy_from_host(ring_order.data(), ring_order.size());
     }
     ~Streamed() {
@@ -123,7 +119,6 @@ struct Trainer::Streamed {
     Buffer<int32_t> order;           // n entries: i mod (kStreamSlots · batch)
     std::unique_ptr<cuda::CopyStream> copies;  // CUDA only; before `loader`, whose fence uses it
     BatchLoader loader;
-    std::vector<int32_t> epoch_order;  // the current epoch's order, for train_steps()
     bool bench_loading = false;        // the loader is positioned for train_steps()
     int slot = 0;                      // the ring slot of the staged batch
 };
@@ -243,7 +238,8 @@ void Trainer::train_steps(int n) {
         }
         if (m_streamed) {
             Streamed& s = *m_streamed;
-            if (!s.bench_loading) s.loader.start(s.epoch_order, m_bench_batch, full_batches);
+            // The current epoch's order again (the identity before the first epoch, as Resident).
+            if (!s.bench_loading) s.loader.restart(m_bench_batch, full_batches);
             s.bench_loading = true;
             stage_batch(m_bench_batch);
         }
@@ -271,7 +267,6 @@ EpochMetrics Trainer::train_epoch(int epoch, const ResidentData* test, const Pro
     if (m_resident) {
         m_resident->order.copy_from_host(order.data(), order.size());
     } else {
-        m_streamed->epoch_order = order;  // same size: no allocation
         m_streamed->loader.start(order, first_step, n_steps);
         m_streamed->bench_loading = false;
     }

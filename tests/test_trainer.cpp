@@ -365,6 +365,28 @@ TEST_P(BatchLoaderTest, BatchesFollowTheEpochOrder) {
     }
     loader.stop();
     EXPECT_THROW(loader.next(), Error);  // stopped
+    // restart(): the last start()'s order again, from any batch.
+    loader.restart(7, 9);
+    for (int b = 7; b < 9; ++b) {
+        const BatchLoader::Batch batch = loader.next();
+        expect_batch(batch, b, 16, ds, other);
+        loader.release(batch);
+    }
+}
+
+// Before any start(), restart() walks the identity order (what train_steps() uses before the
+// first epoch, as the resident placement does).
+TEST_P(BatchLoaderTest, RestartBeforeAnyStartUsesTheIdentityOrder) {
+    const Dataset ds = synthetic_dataset(50, 23);
+    BatchLoader loader(ds, 16, 3, GetParam());
+    std::vector<int32_t> identity(static_cast<std::size_t>(ds.n));
+    for (int i = 0; i < ds.n; ++i) identity[static_cast<std::size_t>(i)] = i;
+    loader.restart(0, 4);
+    for (int b = 0; b < 4; ++b) {
+        const BatchLoader::Batch batch = loader.next();
+        expect_batch(batch, b, 16, ds, identity);
+        loader.release(batch);
+    }
 }
 
 // Taking a batch whose slot the consumer still holds would wait forever: it throws instead.

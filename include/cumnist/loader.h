@@ -49,6 +49,8 @@ public:
     // entries; batch b holds samples order[b·batch], ... up to the end of the data set). Batches of
     // an earlier start() not yet taken are dropped, and a previous loader error is cleared.
     void start(const std::vector<int32_t>& order, int first, int last);
+    // start() again with the order of the last start() (the identity before the first one).
+    void restart(int first, int last);
     // The next batch of the epoch, waiting until it is staged. An exception of the loader thread (a
     // bad sample index, a failed fence) is rethrown in place of the batch it was loading. Throws
     // when every batch has been taken, and when the slot is still held by an earlier batch not yet
@@ -74,6 +76,7 @@ private:
     void run() noexcept;             // the loader thread
     void gather(int b, int slot);    // batch b into slot; throws on a bad sample index
     void cancel_and_wait(std::unique_lock<std::mutex>& lock);
+    void begin(const std::vector<int32_t>* order, int first, int last);  // start(); null: keep the order
 
     const Dataset& m_data;
     const int m_batch, m_slots, m_features;

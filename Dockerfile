@@ -10,7 +10,7 @@ FROM nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04 AS build
 ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends \
         build-essential cmake git ca-certificates pkg-config \
-        libfmt-dev libgtest-dev libopenblas-openmp-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libstb-dev \
+        libfmt-dev libgtest-dev libdnnl-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libstb-dev \
         python3 python3-numpy \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

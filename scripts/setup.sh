@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake pkg-config git ca-certificates
-  libfmt-dev libgtest-dev libopenblas-openmp-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libstb-dev
+  libfmt-dev libgtest-dev libdnnl-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libstb-dev
   npm dataset-fashion-mnist python3 python3-numpy
   python3-matplotlib  # scripts/plot_metrics.py
   clang libclang-rt-14-dev libomp-dev llvm  # scripts/fuzz.sh: libFuzzer + sanitizer runtimes, OpenMP for clang, llvm-symbolizer

@@ -1,13 +1,18 @@
-// Benchmark arithmetic: FLOP counts from the layer layout, the sgemm peak, quantiles.
+// Benchmark arithmetic: FLOP counts from the layer layout, the FMA and GEMM peaks, quantiles.
 #include "cumnist/bench.h"
 
-#include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 
+#include "cpu/dnnl_gemm.h"
 #include "cumnist/ops.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace cumnist {
 
@@ -29,11 +34,130 @@ double training_step_flops(const MlpConfig& config, int n) {
 
 double inference_flops(const MlpConfig& config, int n) { return static_cast<double>(n) * 2.0 * weight_macs(config); }
 
-SgemmPeak measure_sgemm_peak(int size, int repeats) {
-    CUMNIST_CHECK(size > 0 && repeats > 0, "sgemm peak: size {} and repeats {} must be positive", size, repeats);
+namespace {
+
+// One thread's FMA loop: kAcc independent accumulators (enough to cover the FMA latency times
+// the number of FMA pipes), each updated acc ← acc·x + y, kIters times. The accumulators converge
+// to y/(1 − x) (no overflow, no denormals); their sum is returned so the loop cannot be dropped.
+// Returns the FLOP count (2 per lane per FMA) and the elapsed seconds.
+#define CUMNIST_FMA16(fma, acc, x, y) \
+    acc[0] = fma(acc[0], x, y); acc[1] = fma(acc[1], x, y); acc[2] = fma(acc[2], x, y); acc[3] = fma(acc[3], x, y); \
+    acc[4] = fma(acc[4], x, y); acc[5] = fma(acc[5], x, y); acc[6] = fma(acc[6], x, y); acc[7] = fma(acc[7], x, y); \
+    acc[8] = fma(acc[8], x, y); acc[9] = fma(acc[9], x, y); acc[10] = fma(acc[10], x, y); acc[11] = fma(acc[11], x, y); \
+    acc[12] = fma(acc[12], x, y); acc[13] = fma(acc[13], x, y); acc[14] = fma(acc[14], x, y); acc[15] = fma(acc[15], x, y)
+
+struct LoopResult {
+    double flops = 0.0, seconds = 0.0, sink = 0.0;
+};
+
+template <class F>
+LoopResult timed(double flops, F&& loop) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const double sink = loop();
+    return {flops, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), sink};
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) LoopResult fma_loop_avx512(long iters) {
+    return timed(2.0 * 16 * 16 * static_cast<double>(iters), [iters] {
+        __m512 acc[16];
+        for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+        const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(0.001f);
+        for (long it = 0; it < iters; ++it) {
+            CUMNIST_FMA16(_mm512_fmadd_ps, acc, x, y);
+        }
+        float lanes[16];
+        for (int i = 1; i < 16; ++i) acc[0] = _mm512_add_ps(acc[0], acc[i]);
+        _mm512_storeu_ps(lanes, acc[0]);
+        double sum = 0.0;
+        for (float v : lanes) sum += v;
+        return sum;
+    });
+}
+
+__attribute__((target("avx2,fma"))) LoopResult fma_loop_avx2(long iters) {
+    return timed(2.0 * 16 * 8 * static_cast<double>(iters), [iters] {
+        __m256 acc[16];  // 16 ymm registers: 14 accumulators would leave room for x and y, but
+                         // GCC keeps x and y as memory operands of the FMA, which costs nothing
+        for (int i = 0; i < 16; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i));
+        const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(0.001f);
+        for (long it = 0; it < iters; ++it) {
+            CUMNIST_FMA16(_mm256_fmadd_ps, acc, x, y);
+        }
+        float lanes[8];
+        for (int i = 1; i < 16; ++i) acc[0] = _mm256_add_ps(acc[0], acc[i]);
+        _mm256_storeu_ps(lanes, acc[0]);
+        double sum = 0.0;
+        for (float v : lanes) sum += v;
+        return sum;
+    });
+}
+#endif
+
+LoopResult fma_loop_scalar(long iters) {
+    return timed(2.0 * 16 * static_cast<double>(iters), [iters] {
+        float acc[16];
+        for (int i = 0; i < 16; ++i) acc[i] = static_cast<float>(i);
+        const float x = 0.999f, y = 0.001f;
+        for (long it = 0; it < iters; ++it) {
+            CUMNIST_FMA16(std::fma, acc, x, y);
+        }
+        double sum = 0.0;
+        for (float v : acc) sum += v;
+        return sum;
+    });
+}
+#undef CUMNIST_FMA16
+
+}  // namespace
+
+FmaPeak measure_fma_peak(double seconds, int repeats) {
+    CUMNIST_CHECK(seconds > 0 && repeats > 0, "FMA peak: seconds {} and repeats {} must be positive", seconds, repeats);
+    FmaPeak peak;
+    LoopResult (*loop)(long) = fma_loop_scalar;
+    peak.unit = "scalar";
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx512f")) {
+        loop = fma_loop_avx512;
+        peak.unit = "AVX-512";
+    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        loop = fma_loop_avx2;
+        peak.unit = "AVX2+FMA";
+    }
+#endif
+    // Calibrate on one thread: iterations for ~`seconds`.
+    long iters = 1 << 16;
+    for (;;) {
+        const LoopResult r = loop(iters);
+        if (r.seconds >= seconds / 4 || iters > (1L << 40)) {
+            iters = std::max(1L, static_cast<long>(static_cast<double>(iters) * seconds / std::max(r.seconds, 1e-9)));
+            break;
+        }
+        iters *= 4;
+    }
+    double sink = 0.0;
+    for (int rep = 0; rep < repeats; ++rep) {
+        double total = 0.0;
+        int threads = 0;
+#pragma omp parallel reduction(+ : total, threads, sink)
+        {
+            const LoopResult r = loop(iters);
+            total += r.flops / r.seconds;
+            threads += 1;
+            sink += r.sink;
+        }
+        peak.gflops = std::max(peak.gflops, total / 1e9);
+        peak.threads = threads;
+    }
+    CUMNIST_CHECK(std::isfinite(sink), "FMA peak: the accumulators are not finite");
+    return peak;
+}
+
+GemmPeak measure_gemm_peak(int size, int repeats) {
+    CUMNIST_CHECK(size > 0 && repeats > 0, "GEMM peak: size {} and repeats {} must be positive", size, repeats);
     const std::size_t count = static_cast<std::size_t>(size) * static_cast<std::size_t>(size);
     std::vector<float> a(count), b(count), c(count, 0.0f);
-    // Values in [−0.5, 0.5): no denormals, no overflow, nothing a BLAS could shortcut.
+    // Values in [−0.5, 0.5): no denormals, no overflow, nothing a library could shortcut.
     uint32_t state = 12345u;
     for (std::size_t i = 0; i < count; ++i) {
         state = state * 1664525u + 1013904223u;
@@ -41,21 +165,23 @@ SgemmPeak measure_sgemm_peak(int size, int repeats) {
         state = state * 1664525u + 1013904223u;
         b[i] = static_cast<float>(state >> 8) / 16777216.0f - 0.5f;
     }
-    const auto sgemm = [&] {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, size, size, size, 1.0f, a.data(), size, b.data(), size,
-                    0.0f, c.data(), size);
+    const auto gemm = [&] {
+        ops::gemm(MatrixView<float>{c.data(), size, size, Device::Cpu}, MatrixView<const float>{a.data(), size, size, Device::Cpu},
+                  Trans::No, MatrixView<const float>{b.data(), size, size, Device::Cpu}, Trans::No);
     };
-    sgemm();  // untimed: thread start-up, page faults
+    gemm();  // untimed: primitive creation, thread start-up, page faults
     double best = 0.0;
     for (int r = 0; r < repeats; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
-        sgemm();
+        gemm();
         const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         best = std::max(best, 2.0 * size * static_cast<double>(size) * size / s / 1e9);
     }
-    CUMNIST_CHECK(std::isfinite(c[0]), "sgemm peak: the product is not finite");
-    return {best, size, repeats, openblas_get_num_threads()};
+    CUMNIST_CHECK(std::isfinite(c[0]), "GEMM peak: the product is not finite");
+    return {best, size, repeats, omp_get_max_threads()};
 }
+
+std::string cpu_gemm_library() { return cpu::onednn::describe(); }
 
 GemmFloor measure_step_gemms(const MlpConfig& config, int n) {
     CUMNIST_CHECK(n > 0, "GEMM floor: batch {} must be positive", n);

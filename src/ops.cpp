@@ -19,13 +19,16 @@ const char* to_string(Activation a) {
 namespace ops {
 namespace {
 
-// Runs backend::fn(args...) on `device`.
+// Runs backend::fn(args...) on `device`. A CPU op first makes sure the calling thread and its
+// OpenMP workers flush denormals (cpu::prepare_thread; a thread-local check after the first call).
 #define CUMNIST_DISPATCH(device, fn, ...)         \
     do {                                          \
-        if ((device) == Device::Cpu)              \
+        if ((device) == Device::Cpu) {            \
+            ::cumnist::cpu::prepare_thread();     \
             ::cumnist::cpu::fn(__VA_ARGS__);      \
-        else                                      \
+        } else {                                  \
             ::cumnist::cuda::fn(__VA_ARGS__);     \
+        }                                         \
     } while (0)
 
 template <class T>

@@ -37,7 +37,7 @@ TEST(Bench, QuantileInterpolatesLikeNumpy) {
 }
 
 TEST(Bench, SgemmPeakAndGemmFloorRunOnSmallShapes) {
-    const SgemmPeak peak = measure_sgemm_peak(64, 2);
+    const GemmPeak peak = measure_gemm_peak(64, 2);
     EXPECT_GT(peak.gflops, 0.0);
     EXPECT_EQ(peak.size, 64);
     EXPECT_GE(peak.threads, 1);

@@ -55,7 +55,7 @@ export OMP_NUM_THREADS=1
 train=("$cumnist" train --device cpu --threads 1 --data sub --hidden 32 --epochs 1)
 eval_=("$cumnist" eval --device cpu --threads 1 --data sub)
 bench=("$cumnist" bench --device cpu --threads 1 --data sub --hidden 32 --batch-sizes 32 --warmup 1 --steps 2
-       --eval-repeats 0 --sgemm-size 0 --no-gemm-floor)
+       --eval-repeats 0 --gemm-size 0 --no-gemm-floor)
 
 # The good files, written without a limit.
 mkdir good

@@ -1,7 +1,8 @@
 // Benchmark arithmetic for `cumnist bench`: the floating-point work of a training or inference
-// step, this machine's sgemm peak, and quantiles of timings. Measures nothing about the model.
+// step, this machine's FMA and GEMM peaks, and quantiles of timings. Measures nothing about the model.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "cumnist/mlp.h"
@@ -22,19 +23,33 @@ double training_step_flops(const MlpConfig& config, int n);
 // Forward pass only (inference): 2·n·Σ_l in_l·out_l.
 double inference_flops(const MlpConfig& config, int n);
 
-struct SgemmPeak {
-    double gflops = 0.0;  // best of `repeats`
-    int size = 0;         // m = n = k
-    int repeats = 0;
-    int threads = 0;      // OpenBLAS threads used
+// The machine's FP32 arithmetic peak: every OpenMP thread runs a loop of independent fused
+// multiply-adds on registers only (no memory traffic), in the widest vector unit the processor has
+// (AVX-512, else AVX2 + FMA, else scalar fmaf). gflops is the sum of the threads' rates, best of
+// `repeats` timed runs of ~`seconds` each.
+struct FmaPeak {
+    double gflops = 0.0;
+    int threads = 0;
+    std::string unit;  // "AVX-512", "AVX2+FMA" or "scalar"
 };
+FmaPeak measure_fma_peak(double seconds = 0.05, int repeats = 3);
 
-// Times cblas_sgemm (OpenBLAS) on size × size × size row-major matrices, `repeats` times after one
-// untimed call, with OpenBLAS's current thread count; returns the best rate (2·size³ FLOP per call).
-SgemmPeak measure_sgemm_peak(int size = 1024, int repeats = 5);
+// The best GEMM the CPU backend reaches: ops::gemm (oneDNN) on size × size × size row-major
+// matrices, `repeats` times after one untimed call, with the current OpenMP thread count; the best
+// rate (2·size³ FLOP per call).
+struct GemmPeak {
+    double gflops = 0.0;
+    int size = 0;  // m = n = k
+    int repeats = 0;
+    int threads = 0;
+};
+GemmPeak measure_gemm_peak(int size = 1024, int repeats = 5);
+
+// "oneDNN 2.6.3 (brg:avx512_core)": the CPU GEMM library and the kernel it uses here.
+std::string cpu_gemm_library();
 
 // The GEMMs of one CPU training step over `n` samples on their own: forward, dW and dX with the
-// model's shapes and transposes, through cblas_sgemm as the CPU backend calls it, on scratch
+// model's shapes and transposes, through ops::gemm as the CPU backend calls it, on scratch
 // matrices. Best time of the whole sequence over several runs (at least 5, and at least ~0.2 s):
 // the CPU step cannot get below it without faster GEMMs.
 struct GemmFloor {

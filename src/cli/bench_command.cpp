@@ -38,7 +38,7 @@ struct BenchOptions {
     int threads = 0;
     int eval_batch = 1000;
     int eval_repeats = 5;
-    int sgemm_size = 1024;
+    int gemm_size = 1024;
     uint64_t seed = 42;
     bool no_graph = false;
     bool tf32 = false;
@@ -52,7 +52,8 @@ struct TrainResult {
     double seconds = 0;                   // all timed steps back to back
     double median_ms = 0, p90_ms = 0, mean_ms = 0;  // per-step times
     double samples_per_second = 0, epoch_seconds = 0, flops_per_step = 0, gflops = 0;
-    double peak_fraction = std::nan("");  // CPU: of the measured sgemm peak
+    double fma_fraction = std::nan("");   // CPU: GFLOP/s over the measured FMA peak
+    double gemm_fraction = std::nan("");  // CPU: GFLOP/s over the best GEMM (1024³)
     double floor_ms = std::nan("");       // CPU: the step's GEMMs alone (measure_step_gemms)
     double floor_samples_per_second = std::nan("");
     std::size_t graph_nodes = 0;  // GPU: nodes of the captured step (0: no graph)
@@ -171,7 +172,7 @@ private:
 };
 
 TrainResult bench_training(const BenchOptions& o, const OptimizerConfig& opt, const Dataset& train, Device device,
-                           int batch, double sgemm_gflops, Progress& progress) {
+                           int batch, const FmaPeak& fma, const GemmPeak& gemm, Progress& progress) {
     TrainConfig config;
     config.device = device;
     config.batch = batch;
@@ -235,7 +236,8 @@ TrainResult bench_training(const BenchOptions& o, const OptimizerConfig& opt, co
     r.epoch_seconds = train.n / r.samples_per_second;
     r.flops_per_step = training_step_flops(o.model, batch);
     r.gflops = r.flops_per_step * steps / r.seconds / 1e9;
-    if (!gpu && sgemm_gflops > 0) r.peak_fraction = r.gflops / sgemm_gflops;
+    if (!gpu && fma.gflops > 0) r.fma_fraction = r.gflops / fma.gflops;
+    if (!gpu && gemm.gflops > 0) r.gemm_fraction = r.gflops / gemm.gflops;
     if (!gpu && o.gemm_floor) {
         progress.running(what + ": the step's GEMMs alone");
         r.floor_ms = measure_step_gemms(o.model, batch).seconds_per_step * 1e3;
@@ -299,7 +301,8 @@ nlohmann::json to_json(const TrainResult& r) {
                         {"data_placement", to_string(r.placement)}};
     const auto number_or_null = [](double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); };
     if (r.device == Device::Cuda) j["graph_nodes"] = r.graph_nodes;
-    j["sgemm_peak_fraction"] = number_or_null(r.peak_fraction);
+    j["fma_peak_fraction"] = number_or_null(r.fma_fraction);
+    j["gemm_peak_fraction"] = number_or_null(r.gemm_fraction);
     j["gemm_floor_ms_per_step"] = number_or_null(r.floor_ms);
     j["gemm_floor_samples_per_second"] = number_or_null(r.floor_samples_per_second);
     return j;
@@ -321,7 +324,7 @@ int run_bench(BenchOptions& o) {
     if (o.warmup < 0) throw Error(fmt::format("--warmup must be 0 or more, got {}", o.warmup));
     if (o.eval_batch <= 0) throw Error(fmt::format("--eval-batch must be at least 1, got {}", o.eval_batch));
     if (o.eval_repeats < 0) throw Error(fmt::format("--eval-repeats must be 0 (skip) or more, got {}", o.eval_repeats));
-    if (o.sgemm_size < 0) throw Error(fmt::format("--sgemm-size must be 0 (skip) or more, got {}", o.sgemm_size));
+    if (o.gemm_size < 0) throw Error(fmt::format("--gemm-size must be 0 (skip) or more, got {}", o.gemm_size));
     const std::vector<int> batches = parse_batch_sizes(o.batch_sizes);
     if (!o.json_out.empty()) require_writable(o.json_out, "--json");  // fail now, not after the whole run
     o.model.hidden = parse_hidden(o.hidden);
@@ -366,35 +369,49 @@ int run_bench(BenchOptions& o) {
 
     const int n_devices = static_cast<int>(devices.size());
     const int n_configs = n_devices * static_cast<int>(batches.size()) + (o.eval_repeats > 0 ? n_devices : 0) +
-                          (has_cpu && o.sgemm_size > 0 ? 1 : 0);
+                          (has_cpu ? 1 : 0) + (has_cpu && o.gemm_size > 0 ? 1 : 0);
     Progress progress(n_configs);
-    SgemmPeak peak;
-    if (has_cpu && o.sgemm_size > 0) {
-        progress.running(fmt::format("sgemm {}³", o.sgemm_size));
-        peak = measure_sgemm_peak(o.sgemm_size, 10);
-        progress.finished(fmt::format("cpu  sgemm peak: {:.1f} GFLOP/s ({}x{}x{}, {} threads, best of {})", peak.gflops,
-                                      peak.size, peak.size, peak.size, peak.threads, peak.repeats));
+    FmaPeak fma;
+    GemmPeak gemm;
+    if (has_cpu) {
+        progress.running("FMA peak");
+        fma = measure_fma_peak();
+        progress.finished(fmt::format("cpu  FMA peak: {:.1f} GFLOP/s ({} FMA on registers, {} threads, summed)",
+                                      fma.gflops, fma.unit, fma.threads));
+    }
+    if (has_cpu && o.gemm_size > 0) {
+        progress.running(fmt::format("GEMM {}³", o.gemm_size));
+        gemm = measure_gemm_peak(o.gemm_size, 10);
+        progress.finished(fmt::format("cpu  GEMM peak: {:.1f} GFLOP/s ({}x{}x{}, {} threads, best of {}), {:.0f}% of the FMA peak",
+                                      gemm.gflops, gemm.size, gemm.size, gemm.size, gemm.threads, gemm.repeats,
+                                      100.0 * gemm.gflops / fma.gflops));
     }
     std::vector<TrainResult> results;
     std::vector<InferenceResult> inference;
     for (Device device : devices) {
-        for (int b : batches) results.push_back(bench_training(o, opt, train, device, b, peak.gflops, progress));
+        for (int b : batches) results.push_back(bench_training(o, opt, train, device, b, fma, gemm, progress));
         if (o.eval_repeats > 0) inference.push_back(bench_inference(o, opt, train, test, device, progress));
     }
 
     // The table.
     fmt::print("\nTraining ({} timed steps{} after {} warm-up; samples/s from all timed steps back to back)\n", o.steps,
                has_gpu ? fmt::format(", {} on the GPU,", o.gpu_steps) : "", o.warmup);
-    fmt::print("{:<6} {:>6} {:>11} {:>9} {:>9} {:>8} {:>8} {:>8} {:>11}\n", "device", "batch", "samples/s",
-               "ms/step", "p90 ms", "s/epoch", "GFLOP/s", "of peak", "GEMM floor");
+    const auto percent = [](double fraction) { return std::isnan(fraction) ? std::string("-") : fmt::format("{:.0f}%", 100.0 * fraction); };
+    fmt::print("{:<6} {:>6} {:>11} {:>9} {:>9} {:>8} {:>8} {:>7} {:>7} {:>11} {:>8}\n", "device", "batch", "samples/s",
+               "ms/step", "p90 ms", "s/epoch", "GFLOP/s", "of FMA", "of GEMM", "GEMM floor", "of floor");
     for (const TrainResult& r : results)
-        fmt::print("{:<6} {:>6} {:>11} {:>9.3f} {:>9.3f} {:>8.2f} {:>8.1f} {:>8} {:>11}\n", to_string(r.device),
-                   r.batch, grouped(r.samples_per_second), r.median_ms, r.p90_ms, r.epoch_seconds, r.gflops,
-                   std::isnan(r.peak_fraction) ? "-" : fmt::format("{:.0f}%", 100.0 * r.peak_fraction),
-                   std::isnan(r.floor_samples_per_second) ? "-" : grouped(r.floor_samples_per_second));
+        fmt::print("{:<6} {:>6} {:>11} {:>9.3f} {:>9.3f} {:>8.2f} {:>8.1f} {:>7} {:>7} {:>11} {:>8}\n",
+                   to_string(r.device), r.batch, grouped(r.samples_per_second), r.median_ms, r.p90_ms, r.epoch_seconds,
+                   r.gflops, percent(r.fma_fraction), percent(r.gemm_fraction),
+                   std::isnan(r.floor_samples_per_second) ? "-" : grouped(r.floor_samples_per_second),
+                   percent(r.samples_per_second / r.floor_samples_per_second));
     fmt::print("ms/step: median and 90th percentile of single steps. s/epoch: {} samples at that rate.\n", train.n);
-    if (peak.gflops > 0)
-        fmt::print("of peak: GFLOP/s over the measured sgemm peak ({:.1f} GFLOP/s, {}³).\n", peak.gflops, peak.size);
+    if (fma.gflops > 0)
+        fmt::print("of FMA: GFLOP/s over the FMA peak ({:.1f} GFLOP/s, {}, {} threads).\n", fma.gflops, fma.unit,
+                   fma.threads);
+    if (gemm.gflops > 0)
+        fmt::print("of GEMM: GFLOP/s over the best GEMM ({:.1f} GFLOP/s, {}³ through {}).\n", gemm.gflops, gemm.size,
+                   cpu_gemm_library());
     if (has_cpu && o.gemm_floor)
         fmt::print("GEMM floor: samples/s if a CPU step were only its GEMMs (the same shapes timed alone, best "
                    "run).\n");
@@ -429,9 +446,10 @@ int run_bench(BenchOptions& o) {
         j["warmup"] = o.warmup;
         j["steps"] = o.steps;
         if (has_gpu) j["gpu"] = {{"steps", o.gpu_steps}, {"cuda_graph", !o.no_graph}, {"tf32", o.tf32}};
-        if (peak.gflops > 0)
-            j["sgemm_peak"] = {{"gflops", peak.gflops}, {"size", peak.size}, {"repeats", peak.repeats},
-                               {"threads", peak.threads}};
+        if (fma.gflops > 0) j["fma_peak"] = {{"gflops", fma.gflops}, {"unit", fma.unit}, {"threads", fma.threads}};
+        if (gemm.gflops > 0)
+            j["gemm_peak"] = {{"gflops", gemm.gflops}, {"size", gemm.size}, {"repeats", gemm.repeats},
+                              {"threads", gemm.threads}, {"library", cpu_gemm_library()}};
         j["training"] = nlohmann::json::array();
         for (const TrainResult& r : results) j["training"].push_back(to_json(r));
         j["inference"] = nlohmann::json::array();
@@ -464,7 +482,7 @@ void add_bench_command(CLI::App& parent, std::vector<Command>& commands) {
     bench->add_option("--eval-batch", o->eval_batch, "Batch size for inference")->capture_default_str();
     bench->add_option("--eval-repeats", o->eval_repeats, "Timed passes over the test set (0: skip inference)")
         ->capture_default_str();
-    bench->add_option("--sgemm-size", o->sgemm_size, "Matrix size for the CPU sgemm peak (0: skip)")
+    bench->add_option("--gemm-size", o->gemm_size, "Matrix size for the CPU GEMM peak (0: skip)")
         ->capture_default_str();
     bench->add_option("--hidden", o->hidden, "Hidden layer sizes, comma separated (or 'none')")->capture_default_str();
     bench->add_option("--dropout", o->model.dropout, "Dropout rate after each hidden layer")->capture_default_str();

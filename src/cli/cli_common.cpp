@@ -3,11 +3,10 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <sstream>
 
 #include "cumnist/error.h"
-
-extern "C" void openblas_set_num_threads(int);
 
 namespace cumnist::cli {
 
@@ -55,9 +54,13 @@ Device choose_device(const std::string& requested) {
 
 void set_threads(int threads) {
     if (threads < 0) throw Error(fmt::format("--threads must be 0 (all cores) or positive, got {}", threads));
-    const int n = threads > 0 ? threads : omp_get_num_procs();
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
+    // More threads than cores only makes them wait for each other at every barrier (and oneDNN
+    // sizes per-thread buffers by the count): clamp to the cores this process may run on.
+    const int cores = omp_get_num_procs();
+    if (threads > cores)
+        fmt::print(stderr, "--threads {}: this machine has {} core{} available; using {}.\n", threads, cores,
+                   cores == 1 ? "" : "s", cores);
+    omp_set_num_threads(threads > 0 ? std::min(threads, cores) : cores);
 }
 
 std::string format_duration(double s) {

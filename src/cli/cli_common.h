@@ -33,7 +33,8 @@ Activation parse_activation(const std::string& name);     // "relu" | "sigmoid"
 // Resolves --device (auto | cpu | gpu): auto prefers a usable GPU and prints why when it falls back.
 Device choose_device(const std::string& requested);
 
-// OpenMP and OpenBLAS threads (0: all cores). One pool: OpenBLAS is the OpenMP build.
+// OpenMP threads (0: all cores; more than the cores is clamped with a notice on stderr). One pool:
+// oneDNN runs on the same OpenMP runtime as the CPU backend's loops.
 void set_threads(int threads);
 
 // "850ms", "14.2s", "3m07s"

@@ -86,7 +86,7 @@ void gemm(float* c, const float* a, const float* b, int m, int n, int k, Trans t
         return;
     }
     // Training and inference only ever overwrite with alpha = 1: the cached matmul primitive.
-    if (alpha == 1.0f && beta == 0.0f) onednn::matmul(c, a, ta, b, tb, m, n, k, nullptr, Activation::None);
+    if (alpha == 1.0f && beta == 0.0f) onednn::matmul(c, a, ta, b, tb, m, n, k);
     else onednn::sgemm(c, a, ta, b, tb, m, n, k, alpha, beta);
 }
 

@@ -22,18 +22,16 @@ using Tag = memory::format_tag;
 struct Key {
     int m, n, k;
     Trans ta, tb;
-    bool bias;
-    Activation act;
     int threads;  // oneDNN chooses its blocking for the thread count at creation
     bool operator<(const Key& o) const {
-        return std::tie(m, n, k, ta, tb, bias, act, threads) < std::tie(o.m, o.n, o.k, o.ta, o.tb, o.bias, o.act, o.threads);
+        return std::tie(m, n, k, ta, tb, threads) < std::tie(o.m, o.n, o.k, o.ta, o.tb, o.threads);
     }
 };
 
 struct Entry {
     dnnl::matmul primitive;
-    memory a, b, c, bias, scratchpad;  // a, b, c and bias are rebound to the caller's data per call
-    dnnl_exec_arg_t args[5];
+    memory a, b, c, scratchpad;  // a, b and c are rebound to the caller's data per call
+    dnnl_exec_arg_t args[4];
     int n_args = 0;
 };
 
@@ -55,25 +53,13 @@ memory::desc matrix_desc(int rows, int cols, Trans stored) {
 
 dnnl::matmul::primitive_desc make_pd(Context& ctx, const Key& key) {
     const memory::desc a_md = matrix_desc(key.m, key.k, key.ta), b_md = matrix_desc(key.k, key.n, key.tb);
-    const memory::desc c_md = matrix_desc(key.m, key.n, Trans::No), bias_md = matrix_desc(1, key.n, Trans::No);
+    const memory::desc c_md = matrix_desc(key.m, key.n, Trans::No);
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // allocated here, once, not per call
-    if (key.act != Activation::None) {
-        const auto alg = key.act == Activation::Relu ? dnnl::algorithm::eltwise_relu : dnnl::algorithm::eltwise_logistic;
-        dnnl::post_ops ops;
 #if DNNL_VERSION_MAJOR >= 3
-        ops.append_eltwise(alg, 0.0f, 0.0f);
+    return dnnl::matmul::primitive_desc(ctx.engine, a_md, b_md, c_md, attr);
 #else
-        ops.append_eltwise(1.0f, alg, 0.0f, 0.0f);
-#endif
-        attr.set_post_ops(ops);
-    }
-#if DNNL_VERSION_MAJOR >= 3
-    return key.bias ? dnnl::matmul::primitive_desc(ctx.engine, a_md, b_md, bias_md, c_md, attr)
-                    : dnnl::matmul::primitive_desc(ctx.engine, a_md, b_md, c_md, attr);
-#else
-    return key.bias ? dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, bias_md, c_md), attr, ctx.engine)
-                    : dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), attr, ctx.engine);
+    return dnnl::matmul::primitive_desc(dnnl::matmul::desc(a_md, b_md, c_md), attr, ctx.engine);
 #endif
 }
 
@@ -89,10 +75,6 @@ Entry create(Context& ctx, const Key& key) {
     e.args[e.n_args++] = {DNNL_ARG_SRC, e.a.get()};
     e.args[e.n_args++] = {DNNL_ARG_WEIGHTS, e.b.get()};
     e.args[e.n_args++] = {DNNL_ARG_DST, e.c.get()};
-    if (key.bias) {
-        e.bias = memory(pd.bias_desc(), ctx.engine, DNNL_MEMORY_NONE);
-        e.args[e.n_args++] = {DNNL_ARG_BIAS, e.bias.get()};
-    }
     if (pd.scratchpad_desc().get_size() > 0) {
         e.scratchpad = memory(pd.scratchpad_desc(), ctx.engine);
         e.args[e.n_args++] = {DNNL_ARG_SCRATCHPAD, e.scratchpad.get()};
@@ -106,12 +88,15 @@ void check(dnnl_status_t status, const char* what) {
 
 }  // namespace
 
-void matmul(float* c, const float* a, Trans ta, const float* b, Trans tb, int m, int n, int k, const float* bias,
-            Activation act) {
+void matmul(float* c, const float* a, Trans ta, const float* b, Trans tb, int m, int n, int k) {
     Context& ctx = context();
-    const Key key{m, n, k, ta, tb, bias != nullptr, act, omp_get_max_threads()};
+    const Key key{m, n, k, ta, tb, omp_get_max_threads()};
     auto it = ctx.cache.find(key);
     if (it == ctx.cache.end()) {
+        // A run uses a handful of shapes (per layer: forward, dW, dX; a short last batch; the
+        // evaluation batch). Bound what a caller cycling through many shapes can accumulate.
+        constexpr std::size_t kMaxCached = 64;
+        if (ctx.cache.size() >= kMaxCached) ctx.cache.clear();
         try {
             it = ctx.cache.emplace(key, create(ctx, key)).first;
         } catch (const dnnl::error& e) {
@@ -119,11 +104,10 @@ void matmul(float* c, const float* a, Trans ta, const float* b, Trans tb, int m,
         }
     }
     Entry& e = it->second;
-    // oneDNN reads A, B and the bias only; its memory objects take non-const handles.
+    // oneDNN only reads A and B; its memory objects take non-const handles.
     check(dnnl_memory_set_data_handle(e.a.get(), const_cast<float*>(a)), "binding A");
     check(dnnl_memory_set_data_handle(e.b.get(), const_cast<float*>(b)), "binding B");
     check(dnnl_memory_set_data_handle(e.c.get(), c), "binding C");
-    if (bias) check(dnnl_memory_set_data_handle(e.bias.get(), const_cast<float*>(bias)), "binding the bias");
     // The C interface: the C++ one builds a map of the arguments on every call.
     check(dnnl_primitive_execute(e.primitive.get(), ctx.stream.get(), e.n_args, e.args), "matmul");
     check(dnnl_stream_wait(ctx.stream.get()), "waiting for the matmul");
@@ -141,7 +125,7 @@ std::string describe() {
     std::string kernel = "?";
     try {
         // The first layer's forward GEMM at batch 32: the kernel oneDNN generates for this processor.
-        const Key key{32, 512, 784, Trans::No, Trans::Yes, false, Activation::None, omp_get_max_threads()};
+        const Key key{32, 512, 784, Trans::No, Trans::Yes, omp_get_max_threads()};
         kernel = make_pd(context(), key).impl_info_str();
     } catch (const dnnl::error&) {
     }

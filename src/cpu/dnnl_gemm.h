@@ -9,12 +9,11 @@
 
 namespace cumnist::cpu::onednn {
 
-// C (m, n) = act(op(A) · op(B) + bias), op(A) (m, k), op(B) (k, n), bias (1, n) or null.
-// Overwrites C (its old contents may be NaN). m, n, k > 0. The primitive for this shape, these
-// transposes, this epilogue and the current OpenMP thread count is created on first use; later
-// calls only execute it. Deterministic for a given thread count and instruction set.
-void matmul(float* c, const float* a, Trans ta, const float* b, Trans tb, int m, int n, int k, const float* bias,
-            Activation act);
+// C (m, n) = op(A) · op(B), op(A) (m, k), op(B) (k, n). Overwrites C (its old contents may be
+// NaN). m, n, k > 0. The primitive for this shape, these transposes and the current OpenMP thread
+// count is created on first use; later calls only execute it. Deterministic for a given thread
+// count and instruction set.
+void matmul(float* c, const float* a, Trans ta, const float* b, Trans tb, int m, int n, int k);
 
 // C (m, n) = alpha · op(A) · op(B) + beta · C through dnnl_sgemm. m, n, k > 0.
 void sgemm(float* c, const float* a, Trans ta, const float* b, Trans tb, int m, int n, int k, float alpha, float beta);

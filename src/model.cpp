@@ -119,7 +119,7 @@ MatrixView<float> Mlp::forward(MlpWorkspace& ws, MatrixView<const float> x, bool
 }
 
 void Mlp::backward(MlpWorkspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed,
-                   const uint64_t* step, GradientsReady* ready) {
+                   const uint64_t* step) {
     const int n = x.rows;
     for (int l = m_config.n_layers() - 1; l >= 0; --l) {
         const LayerLayout& layer = m_layout[l];
@@ -144,8 +144,6 @@ void Mlp::backward(MlpWorkspace& ws, MatrixView<const float> x, bool training, u
         ops::bias_grad(bias(m_grads, l), dpre);
         // dinput (n, in) = dpre (n, out) · w (out, in)
         if (l > 0) ops::gemm(ws.dh[l - 1].view(n, layer.in), dpre, Trans::No, weight(m_params, l), Trans::No);
-        // The layer's weights and bias are contiguous, [w_offset, b_offset + out).
-        if (ready) (*ready)({layer.w_offset, layer.b_offset + static_cast<std::size_t>(layer.out) - layer.w_offset});
     }
 }
 

@@ -60,29 +60,16 @@ std::vector<std::string> Optimizer::state_names() const {
 }
 
 void Optimizer::step(Buffer<float>& params, const Buffer<float>& grads, const uint64_t* step) {
-    step_views(params.flat(), grads.flat(), step, 0);
-}
-
-void Optimizer::step(Buffer<float>& params, const Buffer<float>& grads, const uint64_t* step, ParameterRange range) {
-    CUMNIST_CHECK(range.count > 0 && range.first + range.count <= params.size() && range.count <= (std::size_t{1} << 31) - 1,
-                  "optimizer: range [{}, {}) outside the {} parameters", range.first, range.first + range.count,
-                  params.size());
-    const int n = static_cast<int>(range.count);
-    step_views(params.view(1, n, range.first), grads.view(1, n, range.first), step, range.first);
-}
-
-void Optimizer::step_views(MatrixView<float> w, MatrixView<const float> g, const uint64_t* step, std::size_t first) {
-    const int n = w.cols;
     switch (m_config.kind) {
         case OptimizerKind::Adam:
-            ops::adam_step(w, m_state[0].view(1, n, first), m_state[1].view(1, n, first), g,
+            ops::adam_step(params.flat(), m_state[0].flat(), m_state[1].flat(), grads.flat(),
                            {m_config.lr, m_config.beta1, m_config.beta2, m_config.epsilon}, step);
             break;
         case OptimizerKind::Sgd:
-            ops::sgd_step(w, m_state[0].view(1, n, first), g, {m_config.lr, m_config.momentum});
+            ops::sgd_step(params.flat(), m_state[0].flat(), grads.flat(), {m_config.lr, m_config.momentum});
             break;
         case OptimizerKind::RmsProp:
-            ops::rmsprop_step(w, m_state[0].view(1, n, first), g, {m_config.lr, m_config.rho, m_config.epsilon});
+            ops::rmsprop_step(params.flat(), m_state[0].flat(), grads.flat(), {m_config.lr, m_config.rho, m_config.epsilon});
             break;
     }
 }

@@ -183,22 +183,8 @@ void Trainer::run_step(int rows) {
     MatrixView<float> row_loss = m_ws.row_loss.view(1, rows), row_correct = m_ws.row_correct.view(1, rows);
     ops::softmax_xent(dlogits, row_loss, row_correct, logits, y, 1.0f / static_cast<float>(rows));
     ops::accumulate_metrics(m_totals.data(), row_loss, row_correct);
-    if (dev == Device::Cpu) {
-        // Each layer is updated as soon as its gradients are final, while they are still in cache.
-        struct UpdateLayer final : GradientsReady {
-            Trainer& t;
-            const uint64_t* step;
-            UpdateLayer(Trainer& trainer, const uint64_t* s) : t(trainer), step(s) {}
-            void operator()(ParameterRange layer) override {
-                t.m_optimizer.step(t.m_model.parameters(), t.m_model.gradients(), step, layer);
-            }
-        } update(*this, step);
-        m_model.backward(m_ws, x, true, m_config.seed, step, &update);
-    } else {
-        // One optimizer launch over the whole flat buffer: one node of the captured step.
-        m_model.backward(m_ws, x, true, m_config.seed, step);
-        m_optimizer.step(m_model.parameters(), m_model.gradients(), step);
-    }
+    m_model.backward(m_ws, x, true, m_config.seed, step);
+    m_optimizer.step(m_model.parameters(), m_model.gradients(), step);
     ops::increment(m_counters.data(), dev);
     ops::increment(batch_index, dev);
 }

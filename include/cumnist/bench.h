@@ -35,13 +35,14 @@ struct FmaPeak {
 FmaPeak measure_fma_peak(double seconds = 0.05, int repeats = 3);
 
 // The best GEMM the CPU backend reaches: ops::gemm (oneDNN) on size × size × size row-major
-// matrices, `repeats` times after one untimed call, with the current OpenMP thread count; the best
-// rate (2·size³ FLOP per call).
+// matrices in each of the four transpose combinations, `repeats` times each after one untimed
+// call, with the current OpenMP thread count; the best rate (2·size³ FLOP per call).
 struct GemmPeak {
     double gflops = 0.0;
     int size = 0;  // m = n = k
     int repeats = 0;
     int threads = 0;
+    std::string transposes;  // of the best run: "NN", "NT", "TN" or "TT"
 };
 GemmPeak measure_gemm_peak(int size = 1024, int repeats = 5);
 
@@ -50,10 +51,12 @@ std::string cpu_gemm_library();
 
 // The GEMMs of one CPU training step over `n` samples on their own: forward, dW and dX with the
 // model's shapes and transposes, through ops::gemm as the CPU backend calls it, on scratch
-// matrices. Best time of the whole sequence over several runs (at least 5, and at least ~0.2 s):
-// the CPU step cannot get below it without faster GEMMs.
+// matrices, timed over several runs (at least 5, and at least ~0.2 s): the CPU step cannot get
+// below it without faster GEMMs. The median is what a step's median compares with on a noisy
+// machine; the best run is the floor on a quiet one.
 struct GemmFloor {
-    double seconds_per_step = 0.0;
+    double seconds_per_step = 0.0;  // best run
+    double median_seconds = 0.0;
     int runs = 0;
 };
 GemmFloor measure_step_gemms(const MlpConfig& config, int n);

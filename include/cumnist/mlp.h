@@ -31,23 +31,6 @@ struct LayerLayout {
 };
 
 std::vector<LayerLayout> layer_layout(const MlpConfig& config);
-
-// A range [first, first + count) of the flat parameter buffer (and so of the gradients and the
-// optimizer's state, which mirror it).
-struct ParameterRange {
-    std::size_t first = 0, count = 0;
-};
-
-// Told by Mlp::backward() about each layer, last to first, as soon as the layer's gradients are
-// final and the pass will not read its weights again: the point where an optimizer may update it
-// while its gradients are still in cache.
-class GradientsReady {
-public:
-    virtual void operator()(ParameterRange layer) = 0;
-
-protected:
-    ~GradientsReady() = default;
-};
 std::size_t parameter_count(const MlpConfig& config);
 
 // Glorot-uniform weights, U(−√(6/(in+out)), +√(6/(in+out))), zero biases, drawn from Philox
@@ -85,9 +68,9 @@ public:
                               const uint64_t* step);
 
     // After forward(training) and with ws.dh.back() holding ∂loss/∂logits: overwrites gradients()
-    // with ∂loss/∂parameters, calling `ready` (when given) with each layer's range once it is done.
+    // with ∂loss/∂parameters.
     void backward(MlpWorkspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed,
-                  const uint64_t* step, GradientsReady* ready = nullptr);
+                  const uint64_t* step);
 
 private:
     Dropout dropout_for(int layer, bool training, uint64_t seed) const;

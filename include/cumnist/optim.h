@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "cumnist/buffer.h"
-#include "cumnist/mlp.h"
 #include "cumnist/ops.h"
 
 namespace cumnist {
@@ -33,9 +32,6 @@ public:
 
     // w ← update(w, g, state); `step` is the 0-based step index on the device.
     void step(Buffer<float>& params, const Buffer<float>& grads, const uint64_t* step);
-    // The same update of params[range] only. The updates are elementwise, so ranges that together
-    // cover the buffer once give bit-identical results to step() over the whole of it.
-    void step(Buffer<float>& params, const Buffer<float>& grads, const uint64_t* step, ParameterRange range);
 
     const OptimizerConfig& config() const { return m_config; }
     // The state buffers (Adam: m, v; SGD: velocity; RMSprop: s), for checkpoints.
@@ -43,9 +39,6 @@ public:
     std::vector<std::string> state_names() const;
 
 private:
-    // The update of w = params[first, first + w.cols) with g = grads over the same range.
-    void step_views(MatrixView<float> w, MatrixView<const float> g, const uint64_t* step, std::size_t first);
-
     OptimizerConfig m_config;
     std::vector<Buffer<float>> m_state;
 };

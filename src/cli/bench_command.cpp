@@ -54,8 +54,9 @@ struct TrainResult {
     double samples_per_second = 0, epoch_seconds = 0, flops_per_step = 0, gflops = 0;
     double fma_fraction = std::nan("");   // CPU: GFLOP/s over the measured FMA peak
     double gemm_fraction = std::nan("");  // CPU: GFLOP/s over the best GEMM (1024³)
-    double floor_ms = std::nan("");       // CPU: the step's GEMMs alone (measure_step_gemms)
-    double floor_samples_per_second = std::nan("");
+    double floor_ms = std::nan("");         // CPU: the step's GEMMs alone (measure_step_gemms), best run
+    double floor_median_ms = std::nan("");  // and median run
+    double floor_samples_per_second = std::nan("");  // at the median
     std::size_t graph_nodes = 0;  // GPU: nodes of the captured step (0: no graph)
     DataPlacement placement = DataPlacement::Resident;  // as resolved by the trainer
 };
@@ -240,8 +241,10 @@ TrainResult bench_training(const BenchOptions& o, const OptimizerConfig& opt, co
     if (!gpu && gemm.gflops > 0) r.gemm_fraction = r.gflops / gemm.gflops;
     if (!gpu && o.gemm_floor) {
         progress.running(what + ": the step's GEMMs alone");
-        r.floor_ms = measure_step_gemms(o.model, batch).seconds_per_step * 1e3;
-        r.floor_samples_per_second = batch / r.floor_ms * 1e3;
+        const GemmFloor floor = measure_step_gemms(o.model, batch);
+        r.floor_ms = floor.seconds_per_step * 1e3;
+        r.floor_median_ms = floor.median_seconds * 1e3;
+        r.floor_samples_per_second = batch / r.floor_median_ms * 1e3;
     }
     progress.finished(fmt::format("{:<4} batch {:>5}: {:>9} samples/s, {:.3f} ms/step (p90 {:.3f}), {:.1f} GFLOP/s",
                                   to_string(device), batch, grouped(r.samples_per_second), r.median_ms, r.p90_ms,
@@ -304,6 +307,7 @@ nlohmann::json to_json(const TrainResult& r) {
     j["fma_peak_fraction"] = number_or_null(r.fma_fraction);
     j["gemm_peak_fraction"] = number_or_null(r.gemm_fraction);
     j["gemm_floor_ms_per_step"] = number_or_null(r.floor_ms);
+    j["gemm_floor_ms_per_step_median"] = number_or_null(r.floor_median_ms);
     j["gemm_floor_samples_per_second"] = number_or_null(r.floor_samples_per_second);
     return j;
 }
@@ -382,9 +386,10 @@ int run_bench(BenchOptions& o) {
     if (has_cpu && o.gemm_size > 0) {
         progress.running(fmt::format("GEMM {}³", o.gemm_size));
         gemm = measure_gemm_peak(o.gemm_size, 10);
-        progress.finished(fmt::format("cpu  GEMM peak: {:.1f} GFLOP/s ({}x{}x{}, {} threads, best of {}), {:.0f}% of the FMA peak",
-                                      gemm.gflops, gemm.size, gemm.size, gemm.size, gemm.threads, gemm.repeats,
-                                      100.0 * gemm.gflops / fma.gflops));
+        progress.finished(fmt::format("cpu  GEMM peak: {:.1f} GFLOP/s ({}x{}x{} {}, {} threads, best of {} per transpose "
+                                      "case), {:.0f}% of the FMA peak",
+                                      gemm.gflops, gemm.size, gemm.size, gemm.size, gemm.transposes, gemm.threads,
+                                      gemm.repeats, 100.0 * gemm.gflops / fma.gflops));
     }
     std::vector<TrainResult> results;
     std::vector<InferenceResult> inference;
@@ -404,17 +409,17 @@ int run_bench(BenchOptions& o) {
                    to_string(r.device), r.batch, grouped(r.samples_per_second), r.median_ms, r.p90_ms, r.epoch_seconds,
                    r.gflops, percent(r.fma_fraction), percent(r.gemm_fraction),
                    std::isnan(r.floor_samples_per_second) ? "-" : grouped(r.floor_samples_per_second),
-                   percent(r.samples_per_second / r.floor_samples_per_second));
+                   percent(r.floor_median_ms / r.median_ms));
     fmt::print("ms/step: median and 90th percentile of single steps. s/epoch: {} samples at that rate.\n", train.n);
     if (fma.gflops > 0)
         fmt::print("of FMA: GFLOP/s over the FMA peak ({:.1f} GFLOP/s, {}, {} threads).\n", fma.gflops, fma.unit,
                    fma.threads);
     if (gemm.gflops > 0)
-        fmt::print("of GEMM: GFLOP/s over the best GEMM ({:.1f} GFLOP/s, {}³ through {}).\n", gemm.gflops, gemm.size,
-                   cpu_gemm_library());
+        fmt::print("of GEMM: GFLOP/s over the best GEMM ({:.1f} GFLOP/s, {}³ {} through {}).\n", gemm.gflops,
+                   gemm.size, gemm.transposes, cpu_gemm_library());
     if (has_cpu && o.gemm_floor)
-        fmt::print("GEMM floor: samples/s if a CPU step were only its GEMMs (the same shapes timed alone, best "
-                   "run).\n");
+        fmt::print("GEMM floor: samples/s if a CPU step were only its GEMMs (the same shapes timed alone, median "
+                   "run); of floor: that median time over the median ms/step.\n");
     for (const TrainResult& r : results)
         if (r.graph_nodes > 0) {
             fmt::print("CUDA Graph: {} nodes per training step\n", r.graph_nodes);
@@ -449,7 +454,8 @@ int run_bench(BenchOptions& o) {
         if (fma.gflops > 0) j["fma_peak"] = {{"gflops", fma.gflops}, {"unit", fma.unit}, {"threads", fma.threads}};
         if (gemm.gflops > 0)
             j["gemm_peak"] = {{"gflops", gemm.gflops}, {"size", gemm.size}, {"repeats", gemm.repeats},
-                              {"threads", gemm.threads}, {"library", cpu_gemm_library()}};
+                              {"threads", gemm.threads}, {"transposes", gemm.transposes},
+                              {"library", cpu_gemm_library()}};
         j["training"] = nlohmann::json::array();
         for (const TrainResult& r : results) j["training"].push_back(to_json(r));
         j["inference"] = nlohmann::json::array();

@@ -14,7 +14,7 @@ Speed settings: torch.set_num_threads(<cores>); Adam's multi-tensor (foreach) im
 the OpenMP wait policy chosen for the BLAS that torch loads: OMP_WAIT_POLICY=PASSIVE (set before
 torch is imported: the script re-executes itself) when it is a pthreads OpenBLAS, whose threads
 PyTorch's spinning OpenMP threads would otherwise fight (about 3x slower); libgomp's default with
-the OpenMP OpenBLAS that cumnist's setup installs, where PASSIVE is 1.2-1.7x slower. An
+the OpenMP OpenBLAS (libopenblas0-openmp), where PASSIVE is 1.2-1.7x slower. An
 OMP_WAIT_POLICY in the environment is respected.
 
 Usage: scripts/bench_pytorch.py [--batch-sizes 32,128,256,1024] [--steps 1000] [--warmup 20]

@@ -36,17 +36,25 @@ TEST(Bench, QuantileInterpolatesLikeNumpy) {
     EXPECT_THROW(quantile(v, 1.5), Error);
 }
 
-TEST(Bench, SgemmPeakAndGemmFloorRunOnSmallShapes) {
+TEST(Bench, PeaksAndGemmFloorRunOnSmallShapes) {
+    const FmaPeak fma = measure_fma_peak(0.002, 1);
+    EXPECT_GT(fma.gflops, 0.0);
+    EXPECT_GE(fma.threads, 1);
+    EXPECT_TRUE(fma.unit == "AVX-512" || fma.unit == "AVX2+FMA" || fma.unit == "scalar") << fma.unit;
+    EXPECT_THROW(measure_fma_peak(0.0, 1), Error);
     const GemmPeak peak = measure_gemm_peak(64, 2);
     EXPECT_GT(peak.gflops, 0.0);
     EXPECT_EQ(peak.size, 64);
     EXPECT_GE(peak.threads, 1);
+    EXPECT_EQ(peak.transposes.size(), 2u);
+    EXPECT_NE(cpu_gemm_library().find("oneDNN "), std::string::npos) << cpu_gemm_library();
     MlpConfig config;
     config.inputs = 20;
     config.hidden = {8};
     config.classes = 3;
     const GemmFloor floor = measure_step_gemms(config, 4);
     EXPECT_GT(floor.seconds_per_step, 0.0);
+    EXPECT_GE(floor.median_seconds, floor.seconds_per_step);
     EXPECT_GE(floor.runs, 5);
 }
 

@@ -5,6 +5,7 @@
 // pictures decodable with the dimensions the layout promises; `cumnist predict` on bad files and
 // `cumnist show`, run as a user runs them.
 #include <fmt/ranges.h>
+#include <omp.h>
 #include <stb_image_write.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -741,6 +742,25 @@ TEST(ShowCommand, WritesAGridOfTheRequestedShape) {
     EXPECT_NE(too_many.lines[0].find("--count 13 is more than the 12 images of mnist train"), std::string::npos)
         << too_many.lines[0];
 }
+// --threads beyond the cores is clamped with one notice naming both counts, before anything else
+// happens (here the missing data is what then stops the run); a negative count is an error.
+TEST(ThreadsFlag, MoreThanTheCoresIsClampedWithANotice) {
+    const std::string empty_dir = temp().file("no-data");
+    fs::create_directories(empty_dir);
+    const int cores = omp_get_num_procs();  // the cores this process may run on, as cumnist counts them
+    const CliRun r = run_cumnist(fmt::format("train --device cpu --threads 100000 --data '{}'", empty_dir));
+    EXPECT_EQ(r.status, 1);
+    ASSERT_EQ(r.lines.size(), 2u) << fmt::format("{}", fmt::join(r.lines, "\n"));
+    EXPECT_EQ(r.lines[0], fmt::format("--threads 100000: this machine has {} core{} available; using {}.", cores,
+                                      cores == 1 ? "" : "s", cores));
+    EXPECT_NE(r.lines[1].find("missing data"), std::string::npos) << r.lines[1];
+    const CliRun negative = run_cumnist(fmt::format("bench --device cpu --threads -1 --data '{}'", empty_dir));
+    EXPECT_EQ(negative.status, 1);
+    ASSERT_EQ(negative.lines.size(), 1u);
+    EXPECT_NE(negative.lines[0].find("--threads must be 0 (all cores) or positive, got -1"), std::string::npos)
+        << negative.lines[0];
+}
+
 #endif  // CUMNIST_EXE
 
 }  // namespace

@@ -13,7 +13,7 @@
 
 namespace {
 
-// OpenMP threads (ours and OpenBLAS's share libgomp's pool) spin ~300,000 iterations at each barrier
+// OpenMP threads (ours and oneDNN's share libgomp's pool) spin ~300,000 iterations at each barrier
 // before they sleep. On an idle machine the spinning makes a step's ~20 small parallel regions
 // cheap; on a busy one a spinning thread takes the core from the thread it is waiting for, and
 // training collapses. Measured with `bench` at batch 32 on 2 cores beside two busy processes:

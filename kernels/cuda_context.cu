@@ -151,6 +151,20 @@ std::string unavailable_reason() {
     }
 }
 
+bool device_present() {
+    try {
+        static const bool present = [] {
+            int count = 0;
+            const cudaError_t err = cudaGetDeviceCount(&count);
+            if (err != cudaSuccess) (void)cudaGetLastError();
+            return err == cudaSuccess && count > 0;
+        }();
+        return present;
+    } catch (...) {
+        return false;
+    }
+}
+
 std::string device_description() {
     const std::string reason = unavailable_reason();
     if (!reason.empty()) throw Error(reason);

@@ -55,6 +55,7 @@ void fill_zero(float*, std::size_t) { no_cuda(); }
 // --- Host control (cuda_host.h) ------------------------------------------------------------------
 
 std::string unavailable_reason() { return kNoCuda; }
+bool device_present() { return false; }
 std::string device_description() { no_cuda(); }
 void* allocate(std::size_t) { no_cuda(); }
 void release(void*) noexcept {}

@@ -28,8 +28,11 @@ cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILE
   -DCUMNIST_CUDA=OFF -DCUMNIST_FUZZ=ON -DCUMNIST_TESTS=OFF >/dev/null
 cmake --build "$build_dir" -j "$(nproc)" --target "${targets[@]}"
 
-export ASAN_OPTIONS="detect_leaks=1:check_initialization_order=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
-export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$root/tests/sanitizers/ubsan.supp${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+# exitcode: as in scripts/sanitize.sh, a sanitizer report exits 86 (ASan, LeakSanitizer) or 87
+# (UBSan; in the shared runtime possibly for every report), distinct from the target's own exits;
+# any non-zero exit of a target fails this script.
+export ASAN_OPTIONS="detect_leaks=1:check_initialization_order=1:exitcode=86${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:exitcode=87:suppressions=$root/tests/sanitizers/ubsan.supp${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 export LSAN_OPTIONS="suppressions=$root/tests/sanitizers/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 # One process per target: this is a bounded CI run, not a campaign; OpenMP/BLAS stay single-threaded.
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1

@@ -8,6 +8,7 @@ packages=(
   libfmt-dev libgtest-dev libdnnl-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libstb-dev
   npm dataset-fashion-mnist python3 python3-numpy
   python3-matplotlib  # scripts/plot_metrics.py
+  python3-torch  # scripts/bench_pytorch.py and compare.sh (the PyTorch comparison) and their tests
   clang libclang-rt-14-dev libomp-dev llvm  # scripts/fuzz.sh: libFuzzer + sanitizer runtimes, OpenMP for clang, llvm-symbolizer
 )
 

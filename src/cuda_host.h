@@ -16,6 +16,9 @@ namespace cumnist::cuda {
 // found: ...", "no CUDA device visible", ...). Never throws.
 std::string unavailable_reason();
 
+// True when the driver reports at least one CUDA device (usable by this build or not). Never throws.
+bool device_present();
+
 // "NVIDIA H100 80GB HBM3, compute capability 9.0, 79.1 GiB" for the current device.
 std::string device_description();
 

@@ -19,6 +19,8 @@ const char* to_string(Device device) { return device == Device::Cpu ? "cpu" : "c
 
 std::string cuda_unavailable_reason() { return cuda::unavailable_reason(); }
 
+bool cuda_device_present() { return cuda::device_present(); }
+
 bool built_with_cuda() {
 #ifdef CUMNIST_WITH_CUDA
     return true;

@@ -16,6 +16,7 @@
 #include "cumnist/checkpoint.h"
 #include "cumnist/evaluation.h"
 #include "cumnist/trainer.h"
+#include "test_support.h"
 
 namespace cumnist {
 
@@ -348,7 +349,7 @@ TEST(Checkpoint, RestoreRejectsADifferentModelOptimizerOrSeed) {
 // A checkpoint written from a GPU run loads into a CPU trainer (and the other way round) with the
 // parameters and optimizer state bit-exact, and both continue training to nearly the same place.
 TEST(CheckpointDevices, GpuCheckpointLoadsOnCpuAndBack) {
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device: " << cuda_unavailable_reason();
+    CUMNIST_SKIP_WITHOUT_GPU();
     const Dataset train = synthetic_dataset(200, 1), test = synthetic_dataset(100, 2);
     for (const auto& [from, to] : {std::pair{Device::Cuda, Device::Cpu}, std::pair{Device::Cpu, Device::Cuda}}) {
         SCOPED_TRACE(std::string(to_string(from)) + " -> " + to_string(to));

@@ -22,11 +22,34 @@ train=("${base[@]}" --hidden 32)
 fail() { echo "FAILED: $*"; exit 1; }
 
 # The tensor bytes of a checkpoint: everything after the 8-byte length and the JSON header (the
-# header itself differs between runs: it records timings).
+# header itself differs between runs: it records timings). Returns non-zero, with the reason on
+# stderr, for a missing or unreadable file or one with no bytes after its header.
 tensors() {
-  local n
-  n=$(od -An -t u8 -N8 "$1" | tr -d ' ')
-  tail -c +$((9 + n)) "$1"
+  local file="$1" n size
+  if [ ! -f "$file" ] || [ ! -r "$file" ]; then echo "tensors: '$file' is not a readable file" >&2; return 1; fi
+  n=$(od -An -t u8 -N8 "$file" | tr -d ' ') || { echo "tensors: cannot read '$file'" >&2; return 1; }
+  [[ "$n" =~ ^[0-9]+$ ]] || { echo "tensors: '$file' has no 8-byte header length" >&2; return 1; }
+  size=$(wc -c < "$file") || return 1
+  if [ "$size" -le $((8 + n)) ]; then
+    echo "tensors: '$file' holds $size bytes: nothing after its $n-byte header" >&2
+    return 1
+  fi
+  tail -c +$((9 + n)) "$file"
+}
+
+# same_tensors A B WHAT: checkpoints A and B hold byte-identical tensors. Each side is extracted
+# to a file first and must succeed with a non-empty result, so that two missing or unreadable
+# checkpoints (two empty outputs) cannot compare equal. Sets $tensor_bytes.
+same_tensors() {
+  local a="$1" b="$2" what="$3" file side=0
+  for file in "$a" "$b"; do
+    side=$((side + 1))
+    tensors "$file" > "tensors.$side" || fail "$what: cannot extract the tensors of '$file'"
+    [ -s "tensors.$side" ] || fail "$what: '$file' gave no tensor bytes"
+  done
+  cmp tensors.1 tensors.2 || fail "$what: '$a' and '$b' hold different tensors"
+  tensor_bytes=$(wc -c < tensors.1)
+  rm -f tensors.1 tensors.2
 }
 
 "${train[@]}" --epochs 2 --save straight > straight.log
@@ -34,9 +57,8 @@ tensors() {
 "${base[@]}" --resume split/last.safetensors --epochs 2 --save split > split2.log
 grep -q "resumed    from split/last.safetensors: epoch 1 done (1875 steps), continuing with epoch 2" split2.log ||
   fail "the resumed run does not say where it continues: $(cat split2.log)"
-cmp <(tensors straight/last.safetensors) <(tensors split/last.safetensors) ||
-  fail "2 epochs straight and 1 + 1 resumed give different tensors"
-echo "exact resume: 2 epochs == 1 epoch + resumed epoch, tensors bit-identical ($(tensors split/last.safetensors | wc -c) bytes)"
+same_tensors straight/last.safetensors split/last.safetensors "2 epochs straight against 1 + 1 resumed"
+echo "exact resume: 2 epochs == 1 epoch + resumed epoch, tensors bit-identical ($tensor_bytes bytes)"
 [ -e straight/best.safetensors ] || fail "no best.safetensors"
 if ls straight/*.tmp split/*.tmp 2>/dev/null; then fail "temporary files left behind"; fi
 
@@ -83,8 +105,7 @@ grep -q "Saved cut/last.safetensors" cut.log || fail "the interrupted run did no
 echo "interrupted: $(grep Interrupted cut.log)"
 "${base[@]}" --resume cut/last.safetensors > resumed.log
 grep -q "continuing with epoch 1 at step" resumed.log || fail "the resumed run does not say where it continues"
-cmp <(tensors whole/last.safetensors) <(tensors cut/last.safetensors) ||
-  fail "an interrupted and resumed epoch differs from an uninterrupted one"
-echo "exact resume after SIGTERM: tensors bit-identical"
+same_tensors whole/last.safetensors cut/last.safetensors "an interrupted and resumed epoch against an uninterrupted one"
+echo "exact resume after SIGTERM: tensors bit-identical ($tensor_bytes bytes)"
 if ls whole/*.tmp cut/*.tmp 2>/dev/null; then fail "temporary files left behind"; fi
 echo "OK"

@@ -52,8 +52,10 @@ TEST(Reference, GemmAlphaBetaAndNanOverwrite) {
     Matrix c = make(1, 1, {std::numeric_limits<double>::quiet_NaN()});
     ref::gemm(c, a, false, b, false, 2.0, 0.0);  // beta 0: old NaN ignored
     EXPECT_EQ(c.data[0], 22.0);
-    ref::gemm(c, a, false, b, false, 1.0, 0.5);  // 11 + 0.5 · 22
-    EXPECT_EQ(c.data[0], 22.0);
+    // Values that move: a no-op gemm would leave 22, alpha ignored would give 11 + 0.25·22 = 16.5,
+    // beta ignored 3·11 = 33, beta taken as 1 3·11 + 22 = 55.
+    ref::gemm(c, a, false, b, false, 3.0, 0.25);  // 3·11 + 0.25·22
+    EXPECT_EQ(c.data[0], 38.5);
 }
 
 TEST(Reference, BiasActivation) {

@@ -16,6 +16,7 @@
 
 #include "cumnist/buffer.h"
 #include "cumnist/trainer.h"
+#include "test_support.h"
 
 namespace cumnist {
 namespace {
@@ -68,7 +69,7 @@ void expect_clear_out_of_memory(const MlpConfig& model, Device device, const std
 }
 
 TEST(Resources, ModelLargerThanTheGpuFailsWithTheBytesAndWhatToTry) {
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device: " << cuda_unavailable_reason();
+    CUMNIST_SKIP_WITHOUT_GPU();
 #ifdef CUMNIST_WITH_CUDA
     cudaDeviceProp prop{};
     ASSERT_EQ(cudaGetDeviceProperties(&prop, 0), cudaSuccess);

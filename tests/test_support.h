@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <ostream>
 #include <random>
 #include <sstream>
@@ -16,13 +17,23 @@
 
 #include "cumnist/device.h"
 
-// In a test fixture's SetUp (or a test body): skip, visibly and with the reason, when `device` is
-// the GPU and none is usable.
-#define CUMNIST_SKIP_WITHOUT_DEVICE(device)                                             \
-    do {                                                                                \
-        if ((device) == ::cumnist::Device::Cuda && !::cumnist::cuda_available()) {      \
-            GTEST_SKIP() << "no CUDA device: " << ::cumnist::cuda_unavailable_reason(); \
-        }                                                                               \
+// In a test fixture's SetUp (or a test body): skip, visibly and with the reason, when no GPU is
+// usable; but fail instead, with the reason, where a skip would hide that the GPU checks did not
+// run (cumnist_test::gpu_skip_forbidden).
+#define CUMNIST_SKIP_WITHOUT_GPU()                                                                \
+    do {                                                                                          \
+        if (!::cumnist::cuda_available()) {                                                       \
+            const std::string cumnist_forbidden_ = ::cumnist_test::gpu_skip_forbidden();          \
+            if (!cumnist_forbidden_.empty())                                                      \
+                GTEST_FAIL() << cumnist_forbidden_ << ": " << ::cumnist::cuda_unavailable_reason(); \
+            GTEST_SKIP() << "no CUDA device: " << ::cumnist::cuda_unavailable_reason();           \
+        }                                                                                         \
+    } while (0)
+
+// The same for a case parameterised by device: only the GPU case skips (or fails).
+#define CUMNIST_SKIP_WITHOUT_DEVICE(device)                              \
+    do {                                                                 \
+        if ((device) == ::cumnist::Device::Cuda) CUMNIST_SKIP_WITHOUT_GPU(); \
     } while (0)
 
 namespace cumnist {
@@ -31,6 +42,19 @@ inline void PrintTo(Device d, std::ostream* os) { *os << (d == Device::Cpu ? "Cp
 }  // namespace cumnist
 
 namespace cumnist_test {
+
+// Why a GPU case must fail rather than skip when no GPU is usable, or empty when a skip is honest:
+//  - CUMNIST_REQUIRE_GPU=1 in the environment: the machine is meant to have a usable GPU (a GPU
+//    server, scripts/gpu_report.sh), so a missing driver, a CUDA-less build or a stale
+//    CUMNIST_CUDA=OFF in build/ must not turn every GPU case into a pass;
+//  - a GPU is present but this build cannot use it (no code for its architecture, a device that
+//    refuses a context): a broken build or installation, never "no GPU".
+inline std::string gpu_skip_forbidden() {
+    const char* require = std::getenv("CUMNIST_REQUIRE_GPU");
+    if (require != nullptr && std::string(require) == "1") return "CUMNIST_REQUIRE_GPU=1 but no GPU is usable";
+    if (::cumnist::cuda_device_present()) return "a CUDA device is present but this build cannot use it";
+    return {};
+}
 
 // Uniform floats in [lo, hi) from a fixed seed (std::mt19937: same data on every run).
 inline std::vector<float> uniform_floats(std::size_t n, float lo, float hi, uint32_t seed) {
@@ -89,6 +113,15 @@ template <class Got>
         << tol.rel << "·|expected|; worst [" << worst << "] got " << static_cast<double>(got[worst]) << ", expected "
         << want[worst] << first.str();
     return ::testing::AssertionFailure() << msg.str();
+}
+
+// A tolerance relative to the tensor rather than to each element: |err| ≤ scale · max |want|.
+// For gradients, whose elements span orders of magnitude, so that a per-element absolute floor
+// cannot swallow the small ones' errors.
+inline Tolerance scaled_to_max(const std::vector<double>& want, double scale) {
+    double largest = 0.0;
+    for (double w : want) largest = std::max(largest, std::fabs(w));
+    return {scale * largest, 0.0};
 }
 
 inline std::vector<double> widen(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }

@@ -70,6 +70,19 @@ std::string gib(std::size_t bytes) {
 
 std::size_t allocation_count() { return g_allocations.load(std::memory_order_relaxed); }
 
+void* allocate_staging(std::size_t bytes, Device device) {
+    g_allocations.fetch_add(1, std::memory_order_relaxed);
+    if (device == Device::Cuda) return cuda::allocate_pinned(bytes);  // throws with CUDA's reason
+    void* p = std::malloc(bytes ? bytes : 1);
+    if (p == nullptr) throw Error(fmt::format("out of host memory allocating {} bytes of staging slots", bytes));
+    return p;
+}
+
+void release_staging(void* ptr, Device device) noexcept {
+    if (device == Device::Cuda) cuda::release_pinned(ptr);
+    else std::free(ptr);
+}
+
 void* allocate(std::size_t bytes, Device device) {
     if (bytes == 0) return nullptr;
     g_allocations.fetch_add(1, std::memory_order_relaxed);

@@ -7,17 +7,12 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "cuda_host.h"
+#include "cumnist/buffer.h"
 #include "cumnist/error.h"
 
 namespace cumnist {
 
-void BatchLoader::PinnedDeleter::operator()(uint8_t* p) const noexcept {
-    if (device == Device::Cuda)
-        cuda::release_pinned(p);
-    else
-        std::free(p);
-}
+void BatchLoader::PinnedDeleter::operator()(uint8_t* p) const noexcept { memory::release_staging(p, device); }
 
 BatchLoader::BatchLoader(const Dataset& data, int batch, int slots, Device device, SlotFence fence)
     : m_data(data),
@@ -35,8 +30,7 @@ BatchLoader::BatchLoader(const Dataset& data, int batch, int slots, Device devic
     const std::size_t rows = static_cast<std::size_t>(slots) * static_cast<std::size_t>(batch);
     const std::size_t bytes = rows * static_cast<std::size_t>(m_features) + rows;
     // Page-locked on the GPU, so that the trainer's copies out of the slots are asynchronous.
-    void* raw = device == Device::Cuda ? cuda::allocate_pinned(bytes) : std::malloc(bytes);
-    if (raw == nullptr) throw Error(fmt::format("out of host memory allocating {} bytes of staging slots", bytes));
+    void* raw = memory::allocate_staging(bytes, device);
     m_memory.reset(static_cast<uint8_t*>(raw));
     m_images = m_memory.get();
     m_labels = m_images + rows * static_cast<std::size_t>(m_features);

@@ -761,6 +761,97 @@ TEST(ThreadsFlag, MoreThanTheCoresIsClampedWithANotice) {
         << negative.lines[0];
 }
 
+// Every `train` flag reaches the configuration it names: the printed configuration and the
+// checkpoint's metadata (what a resumed run and `eval` use) for one non-default value of each, on
+// a small synthetic data set (64 training and 20 test images), one epoch on the CPU.
+TEST(TrainCommand, EveryFlagReachesTheConfiguration) {
+    const std::string data = temp().file("train-flags");
+    fs::create_directories(data + "/mnist");
+    std::vector<uint8_t> train_labels(64), test_labels(20);
+    for (std::size_t i = 0; i < train_labels.size(); ++i) train_labels[i] = static_cast<uint8_t>(i % 10);
+    for (std::size_t i = 0; i < test_labels.size(); ++i) test_labels[i] = static_cast<uint8_t>((i * 3) % 10);
+    write_idx(data + "/mnist/train-images-idx3-ubyte", {64, 28, 28}, cumnist_test::uniform_bytes(64 * 784, 0, 255, 21));
+    write_idx(data + "/mnist/train-labels-idx1-ubyte", {64}, train_labels);
+    write_idx(data + "/mnist/t10k-images-idx3-ubyte", {20, 28, 28}, cumnist_test::uniform_bytes(20 * 784, 0, 255, 22));
+    write_idx(data + "/mnist/t10k-labels-idx1-ubyte", {20}, test_labels);
+    const auto has_line = [](const CliRun& r, const std::string& want) {
+        return std::find(r.lines.begin(), r.lines.end(), want) != r.lines.end();
+    };
+    const auto all = [](const CliRun& r) { return fmt::format("{}", fmt::join(r.lines, "\n")); };
+
+    const std::string save = temp().file("train-flags-run");
+    const CliRun sgd = run_cumnist(fmt::format(
+        "train --data '{}' --device cpu --threads 1 --epochs 1 --batch-size 8 --optimizer sgd --lr 0.05 --momentum 0.9 "
+        "--hidden 16,8 --activation sigmoid --dropout 0.3 --seed 11 --eval-batch 7 --data-placement resident --tf32 "
+        "--save '{}'",
+        data, save));
+    ASSERT_EQ(sgd.status, 0) << all(sgd);
+    EXPECT_TRUE(has_line(sgd, "--tf32: GPU only, no effect on the CPU.")) << all(sgd);
+    EXPECT_NE(sgd.lines.size(), 0u);
+    EXPECT_TRUE(has_line(sgd, fmt::format("cumnist: training on the CPU ({}, 1 thread)", device_name(Device::Cpu))))
+        << all(sgd);
+    EXPECT_TRUE(has_line(sgd, "  model      784-16-8-10 sigmoid, dropout 0.3 (12786 parameters)")) << all(sgd);
+    EXPECT_TRUE(has_line(sgd, "  optimizer  sgd (lr 0.05, momentum 0.9)")) << all(sgd);
+    EXPECT_TRUE(has_line(sgd, "  schedule   1 epoch of 8 steps (batch 8), seed 11")) << all(sgd);
+    const Checkpoint c = load_checkpoint(save + "/last.safetensors");
+    EXPECT_EQ(c.meta.model.hidden, (std::vector<int>{16, 8}));
+    EXPECT_EQ(c.meta.model.activation, Activation::Sigmoid);
+    EXPECT_FLOAT_EQ(c.meta.model.dropout, 0.3f);
+    EXPECT_EQ(c.meta.optimizer.kind, OptimizerKind::Sgd);
+    EXPECT_FLOAT_EQ(c.meta.optimizer.lr, 0.05f);
+    EXPECT_FLOAT_EQ(c.meta.optimizer.momentum, 0.9f);
+    EXPECT_EQ(c.meta.seed, 11u);
+    EXPECT_EQ(c.meta.batch, 8);
+    EXPECT_EQ(c.meta.step, 8u);
+    EXPECT_EQ(c.meta.device, "cpu");
+    EXPECT_EQ(c.meta.dataset, "mnist");
+    ASSERT_EQ(c.optimizer_state.size(), 1u);  // SGD's velocity
+
+    const CliRun rms = run_cumnist(fmt::format(
+        "train --data '{}' --device cpu --epochs 2 -b 16 --optimizer rmsprop --lr 0.002 --hidden none --no-graph "
+        "--data-placement stream",
+        data));
+    ASSERT_EQ(rms.status, 0) << all(rms);
+    EXPECT_TRUE(has_line(rms, "--no-graph: GPU only, no effect on the CPU.")) << all(rms);
+    EXPECT_TRUE(has_line(rms, "  model      784-10 relu, dropout 0.2 (7850 parameters)")) << all(rms);
+    EXPECT_TRUE(has_line(rms, "  optimizer  rmsprop (lr 0.002, rho 0.9, epsilon 1e-07)")) << all(rms);
+    EXPECT_TRUE(has_line(rms, "  schedule   2 epochs of 4 steps (batch 16), seed 42")) << all(rms);
+    // Streaming on the CPU is announced (resident is the default there and is not).
+    EXPECT_TRUE(std::any_of(rms.lines.begin(), rms.lines.end(),
+                            [](const std::string& l) { return l.rfind("  placement  stream:", 0) == 0; }))
+        << all(rms);
+    EXPECT_TRUE(has_line(rms, "Epoch 2/2")) << all(rms);
+
+    const CliRun adam = run_cumnist(fmt::format("train --data '{}' --device cpu --epochs 1 -b 64 --lr 0.01", data));
+    ASSERT_EQ(adam.status, 0) << all(adam);
+    EXPECT_TRUE(has_line(adam, "  model      784-512-256-10 relu, dropout 0.2 (535818 parameters)")) << all(adam);
+    EXPECT_TRUE(has_line(adam, "  optimizer  adam (lr 0.01, beta1 0.9, beta2 0.999, epsilon 1e-07)")) << all(adam);
+    EXPECT_TRUE(has_line(adam, "  schedule   1 epoch of 1 step (batch 64), seed 42")) << all(adam);
+}
+
+// `cumnist selftest` as a user runs it: without a usable GPU one error line with the reason and
+// exit 1; on a GPU the table, every check PASS, the count line, exit 0.
+TEST(SelftestCommand, RefusesWithoutAGpuAndPassesOnOne) {
+    const CliRun r = run_cumnist("selftest");
+    const std::string all = fmt::format("{}", fmt::join(r.lines, "\n"));
+    if (!cuda_available()) {
+        EXPECT_EQ(r.status, 1) << all;
+        ASSERT_EQ(r.lines.size(), 1u) << all;
+        EXPECT_EQ(r.lines[0], "cumnist: error: selftest needs a usable GPU: " + cuda_unavailable_reason());
+        CUMNIST_SKIP_WITHOUT_GPU();
+    }
+    EXPECT_EQ(r.status, 0) << all;
+    ASSERT_GE(r.lines.size(), 4u) << all;
+    EXPECT_EQ(r.lines[0].rfind("cumnist selftest on ", 0), 0u) << all;
+    int checks = 0;
+    for (const std::string& line : r.lines) {
+        if (line.find(" PASS ") != std::string::npos) ++checks;
+        EXPECT_EQ(line.find(" FAIL "), std::string::npos) << line;
+    }
+    EXPECT_GE(checks, 20) << all;
+    EXPECT_EQ(r.lines.back(), fmt::format("{} of {} checks passed", checks, checks)) << all;
+}
+
 #endif  // CUMNIST_EXE
 
 }  // namespace

@@ -343,8 +343,9 @@ TEST_P(TrainerTest, LearnsASyntheticTaskWithEveryOptimizer) {
 }
 
 // The step allocates nothing: an epoch of 5 steps and one of 50 make the same number of
-// allocations (device and pinned buffers through memory::allocate, heap allocations alike), and
-// what oneDNN and libgomp allocate inside their calls is freed within the epoch.
+// allocations (device buffers through memory::allocate, the pinned staging slots through
+// memory::allocate_staging, heap allocations alike), and what oneDNN and libgomp allocate inside
+// their calls is freed within the epoch.
 void expect_no_allocation_per_step(Device device, DataPlacement placement) {
     struct Counts {
         std::size_t buffers, own, runtime, runtime_live;

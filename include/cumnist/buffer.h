@@ -18,12 +18,17 @@ namespace memory {
 // bytes > 0; throws cumnist::Error naming the size (and, on the GPU, the free memory).
 void* allocate(std::size_t bytes, Device device);
 void release(void* ptr, Device device) noexcept;
+// Host memory that copies to `device` read from: page-locked (cudaMallocHost) for the GPU, so that
+// the copies are asynchronous; plain for the CPU. Throws cumnist::Error naming the size when it
+// cannot be had.
+void* allocate_staging(std::size_t bytes, Device device);
+void release_staging(void* ptr, Device device) noexcept;
 // Copies bytes between any two devices (synchronous with respect to the host).
 void copy(void* dst, Device dst_device, const void* src, Device src_device, std::size_t bytes);
 // Sets bytes to zero.
 void zero(void* ptr, Device device, std::size_t bytes);
-// How many allocations allocate() has made since start-up, on any device (tests use it to show
-// that the training step allocates nothing).
+// How many allocations allocate() and allocate_staging() have made since start-up, on any device
+// (tests use it to show that the training step allocates nothing).
 std::size_t allocation_count();
 }  // namespace memory
 

@@ -359,7 +359,7 @@ int run_bench(BenchOptions& o) {
                o.dataset);
     fmt::print("  steps  {} warm-up, then {} timed per configuration{}\n", o.warmup, o.steps,
                has_gpu ? fmt::format(" ({} on the GPU)", o.gpu_steps) : "");
-    fmt::print("  cpu    {}, {} threads{}\n", device_name(Device::Cpu), threads,
+    fmt::print("  cpu    {}, {}{}\n", device_name(Device::Cpu), count_of(threads, "thread"),
                busy < 0 ? "" : fmt::format(", {:.0f} % of the CPUs busy with other work at start", 100.0 * busy));
     if (busy > 0.25)
         fmt::print(stderr,
@@ -380,15 +380,16 @@ int run_bench(BenchOptions& o) {
     if (has_cpu) {
         progress.running("FMA peak");
         fma = measure_fma_peak();
-        progress.finished(fmt::format("cpu  FMA peak: {:.1f} GFLOP/s ({} FMA on registers, {} threads, summed)",
-                                      fma.gflops, fma.unit, fma.threads));
+        progress.finished(fmt::format("cpu  FMA peak: {:.1f} GFLOP/s ({} FMA on registers, {}, summed)",
+                                      fma.gflops, fma.unit, count_of(fma.threads, "thread")));
     }
     if (has_cpu && o.gemm_size > 0) {
         progress.running(fmt::format("GEMM {}³", o.gemm_size));
         gemm = measure_gemm_peak(o.gemm_size, 10);
-        progress.finished(fmt::format("cpu  GEMM peak: {:.1f} GFLOP/s ({}x{}x{} {}, {} threads, best of {} per transpose "
+        progress.finished(fmt::format("cpu  GEMM peak: {:.1f} GFLOP/s ({}x{}x{} {}, {}, best of {} per transpose "
                                       "case), {:.0f}% of the FMA peak",
-                                      gemm.gflops, gemm.size, gemm.size, gemm.size, gemm.transposes, gemm.threads,
+                                      gemm.gflops, gemm.size, gemm.size, gemm.size, gemm.transposes,
+                                      count_of(gemm.threads, "thread"),
                                       gemm.repeats, 100.0 * gemm.gflops / fma.gflops));
     }
     std::vector<TrainResult> results;
@@ -412,8 +413,8 @@ int run_bench(BenchOptions& o) {
                    percent(r.floor_median_ms / r.median_ms));
     fmt::print("ms/step: median and 90th percentile of single steps. s/epoch: {} samples at that rate.\n", train.n);
     if (fma.gflops > 0)
-        fmt::print("of FMA: GFLOP/s over the FMA peak ({:.1f} GFLOP/s, {}, {} threads).\n", fma.gflops, fma.unit,
-                   fma.threads);
+        fmt::print("of FMA: GFLOP/s over the FMA peak ({:.1f} GFLOP/s, {}, {}).\n", fma.gflops, fma.unit,
+                   count_of(fma.threads, "thread"));
     if (gemm.gflops > 0)
         fmt::print("of GEMM: GFLOP/s over the best GEMM ({:.1f} GFLOP/s, {}³ {} through {}).\n", gemm.gflops,
                    gemm.size, gemm.transposes, cpu_gemm_library());

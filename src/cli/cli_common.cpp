@@ -63,6 +63,8 @@ void set_threads(int threads) {
     omp_set_num_threads(threads > 0 ? std::min(threads, cores) : cores);
 }
 
+std::string count_of(long long n, const std::string& noun) { return fmt::format("{} {}{}", n, noun, n == 1 ? "" : "s"); }
+
 std::string format_duration(double s) {
     if (s < 1.0) return fmt::format("{:.0f}ms", s * 1e3);
     if (s < 60.0) return fmt::format("{:.1f}s", s);

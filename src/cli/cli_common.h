@@ -38,6 +38,9 @@ Device choose_device(const std::string& requested);
 void set_threads(int threads);
 
 // "850ms", "14.2s", "3m07s"
+// "1 thread", "2 threads": a count and its noun, plural unless the count is 1.
+std::string count_of(long long n, const std::string& noun);
+
 std::string format_duration(double seconds);
 
 }  // namespace cumnist::cli

@@ -116,8 +116,8 @@ int run_eval(EvalOptions& o) {
     fmt::print("  data       {}: {} images of {}x{} from {}/{}\n", test.name, test.n, test.rows, test.cols, o.data_dir,
                dataset);
     fmt::print("  device     {}\n", gpu ? "the GPU (" + device_name(Device::Cuda) + ")"
-                                       : fmt::format("the CPU ({}, {} threads)", device_name(Device::Cpu),
-                                                     omp_get_max_threads()));
+                                       : fmt::format("the CPU ({}, {})", device_name(Device::Cpu),
+                                                     count_of(omp_get_max_threads(), "thread")));
     if (!meta.dataset.empty() && meta.dataset != dataset)
         fmt::print("  note       the model was trained on {}, not {}\n", meta.dataset, dataset);
 

@@ -186,6 +186,9 @@ int run_train(TrainOptions& o) {
     if (!o.metrics_out.empty()) require_writable(o.metrics_out, "--metrics-out");  // fail now, not after an epoch
     set_threads(o.threads);
     o.train.device = choose_device(o.device);
+    if (o.train.device == Device::Cpu && (o.tf32 || o.no_graph))
+        fmt::print(stderr, "{}: GPU only, no effect on the CPU.\n",
+                   o.tf32 && o.no_graph ? "--tf32 and --no-graph" : o.tf32 ? "--tf32" : "--no-graph");
 
     const Dataset train = load_dataset(o.data_dir, o.dataset, Split::Train);
     const Dataset test = load_dataset(o.data_dir, o.dataset, Split::Test);
@@ -199,14 +202,13 @@ int run_train(TrainOptions& o) {
 
     const bool gpu = o.train.device == Device::Cuda;
     fmt::print("cumnist: training on {} ({})\n", gpu ? "the GPU" : "the CPU",
-               gpu ? device_name(Device::Cuda) : fmt::format("{}, {} threads", device_name(Device::Cpu), omp_get_max_threads()));
+               gpu ? device_name(Device::Cuda) : fmt::format("{}, {}", device_name(Device::Cpu), count_of(omp_get_max_threads(), "thread")));
     fmt::print("  model      {} ({} parameters)\n", o.model.describe(), parameter_count(o.model));
     fmt::print("  optimizer  {}\n", opt.describe());
     fmt::print("  data       {}: {} training, {} test images of {}x{} from {}/{}\n", o.dataset, train.n, test.n,
                train.rows, train.cols, o.data_dir, o.dataset);
-    fmt::print("  schedule   {} epoch{} of {} steps (batch {}), seed {}{}\n", o.train.epochs,
-               o.train.epochs == 1 ? "" : "s",
-               (train.n + o.train.batch - 1) / o.train.batch, o.train.batch, o.train.seed,
+    fmt::print("  schedule   {} of {} (batch {}), seed {}{}\n", count_of(o.train.epochs, "epoch"),
+               count_of((train.n + o.train.batch - 1) / o.train.batch, "step"), o.train.batch, o.train.seed,
                gpu ? fmt::format(", {}{}", o.train.use_graph ? "CUDA Graph" : "no graph", o.train.tf32 ? ", TF32" : ", FP32")
                    : "");
 

@@ -151,7 +151,17 @@ Trainer::Trainer(const MlpConfig& model, const OptimizerConfig& optimizer, const
     m_counters.zero();
 }
 
-Trainer::~Trainer() = default;
+Trainer::~Trainer() {
+    // The members free device memory next: wait for the work still queued on the stream that uses
+    // it rather than rely on cudaFree doing so. An error here (a poisoned context) was or will be
+    // reported by the call that caused it; a destructor must not throw it.
+    if (m_config.device == Device::Cuda) {
+        try {
+            cuda::synchronize();
+        } catch (...) {
+        }
+    }
+}
 
 int Trainer::steps_per_epoch() const { return (m_n + m_config.batch - 1) / m_config.batch; }
 

@@ -785,6 +785,48 @@ TEST_P(RmspropStep, MatchesDoubleFormulas) {
 }
 CUMNIST_SHAPE_SUITE(RmspropStep, kParamShapes);
 
+// The GPU's optimizer updates equal the CPU's bit for bit: both run philox.h's per-element
+// formulas with IEEE square root and division, without FMA contraction (kernels/optim.cu is built
+// with -fmad=false, the CPU with -ffp-contract=off) and with denormals flushed on both. Adam's
+// bias-correction factor comes from pow() in double on each side; with β1 = 0.5 and β2 = 0.25 its
+// powers are exact, so the factor is the same on both and the comparison can demand equality.
+// 3,000,001 parameters: more than one pass of every grid-stride loop, and an odd tail.
+TEST(OptimizerStepsOnTheGpu, EqualTheCpusBitForBit) {
+    CUMNIST_SKIP_WITHOUT_GPU();
+    constexpr std::size_t n = 3000001;
+    constexpr int cols = static_cast<int>(n);
+    const std::vector<float> w0 = uniform_floats(n, -1.0f, 1.0f, 1701), g0 = uniform_floats(n, -0.1f, 0.1f, 1702);
+    const std::vector<float> m0 = uniform_floats(n, -0.01f, 0.01f, 1703), v0 = uniform_floats(n, 0.0f, 1e-4f, 1704);
+    struct Run {
+        std::vector<float> w, a, b;
+    };
+    const auto run = [&](Device dev, int kind) {
+        Buffer<float> w = Buffer<float>::from_host(w0, dev), g = Buffer<float>::from_host(g0, dev);
+        Buffer<float> a = Buffer<float>::from_host(m0, dev), b = Buffer<float>::from_host(v0, dev);
+        Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{2}, dev);  // t = 3
+        for (int k = 0; k < 3; ++k) {
+            if (kind == 0)
+                ops::adam_step(w.view(1, cols), a.view(1, cols), b.view(1, cols), g.view(1, cols),
+                               {1e-3f, 0.5f, 0.25f, 1e-7f}, step.data());
+            else if (kind == 1)
+                ops::sgd_step(w.view(1, cols), a.view(1, cols), g.view(1, cols), {0.05f, 0.9f});
+            else
+                ops::rmsprop_step(w.view(1, cols), b.view(1, cols), g.view(1, cols), {1e-3f, 0.9f, 1e-7f});
+            ops::increment(step.data(), dev);
+        }
+        return Run{w.to_host(), a.to_host(), b.to_host()};
+    };
+    const char* names[] = {"adam", "sgd", "rmsprop"};
+    for (int kind = 0; kind < 3; ++kind) {
+        SCOPED_TRACE(names[kind]);
+        const Run cpu = run(Device::Cpu, kind), gpu = run(Device::Cuda, kind);
+        std::size_t differ = 0;
+        for (std::size_t i = 0; i < n; ++i)
+            differ += (cpu.w[i] != gpu.w[i]) + (cpu.a[i] != gpu.a[i]) + (cpu.b[i] != gpu.b[i]);
+        EXPECT_EQ(differ, 0u) << "values that differ between the CPU and the GPU";
+    }
+}
+
 // ================================================================================================
 // ops.cpp rejects bad shapes, aliasing and mixed devices with a cumnist::Error naming the op
 // ================================================================================================

@@ -32,6 +32,9 @@ void zero(void* ptr, Device device, std::size_t bytes);
 std::size_t allocation_count();
 }  // namespace memory
 
+// The most elements a MatrixView row (and so a flat buffer view) can hold: its counts are int.
+constexpr std::size_t kMaxViewElements = 2147483647;
+
 template <class T>
 struct MatrixView {
     T* data = nullptr;
@@ -114,8 +117,18 @@ public:
                       rows, cols, offset, m_size);
         return {m_data + offset, rows, cols, m_device};
     }
-    MatrixView<T> flat() { return {m_data, 1, static_cast<int>(m_size), m_device}; }
-    MatrixView<const T> flat() const { return {m_data, 1, static_cast<int>(m_size), m_device}; }
+    // The whole buffer as one (1, size) row. Views count in int: a larger buffer is refused rather
+    // than wrapped (models are validated against this limit before anything is allocated).
+    MatrixView<T> flat() {
+        CUMNIST_CHECK(m_size <= kMaxViewElements, "a buffer of {} elements has no flat view (at most {})", m_size,
+                      kMaxViewElements);
+        return {m_data, 1, static_cast<int>(m_size), m_device};
+    }
+    MatrixView<const T> flat() const {
+        CUMNIST_CHECK(m_size <= kMaxViewElements, "a buffer of {} elements has no flat view (at most {})", m_size,
+                      kMaxViewElements);
+        return {m_data, 1, static_cast<int>(m_size), m_device};
+    }
 
 private:
     void reset() noexcept {

@@ -20,11 +20,6 @@ void MlpConfig::validate() const {
     for (int h : hidden)
         if (h <= 0 || h > (1 << 16)) throw Error(fmt::format("model: hidden layer sizes must be in [1, 65536], got {}", h));
     if (!(dropout >= 0.0f && dropout < 1.0f)) throw Error(fmt::format("model: dropout must be in [0, 1), got {}", dropout));
-    // The optimizers see the flat parameter buffer as one view, whose counts are int.
-    const std::size_t n = parameter_count(*this);
-    if (n > kMaxViewElements)
-        throw Error(fmt::format("model: {} has {} parameters; at most {} (2^31 - 1) are supported", describe(), n,
-                                kMaxViewElements));
 }
 
 std::vector<LayerLayout> layer_layout(const MlpConfig& config) {

@@ -232,6 +232,23 @@ MlpConfig small_model() {
     return m;
 }
 
+// small_model() with nothing a last-bit difference can flip (sigmoid, no dropout: no ReLU gate or
+// mask), and plain SGD at lr 0.1, which passes a gradient error straight into the parameters:
+// for comparing runs that may differ in rounding (two backends, two thread counts).
+MlpConfig smooth_model() {
+    MlpConfig m = small_model();
+    m.activation = Activation::Sigmoid;
+    m.dropout = 0.0f;
+    return m;
+}
+
+OptimizerConfig plain_sgd() {
+    OptimizerConfig sgd;
+    sgd.kind = OptimizerKind::Sgd;
+    sgd.lr = 0.1f;
+    return sgd;
+}
+
 TrainConfig small_train(Device device, int batch = 16, DataPlacement placement = DataPlacement::Auto) {
     TrainConfig t;
     t.epochs = 1;
@@ -286,12 +303,8 @@ TEST(CpuThreads, OneThreadAndAllThreadsTrainAlike) {
     const int cores = omp_get_num_procs();
     if (cores < 2) GTEST_SKIP() << "one core: nothing to compare";
     const Dataset train = synthetic_dataset(200, 9);
-    MlpConfig model = small_model();
-    model.activation = Activation::Sigmoid;
-    model.dropout = 0.0f;
-    OptimizerConfig sgd;
-    sgd.kind = OptimizerKind::Sgd;
-    sgd.lr = 0.1f;
+    const MlpConfig model = smooth_model();
+    const OptimizerConfig sgd = plain_sgd();
     const int before = omp_get_max_threads();
     const auto run = [&](int threads) {
         omp_set_num_threads(threads);
@@ -708,12 +721,8 @@ TEST(TrainerParity, CpuAndGpuAgree) {
 TEST(TrainerParity, PlainSgdMovesParametersAlikeOnBothBackends) {
     CUMNIST_SKIP_WITHOUT_GPU();
     const Dataset train = synthetic_dataset(200, 8);
-    MlpConfig model = small_model();
-    model.activation = Activation::Sigmoid;
-    model.dropout = 0.0f;
-    OptimizerConfig sgd;
-    sgd.kind = OptimizerKind::Sgd;
-    sgd.lr = 0.1f;
+    const MlpConfig model = smooth_model();
+    const OptimizerConfig sgd = plain_sgd();
     Trainer cpu(model, sgd, small_train(Device::Cpu), train);
     Trainer gpu(model, sgd, small_train(Device::Cuda), train);
     const std::vector<float> init = cpu.model().parameters().to_host();

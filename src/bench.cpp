@@ -50,62 +50,57 @@ struct LoopResult {
     double flops = 0.0, seconds = 0.0, sink = 0.0;
 };
 
-template <class F>
-LoopResult timed(double flops, F&& loop) {
-    const auto t0 = std::chrono::steady_clock::now();
-    const double sink = loop();
-    return {flops, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), sink};
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// (The loops are written out in each function rather than passed as a lambda: a lambda's body
+// does not inherit its enclosing function's target attribute.)
 #if defined(__x86_64__)
 __attribute__((target("avx512f"))) LoopResult fma_loop_avx512(long iters) {
-    return timed(2.0 * 16 * 16 * static_cast<double>(iters), [iters] {
-        __m512 acc[16];
-        for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
-        const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(0.001f);
-        for (long it = 0; it < iters; ++it) {
-            CUMNIST_FMA16(_mm512_fmadd_ps, acc, x, y);
-        }
-        float lanes[16];
-        for (int i = 1; i < 16; ++i) acc[0] = _mm512_add_ps(acc[0], acc[i]);
-        _mm512_storeu_ps(lanes, acc[0]);
-        double sum = 0.0;
-        for (float v : lanes) sum += v;
-        return sum;
-    });
+    const auto t0 = std::chrono::steady_clock::now();
+    __m512 acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+    const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(0.001f);
+    for (long it = 0; it < iters; ++it) {
+        CUMNIST_FMA16(_mm512_fmadd_ps, acc, x, y);
+    }
+    float lanes[16];
+    for (int i = 1; i < 16; ++i) acc[0] = _mm512_add_ps(acc[0], acc[i]);
+    _mm512_storeu_ps(lanes, acc[0]);
+    double sum = 0.0;
+    for (float v : lanes) sum += v;
+    return {2.0 * 16 * 16 * static_cast<double>(iters), seconds_since(t0), sum};
 }
 
 __attribute__((target("avx2,fma"))) LoopResult fma_loop_avx2(long iters) {
-    return timed(2.0 * 16 * 8 * static_cast<double>(iters), [iters] {
-        __m256 acc[16];  // 16 ymm registers: 14 accumulators would leave room for x and y, but
-                         // GCC keeps x and y as memory operands of the FMA, which costs nothing
-        for (int i = 0; i < 16; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i));
-        const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(0.001f);
-        for (long it = 0; it < iters; ++it) {
-            CUMNIST_FMA16(_mm256_fmadd_ps, acc, x, y);
-        }
-        float lanes[8];
-        for (int i = 1; i < 16; ++i) acc[0] = _mm256_add_ps(acc[0], acc[i]);
-        _mm256_storeu_ps(lanes, acc[0]);
-        double sum = 0.0;
-        for (float v : lanes) sum += v;
-        return sum;
-    });
+    const auto t0 = std::chrono::steady_clock::now();
+    __m256 acc[16];  // 16 ymm registers: GCC keeps x and y as memory operands of the FMA, which costs nothing
+    for (int i = 0; i < 16; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i));
+    const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(0.001f);
+    for (long it = 0; it < iters; ++it) {
+        CUMNIST_FMA16(_mm256_fmadd_ps, acc, x, y);
+    }
+    float lanes[8];
+    for (int i = 1; i < 16; ++i) acc[0] = _mm256_add_ps(acc[0], acc[i]);
+    _mm256_storeu_ps(lanes, acc[0]);
+    double sum = 0.0;
+    for (float v : lanes) sum += v;
+    return {2.0 * 16 * 8 * static_cast<double>(iters), seconds_since(t0), sum};
 }
 #endif
 
 LoopResult fma_loop_scalar(long iters) {
-    return timed(2.0 * 16 * static_cast<double>(iters), [iters] {
-        float acc[16];
-        for (int i = 0; i < 16; ++i) acc[i] = static_cast<float>(i);
-        const float x = 0.999f, y = 0.001f;
-        for (long it = 0; it < iters; ++it) {
-            CUMNIST_FMA16(std::fma, acc, x, y);
-        }
-        double sum = 0.0;
-        for (float v : acc) sum += v;
-        return sum;
-    });
+    const auto t0 = std::chrono::steady_clock::now();
+    float acc[16];
+    for (int i = 0; i < 16; ++i) acc[i] = static_cast<float>(i);
+    const float x = 0.999f, y = 0.001f;
+    for (long it = 0; it < iters; ++it) {
+        CUMNIST_FMA16(std::fma, acc, x, y);
+    }
+    double sum = 0.0;
+    for (float v : acc) sum += v;
+    return {2.0 * 16 * static_cast<double>(iters), seconds_since(t0), sum};
 }
 #undef CUMNIST_FMA16
 

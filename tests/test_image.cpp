@@ -633,9 +633,16 @@ struct CliRun {
     std::vector<std::string> lines;  // stdout and stderr together
 };
 
+// The binary built beside this test, or $CUMNIST_EXE (set by a portable package's env.sh, where
+// the build folder does not exist).
+std::string cumnist_exe() {
+    const char* exe = std::getenv("CUMNIST_EXE");
+    return exe != nullptr && *exe != '\0' ? exe : CUMNIST_EXE;
+}
+
 CliRun run_cumnist(const std::string& args) {
     CliRun r;
-    std::FILE* p = ::popen(fmt::format("'{}' {} 2>&1", CUMNIST_EXE, args).c_str(), "r");
+    std::FILE* p = ::popen(fmt::format("'{}' {} 2>&1", cumnist_exe(), args).c_str(), "r");
     if (!p) return r;
     char buf[4096];
     std::string out;

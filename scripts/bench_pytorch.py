@@ -141,20 +141,37 @@ def quantile(values, q):
     return float(np.quantile(np.asarray(values, dtype=np.float64), q))
 
 
-def bench_training(x, y, batch, steps, warmup, seed, classes):
-    model = make_model(x.shape[1], classes, seed)
+def synchronize(device):
+    """Waits for the GPU's queued work (a no-op on the CPU), so a clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_adam(model, device):
+    """The fastest Adam this PyTorch has for the device: the fused CUDA kernel where it exists (1.13
+    and newer), else foreach, the multi-tensor Adam (one op per formula over all six tensors instead
+    of six; in 1.13 it is not the CPU default, and it is the faster one there, ~1.4x at batch 32)."""
+    kwargs = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-7)
+    if device.type == "cuda":
+        try:
+            return torch.optim.Adam(model.parameters(), fused=True, **kwargs), "fused"
+        except (TypeError, RuntimeError):
+            pass
+    return torch.optim.Adam(model.parameters(), foreach=True, **kwargs), "foreach"
+
+
+def bench_training(x, y, batch, steps, warmup, seed, classes, device):
+    model = make_model(x.shape[1], classes, seed).to(device)
     model.train()
-    # foreach: the multi-tensor Adam, one op per formula over all six tensors instead of six; in
-    # 1.13 it is not the CPU default, and it is the faster one here (~1.4x at batch 32).
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-7, foreach=True)
+    opt, _ = make_adam(model, device)
     n = x.shape[0]
     gen = torch.Generator().manual_seed(seed)
-    order, pos = torch.randperm(n, generator=gen), 0
+    order, pos = torch.randperm(n, generator=gen).to(device), 0
 
     def step():
         nonlocal order, pos
         if pos + batch > n:  # full batches only, as cumnist's bench
-            order, pos = torch.randperm(n, generator=gen), 0
+            order, pos = torch.randperm(n, generator=gen).to(device), 0
         idx = order[pos:pos + batch]
         pos += batch
         xb, yb = x.index_select(0, idx), y.index_select(0, idx)
@@ -165,16 +182,27 @@ def bench_training(x, y, batch, steps, warmup, seed, classes):
 
     for _ in range(warmup):
         step()
+    synchronize(device)
+    # Per-step latency (waiting for each step), then, as cumnist's bench does on the GPU, the same
+    # number of steps queued back to back for the throughput. On the CPU a step ends when it
+    # returns, so the per-step times are the back-to-back time.
     times = []
     for _ in range(steps):
         t0 = time.perf_counter()
         step()
+        synchronize(device)
         times.append(time.perf_counter() - t0)
     seconds = sum(times)
+    if device.type == "cuda":
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        synchronize(device)
+        seconds = time.perf_counter() - t0
     sps = steps * batch / seconds
     flops = training_step_flops(x.shape[1], classes, batch)
     return {
-        "device": "cpu",
+        "device": device.type,
         "batch": batch,
         "steps": steps,
         "seconds": seconds,
@@ -188,26 +216,28 @@ def bench_training(x, y, batch, steps, warmup, seed, classes):
     }
 
 
-def bench_inference(x, y, seed, classes, batch, repeats):
-    model = make_model(x.shape[1], classes, seed)
+def bench_inference(x, y, seed, classes, batch, repeats, device):
+    model = make_model(x.shape[1], classes, seed).to(device)
     model.eval()
 
     def one_pass():
         with torch.inference_mode():
-            correct = 0
+            correct = torch.zeros((), dtype=torch.int64, device=x.device)  # read once per pass, as cumnist
             for first in range(0, x.shape[0], batch):
                 logits = model(x[first:first + batch])
-                correct += int((logits.argmax(1) == y[first:first + batch]).sum())
-        return correct
+                correct += (logits.argmax(1) == y[first:first + batch]).sum()
+        return int(correct)
 
     one_pass()  # warm-up
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(repeats):
         one_pass()
+    synchronize(device)
     seconds = time.perf_counter() - t0
     macs = sum(i * o for i, o in layer_dims(x.shape[1], classes))
     return {
-        "device": "cpu",
+        "device": device.type,
         "samples": x.shape[0],
         "batch": min(batch, x.shape[0]),
         "repeats": repeats,
@@ -239,6 +269,8 @@ def main():
     p.add_argument("--data", default=default_data_dir())
     p.add_argument("--dataset", default="mnist")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to train: the CPU (default) or the first CUDA GPU")
     a = p.parse_args()
     try:
         batches = [int(b) for b in a.batch_sizes.split(",")]
@@ -247,12 +279,15 @@ def main():
     if any(b <= 0 for b in batches) or a.steps <= 0 or a.warmup < 0 or a.threads < 0:
         sys.exit("bench_pytorch: batch sizes and --steps must be positive, --warmup and --threads not negative")
 
+    if a.device == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"bench_pytorch: --device cuda: this PyTorch {torch.__version__} sees no usable CUDA GPU")
+    device = torch.device(a.device)
     cores = len(os.sched_getaffinity(0))
     threads = a.threads or cores
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
-    x, y = load_split(a.data, a.dataset, "train")
-    xt, yt = load_split(a.data, a.dataset, "t10k")
+    x, y = (t.to(device) for t in load_split(a.data, a.dataset, "train"))
+    xt, yt = (t.to(device) for t in load_split(a.data, a.dataset, "t10k"))
     classes = 10
     if max(batches) > x.shape[0]:
         sys.exit(f"bench_pytorch: batch {max(batches)} is larger than the training set ({x.shape[0]})")
@@ -266,6 +301,9 @@ def main():
     load = list(os.getloadavg())
     print(f"PyTorch {torch.__version__} bench: 784-512-256-10 relu, dropout {DROPOUT}, Adam; {a.dataset} from "
           f"{os.path.join(a.data, a.dataset)}")
+    if device.type == "cuda":
+        print(f"  device {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), Adam "
+              f"{make_adam(make_model(x.shape[1], classes, a.seed).to(device), device)[1]}", flush=True)
     print(f"  {a.warmup} warm-up, then {a.steps} timed steps per batch size; {cpu}, {threads} threads "
           f"(of {cores} cores), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (libgomp default)')}, "
           f"BLAS {'/'.join(sorted(blas_flavours())) or 'unknown'}, "
@@ -273,13 +311,13 @@ def main():
 
     training, inference = [], []
     for i, b in enumerate(batches):
-        r = bench_training(x, y, b, a.steps, a.warmup, a.seed, classes)
+        r = bench_training(x, y, b, a.steps, a.warmup, a.seed, classes, device)
         training.append(r)
-        print(f"[{i + 1}/{len(batches)}] cpu  batch {b:>5}: {r['samples_per_second']:>9,.0f} samples/s, "
+        print(f"[{i + 1}/{len(batches)}] {device.type:<4} batch {b:>5}: {r['samples_per_second']:>9,.0f} samples/s, "
               f"{r['ms_per_step_median']:.3f} ms/step (p90 {r['ms_per_step_p90']:.3f}), {r['gflops']:.1f} GFLOP/s",
               file=sys.stderr, flush=True)
     if a.eval_repeats > 0:
-        inference.append(bench_inference(xt, yt, a.seed, classes, a.eval_batch, a.eval_repeats))
+        inference.append(bench_inference(xt, yt, a.seed, classes, a.eval_batch, a.eval_repeats, device))
 
     print(f"\nTraining ({a.steps} timed steps after {a.warmup} warm-up)")
     print(f"{'device':<6} {'batch':>6} {'samples/s':>11} {'ms/step':>10} {'p90 ms':>10} {'s/epoch':>9} {'GFLOP/s':>9}")
@@ -298,7 +336,10 @@ def main():
                         "load_average_end": list(os.getloadavg())},
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "blas": sorted(blas_flavours()),
-            "adam_foreach": True,
+            "device": device.type,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "adam": make_adam(make_model(x.shape[1], classes, a.seed).to(device), device)[1],
+            "adam_foreach": device.type != "cuda",
             "libraries": loaded_blas(),
             "model": "784-512-256-10 relu, dropout 0.2",
             "optimizer": "adam (lr 0.001, beta1 0.9, beta2 0.999, epsilon 1e-07)",

@@ -161,9 +161,10 @@ public:
     int device() const { return m_device; }
     int sm_count() const { return m_sm_count; }
 
-    // CUBLAS_TF32_TENSOR_OP_MATH when enabled, else CUBLAS_DEFAULT_MATH (plain FP32). Called by
-    // cuda::set_tf32() under the creation lock.
+    // CUBLAS_TF32_TENSOR_OP_MATH when enabled, else CUBLAS_DEFAULT_MATH (plain FP32), on the shared
+    // handle (cuda::MathModeScope); tf32() is the mode set last.
     void set_math_mode(bool tf32);
+    bool tf32() const { return m_tf32; }
 
     Context(const Context&) = delete;
     Context& operator=(const Context&) = delete;
@@ -173,6 +174,7 @@ private:
 
     int m_device = kDeviceIndex;
     int m_sm_count = 1;
+    bool m_tf32 = false;
     Stream m_stream;
     DeviceMemory m_workspace;
     CublasHandle m_cublas;

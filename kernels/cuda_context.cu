@@ -16,7 +16,6 @@ namespace {
 
 std::atomic<Context*> g_context{nullptr};
 std::mutex g_context_mutex;  // guards creation of the context and its math mode
-bool g_tf32 = false;         // the requested math mode; guarded by g_context_mutex
 
 // cuBLAS's recommended workspace: 32 MiB on Hopper and newer, 4 MiB before.
 std::size_t cublas_workspace_bytes(int cc_major) { return (cc_major >= 9 ? 32u : 4u) << 20; }
@@ -119,11 +118,12 @@ Context::Context() {
     CUBLAS_CHECK(cublasSetWorkspace(handle, workspace, workspace_bytes));
     CUBLAS_CHECK(cublasSetPointerMode(handle, CUBLAS_POINTER_MODE_HOST));
     CUBLAS_CHECK(cublasSetAtomicsMode(handle, CUBLAS_ATOMICS_NOT_ALLOWED));
-    set_math_mode(g_tf32);  // the caller holds g_context_mutex
+    set_math_mode(false);  // plain FP32 unless a MathModeScope says otherwise
 }
 
 void Context::set_math_mode(bool tf32) {
     CUBLAS_CHECK(cublasSetMathMode(m_cublas.get(), tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+    m_tf32 = tf32;
 }
 
 Context& Context::get() {
@@ -253,12 +253,27 @@ void synchronize() {
     CUDA_CHECK(cudaGetLastError());
 }
 
-void set_tf32(bool enabled) {
-    // Remembered for a context created later; applied now to one that exists. A CPU-only run may
-    // call this without ever touching the GPU.
-    std::lock_guard<std::mutex> lock(g_context_mutex);
-    g_tf32 = enabled;
-    if (Context* ctx = g_context.load(std::memory_order_acquire)) ctx->set_math_mode(enabled);
+MathModeScope::MathModeScope(bool tf32) {
+    Context& ctx = Context::get();
+    m_previous = ctx.tf32();
+    if (tf32 != m_previous) {
+        ctx.set_math_mode(tf32);
+        m_changed = true;
+    }
+}
+
+MathModeScope::~MathModeScope() {
+    if (!m_changed) return;
+    try {
+        Context::get().set_math_mode(m_previous);
+    } catch (...) {
+        // A failing cublasSetMathMode means a broken context, which the next call reports.
+    }
+}
+
+bool tf32_enabled() {
+    const Context* ctx = Context::existing();
+    return ctx != nullptr && ctx->tf32();
 }
 
 // --- StepGraph -----------------------------------------------------------------------------------

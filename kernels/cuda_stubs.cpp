@@ -65,7 +65,9 @@ void release_pinned(void*) noexcept {}
 void copy(void*, bool, const void*, bool, std::size_t) { no_cuda(); }
 void zero(void*, std::size_t) { no_cuda(); }
 void synchronize() { no_cuda(); }
-void set_tf32(bool) { no_cuda(); }
+MathModeScope::MathModeScope(bool) { no_cuda(); }
+MathModeScope::~MathModeScope() = default;
+bool tf32_enabled() { return false; }
 
 // A StepGraph or StreamTimer may exist in a CPU-only run; using one throws. ready() and
 // node_count() describe the (never captured) graph: false and 0.

@@ -45,8 +45,24 @@ void zero(void* ptr, std::size_t bytes);
 // Waits until all work queued on the compute stream has finished; rethrows asynchronous errors.
 void synchronize();
 
-// TF32 tensor-core math for the GEMMs (off by default: CUBLAS_DEFAULT_MATH).
-void set_tf32(bool enabled);
+// cuBLAS's math mode for the GEMMs queued while the scope lives: TF32 tensor-core math when `tf32`,
+// else plain FP32 (CUBLAS_DEFAULT_MATH, also the mode outside every scope). The previous mode comes
+// back when the scope ends, so one trainer's --tf32 never reaches another trainer, an evaluation
+// or a prediction. A captured step keeps the mode it was captured with. Scopes nest; the handle
+// is shared, so scopes on two threads at once would race (cumnist runs its GPU work on one).
+class MathModeScope {
+public:
+    explicit MathModeScope(bool tf32);
+    ~MathModeScope();
+    MathModeScope(const MathModeScope&) = delete;
+    MathModeScope& operator=(const MathModeScope&) = delete;
+
+private:
+    bool m_previous = false;
+    bool m_changed = false;
+};
+// The math mode GEMMs queued now would use (true: TF32).
+bool tf32_enabled();
 
 // A training step captured once as a CUDA Graph and replayed. capture() runs `step` under stream
 // capture on the compute stream (so every op it calls is recorded, not executed), then

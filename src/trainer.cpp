@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <optional>
 
 #include "cuda_host.h"
 #include "cumnist/loader.h"
@@ -145,7 +146,6 @@ Trainer::Trainer(const MlpConfig& model, const OptimizerConfig& optimizer, const
         m_resident = std::make_unique<ResidentData>(train, config.device);
     else
         m_streamed = std::make_unique<Streamed>(train, config.batch, config.device);
-    if (config.device == Device::Cuda) cuda::set_tf32(config.tf32);
     const std::vector<float> init = glorot_uniform_init(model, config.seed);
     m_model.parameters().copy_from_host(init.data(), init.size());
     m_counters.zero();
@@ -173,6 +173,9 @@ std::size_t Trainer::graph_nodes() const { return m_graph->step.ready() ? m_grap
 
 void Trainer::run_step(int rows) {
     const Device dev = m_config.device;
+    // This trainer's GEMM math (TF32 or FP32) for the step's GEMMs, and the previous mode after.
+    std::optional<cuda::MathModeScope> math;
+    if (dev == Device::Cuda) math.emplace(m_config.tf32);
     const uint64_t* step = m_counters.data();
     uint64_t* batch_index = m_counters.data() + 1;
     MatrixView<float> x = m_x.view(rows, m_model.config().inputs);
@@ -330,6 +333,8 @@ EpochMetrics Trainer::train_epoch(int epoch, const ResidentData* test, const Pro
 
 Evaluation Trainer::evaluate(const ResidentData& data) {
     const Device dev = m_config.device;
+    std::optional<cuda::MathModeScope> math;  // this trainer's GEMM math, as in run_step
+    if (dev == Device::Cuda) math.emplace(m_config.tf32);
     CUMNIST_CHECK(data.images.device() == dev, "evaluation data on {}, model on {}", to_string(data.images.device()),
                   to_string(dev));
     if (data.features != m_model.config().inputs)

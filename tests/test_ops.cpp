@@ -20,6 +20,7 @@
 
 #include <gtest/gtest.h>
 
+#include "cuda_host.h"
 #include "cumnist/buffer.h"
 #include "cumnist/device.h"
 #include "cumnist/error.h"
@@ -784,6 +785,29 @@ TEST_P(RmspropStep, MatchesDoubleFormulas) {
     }
 }
 CUMNIST_SHAPE_SUITE(RmspropStep, kParamShapes);
+
+// TF32 GEMMs (cuda::MathModeScope(true), what --tf32 selects): 33 × 784 · 784 × 512 against the
+// double reference. TF32 keeps 10 of float's 23 mantissa bits, so each product carries up to
+// ~2⁻¹⁰ relative error; over 784 terms of uniform [−1, 1) values (|C| ≈ 9) the errors add up
+// like a random walk to ~0.01. Tolerance 0.05 + 1e-3·|C|, ~5x that: loose enough for TF32,
+// tight enough that a wrong transpose or a dropped term (errors of order 1) fails. (GPUs before
+// Ampere have no TF32 and compute in FP32, which passes too.)
+TEST(GemmTf32, WithinTf32RoundingOfTheReference) {
+    CUMNIST_SKIP_WITHOUT_GPU();
+    const int m = 33, k = 784, n = 512;
+    const std::vector<float> ha = uniform_floats(static_cast<std::size_t>(m) * k, -1.0f, 1.0f, 1801);
+    const std::vector<float> hb = uniform_floats(static_cast<std::size_t>(n) * k, -1.0f, 1.0f, 1802);
+    const ref::Matrix want =
+        ref::matmul(ref::Matrix::from_float(ha, m, k), false, ref::Matrix::from_float(hb, n, k), true);
+    Buffer<float> a = Buffer<float>::from_host(ha, Device::Cuda), b = Buffer<float>::from_host(hb, Device::Cuda);
+    Buffer<float> c(static_cast<std::size_t>(m) * n, Device::Cuda);
+    {
+        cumnist::cuda::MathModeScope tf32(true);
+        ops::gemm(c.view(m, n), a.view(m, k), Trans::No, b.view(n, k), Trans::Yes);
+    }
+    EXPECT_FALSE(cumnist::cuda::tf32_enabled()) << "the scope did not restore FP32";
+    EXPECT_TRUE(all_close(c.to_host(), want.data, Tolerance{0.05, 1e-3}, "TF32 C"));
+}
 
 // The GPU's optimizer updates equal the CPU's bit for bit: both run philox.h's per-element
 // formulas with IEEE square root and division, without FMA contraction (kernels/optim.cu is built

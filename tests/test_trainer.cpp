@@ -17,6 +17,7 @@
 #include <new>
 #include <thread>
 
+#include "cuda_host.h"
 #include "cumnist/data.h"
 #include "cumnist/loader.h"
 #include "cumnist/selftest.h"
@@ -739,6 +740,41 @@ TEST(TrainerParity, PlainSgdMovesParametersAlikeOnBothBackends) {
     const cumnist_test::Tolerance tol = cumnist_test::scaled_to_max(moved_cpu, 1e-4);
     ASSERT_GT(tol.abs, 0.0) << "SGD did not move the parameters";
     EXPECT_TRUE(cumnist_test::all_close(moved_gpu, moved_cpu, tol, "GPU parameter change vs the CPU's"));
+}
+
+// TF32 is a trainer's own setting, not the shared cuBLAS handle's: building a TF32 trainer changes
+// nothing, training it leaves plain FP32 behind, and an FP32 trainer run after it trains bit for
+// bit like one run alone. MathModeScope nests and restores.
+TEST(TrainerTf32, TheMathModeBelongsToTheTrainerAndIsRestored) {
+    CUMNIST_SKIP_WITHOUT_GPU();
+    const Dataset train = synthetic_dataset(200, 10);
+    TrainConfig tf32 = small_train(Device::Cuda), fp32 = small_train(Device::Cuda);
+    tf32.tf32 = true;
+    {
+        cuda::MathModeScope outer(true);
+        EXPECT_TRUE(cuda::tf32_enabled());
+        {
+            cuda::MathModeScope inner(false);
+            EXPECT_FALSE(cuda::tf32_enabled());
+        }
+        EXPECT_TRUE(cuda::tf32_enabled());
+    }
+    EXPECT_FALSE(cuda::tf32_enabled());
+    Trainer alone(small_model(), {}, fp32, train);
+    alone.train_epoch(1, nullptr);
+    Trainer with_tf32(small_model(), {}, tf32, train);
+    Trainer after(small_model(), {}, fp32, train);
+    EXPECT_FALSE(cuda::tf32_enabled()) << "building a TF32 trainer changed the shared mode";
+    with_tf32.train_epoch(1, nullptr);
+    EXPECT_FALSE(cuda::tf32_enabled()) << "a TF32 trainer's epoch left TF32 behind";
+    after.train_epoch(1, nullptr);
+    EXPECT_EQ(after.model().parameters().to_host(), alone.model().parameters().to_host())
+        << "an FP32 trainer trained differently after a TF32 one";
+    // TF32 keeps 10 mantissa bits: the TF32 run differs, but stays close over one epoch.
+    const std::vector<float> pt = with_tf32.model().parameters().to_host(), pf = alone.model().parameters().to_host();
+    float worst = 0.0f;
+    for (std::size_t i = 0; i < pt.size(); ++i) worst = std::max(worst, std::abs(pt[i] - pf[i]));
+    EXPECT_LT(worst, 0.05f) << "TF32 training went far from FP32 in one epoch";
 }
 
 // Replaying the captured CUDA Graph and launching the same ops one by one give identical results.

@@ -203,14 +203,21 @@ void Trainer::run_step(int rows) {
 }
 
 void Trainer::full_batch_step() {
-    const bool graph = m_config.device == Device::Cuda && m_config.use_graph;
+    const bool graph = m_config.device == Device::Cuda && m_config.use_graph && m_graph_failure.empty();
     if (graph && m_graph->step.ready()) {
         m_graph->step.launch();
         return;
     }
     run_step(m_config.batch);
-    // After one plain (warm-up) step, capture the full-batch step once.
-    if (graph) m_graph->step.capture([&] { run_step(m_config.batch); });
+    if (!graph) return;
+    // After one plain (warm-up) step, capture the full-batch step once. Captured work does not run,
+    // so a failed capture leaves exactly the plain step done: the run goes on with plain launches
+    // (the same ops) instead of re-capturing at every step, and graph_failure() says why.
+    try {
+        m_graph->step.capture([&] { run_step(m_config.batch); });
+    } catch (const Error& e) {
+        m_graph_failure = e.what();
+    }
 }
 
 void Trainer::stage_batch(int b) {

@@ -102,6 +102,9 @@ public:
     uint64_t step() const;           // optimizer steps taken so far (reads the device counter)
     void set_step(uint64_t step);    // for resuming
     std::size_t graph_nodes() const; // kernels in the captured step, 0 when none
+    // Why the step runs as plain launches although use_graph is set: the error of the failed CUDA
+    // Graph capture (the run goes on without a graph), or empty.
+    const std::string& graph_failure() const { return m_graph_failure; }
 
 private:
     struct Streamed;
@@ -124,6 +127,7 @@ private:
     Buffer<double> m_totals;      // [0] loss sum, [1] correct count
     struct Graph;
     std::unique_ptr<Graph> m_graph;
+    std::string m_graph_failure;
     int m_bench_batch = 0;  // train_steps(): host copy of the batch index
     const std::atomic<bool>* m_stop = nullptr;
 };

@@ -58,6 +58,7 @@ struct TrainResult {
     double floor_median_ms = std::nan("");  // and median run
     double floor_samples_per_second = std::nan("");  // at the median
     std::size_t graph_nodes = 0;  // GPU: nodes of the captured step (0: no graph)
+    std::string graph_failure;    // GPU: why the capture failed (the run then used plain launches)
     DataPlacement placement = DataPlacement::Resident;  // as resolved by the trainer
 };
 
@@ -216,6 +217,7 @@ TrainResult bench_training(const BenchOptions& o, const OptimizerConfig& opt, co
         timer.stop();
         r.seconds = timer.elapsed_ms() / 1e3;
         r.graph_nodes = trainer.graph_nodes();
+        r.graph_failure = trainer.graph_failure();
     } else {
         // On the CPU a step ends when train_steps returns: the per-step times add up to the
         // back-to-back time (the clock reads and progress between steps are left out).
@@ -303,7 +305,10 @@ nlohmann::json to_json(const TrainResult& r) {
                         {"gflops", r.gflops},
                         {"data_placement", to_string(r.placement)}};
     const auto number_or_null = [](double v) { return std::isnan(v) ? nlohmann::json() : nlohmann::json(v); };
-    if (r.device == Device::Cuda) j["graph_nodes"] = r.graph_nodes;
+    if (r.device == Device::Cuda) {
+        j["graph_nodes"] = r.graph_nodes;
+        j["graph_failure"] = r.graph_failure.empty() ? nlohmann::json() : nlohmann::json(r.graph_failure);
+    }
     j["fma_peak_fraction"] = number_or_null(r.fma_fraction);
     j["gemm_peak_fraction"] = number_or_null(r.gemm_fraction);
     j["gemm_floor_ms_per_step"] = number_or_null(r.floor_ms);
@@ -425,6 +430,11 @@ int run_bench(BenchOptions& o) {
         if (r.graph_nodes > 0) {
             fmt::print("CUDA Graph: {} nodes per training step\n", r.graph_nodes);
             break;
+        }
+    for (const TrainResult& r : results)
+        if (!r.graph_failure.empty()) {
+            fmt::print("Warning: {} (batch {}); that configuration ran with plain launches.\n", r.graph_failure,
+                       r.batch);
         }
     if (!inference.empty()) {
         fmt::print("\nInference (the {} test images in batches of {}, {} pass{})\n", test.n, inference.front().batch,

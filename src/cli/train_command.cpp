@@ -251,6 +251,7 @@ int run_train(TrainOptions& o) {
     trainer.set_stop_flag(&g_stop_requested);
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGTERM, on_stop_signal);
+    bool graph_warned = false;  // a failed CUDA Graph capture is reported once
     for (int epoch = first_epoch; epoch <= o.train.epochs; ++epoch) {
         fmt::print("Epoch {}/{}\n", epoch, o.train.epochs);
         std::fflush(stdout);
@@ -274,6 +275,11 @@ int run_train(TrainOptions& o) {
             }
             std::fflush(stdout);
             return 128 + (signal_number == SIGTERM ? SIGTERM : SIGINT);
+        }
+        if (!graph_warned && !trainer.graph_failure().empty()) {
+            fmt::print(stderr, "Warning: {}; training goes on with plain launches (as --no-graph).\n",
+                       trainer.graph_failure());
+            graph_warned = true;
         }
         const int steps = trainer.steps_per_epoch();
         fmt::print("{}/{} [==============================] - {} {:.0f}us/step - loss: {:.4f} - accuracy: {:.4f} - "

@@ -301,9 +301,9 @@ def main():
     load = list(os.getloadavg())
     print(f"PyTorch {torch.__version__} bench: 784-512-256-10 relu, dropout {DROPOUT}, Adam; {a.dataset} from "
           f"{os.path.join(a.data, a.dataset)}")
+    adam = make_adam(make_model(x.shape[1], classes, a.seed).to(device), device)[1]  # which Adam this PyTorch has
     if device.type == "cuda":
-        print(f"  device {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), Adam "
-              f"{make_adam(make_model(x.shape[1], classes, a.seed).to(device), device)[1]}", flush=True)
+        print(f"  device {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), Adam {adam}", flush=True)
     print(f"  {a.warmup} warm-up, then {a.steps} timed steps per batch size; {cpu}, {threads} threads "
           f"(of {cores} cores), OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset (libgomp default)')}, "
           f"BLAS {'/'.join(sorted(blas_flavours())) or 'unknown'}, "
@@ -338,8 +338,8 @@ def main():
             "blas": sorted(blas_flavours()),
             "device": device.type,
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "adam": make_adam(make_model(x.shape[1], classes, a.seed).to(device), device)[1],
-            "adam_foreach": device.type != "cuda",
+            "adam": adam,
+            "adam_foreach": adam == "foreach",
             "libraries": loaded_blas(),
             "model": "784-512-256-10 relu, dropout 0.2",
             "optimizer": "adam (lr 0.001, beta1 0.9, beta2 0.999, epsilon 1e-07)",

@@ -680,6 +680,22 @@ else
   skip_section 4 "selftest" 04-selftest.txt "$gpu_skip_reason"
 fi
 
+# The sections that train: when MNIST or the cumnist binary is missing, finish the section as FAIL
+# saying which, and return 0; return 1 when both are there.
+inputs_missing() {
+  local missing
+  if missing="$(mnist_missing)"; then
+    echo "$no_data_note ($missing missing)" >>"$SEC_FILE"
+    finish FAIL "$no_data_note"
+    return 0
+  fi
+  if [ ! -e "$cumnist_bin" ]; then
+    finish FAIL "cumnist not found at $cumnist_bin"
+    return 0
+  fi
+  return 1
+}
+
 # --- 5. bench -------------------------------------------------------------------------------------
 graph_line=""
 bench_device=cpu
@@ -687,12 +703,7 @@ bench_device=cpu
 begin 5 "bench ($bench_device)" 05-bench.txt
 also_file bench.json
 rm -f "$out_dir/bench.json"
-if missing="$(mnist_missing)"; then
-  echo "$no_data_note ($missing missing)" >>"$SEC_FILE"
-  finish FAIL "$no_data_note"
-elif [ ! -e "$cumnist_bin" ]; then
-  finish FAIL "cumnist not found at $cumnist_bin"
-else
+if ! inputs_missing; then
   run_cmd 240 "$SEC_FILE" "$cumnist_cmd" bench --device "$bench_device" --data "$data_dir" \
     ${bench_args[@]+"${bench_args[@]}"} --json "$out_dir/bench.json"
   rc="$RC"; rc_text="$RC_TEXT"
@@ -724,12 +735,7 @@ if [ "$gpu_run" = 1 ]; then
   begin 6 "GPU training ($epochs epochs)" 06-train.txt
   also_file metrics.jsonl
   rm -f "$out_dir/metrics.jsonl"
-  if missing="$(mnist_missing)"; then
-    echo "$no_data_note ($missing missing)" >>"$SEC_FILE"
-    finish FAIL "$no_data_note"
-  elif [ ! -e "$cumnist_bin" ]; then
-    finish FAIL "cumnist not found at $cumnist_bin"
-  else
+  if ! inputs_missing; then
     run_cmd 240 "$SEC_FILE" "$cumnist_cmd" train --device gpu --epochs "$epochs" --data "$data_dir" \
       --metrics-out "$out_dir/metrics.jsonl"
     rc="$RC"; rc_text="$RC_TEXT"

@@ -1,4 +1,4 @@
-// Host-side control of the CUDA backend (src/cuda_host.h): device discovery, the lazily created
+// Host-side control of the CUDA backend (src/core/cuda_host.h): device discovery, the lazily created
 // Context, device and pinned memory, synchronous copies, TF32, CUDA Graph capture, the streaming
 // path's copy stream and event timers.
 // No numeric op lives here.
@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "cuda_common.cuh"
-#include "cuda_host.h"
+#include "core/cuda_host.h"
 
 namespace cumnist::cuda {
 

@@ -2,7 +2,7 @@
 // GPU control call throws "built without CUDA support"; unavailable_reason() says so, and the
 // release functions, constructors and destructors do nothing, so CPU-only runs are unaffected.
 #include "backend.h"
-#include "cuda_host.h"
+#include "core/cuda_host.h"
 #include "cumnist/error.h"
 
 namespace cumnist::cuda {

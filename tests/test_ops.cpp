@@ -20,7 +20,7 @@
 
 #include <gtest/gtest.h>
 
-#include "cuda_host.h"
+#include "core/cuda_host.h"
 #include "cumnist/buffer.h"
 #include "cumnist/device.h"
 #include "cumnist/error.h"

@@ -17,7 +17,7 @@
 #include <new>
 #include <thread>
 
-#include "cuda_host.h"
+#include "core/cuda_host.h"
 #include "cumnist/data.h"
 #include "cumnist/loader.h"
 #include "cumnist/selftest.h"

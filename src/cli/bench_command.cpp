@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "cli_common.h"
-#include "cuda_host.h"
+#include "core/cuda_host.h"
 #include "cumnist/bench.h"
 #include "cumnist/data.h"
 #include "cumnist/trainer.h"

@@ -7,7 +7,7 @@
 #include <cstring>
 #include <optional>
 
-#include "cuda_host.h"
+#include "core/cuda_host.h"
 #include "cumnist/loader.h"
 
 namespace cumnist {

@@ -11,7 +11,7 @@
 
 #include "cumnist/buffer.h"
 #include "cumnist/device.h"
-#include "cuda_host.h"
+#include "core/cuda_host.h"
 
 namespace cumnist {
 

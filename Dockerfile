@@ -26,7 +26,9 @@ RUN ctest --test-dir build --output-on-failure -j "$(nproc)" -E 'EndToEnd|python
 RUN ldd build/cumnist | awk '/=> \//{print $3}' | xargs -r realpath | xargs -r dpkg -S 2>/dev/null \
         | cut -d: -f1 | sort -u > /runtime-packages.txt && cat /runtime-packages.txt
 
-FROM nvidia/cuda:13.0.2-runtime-ubuntu24.04 AS runtime
+# The cuDNN runtime image: libcudnn.so.9 loads its engine libraries at run time, so the whole
+# cuDNN runtime must be there, not only what ldd names.
+FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS runtime
 ENV DEBIAN_FRONTEND=noninteractive
 COPY --from=build /runtime-packages.txt /tmp/
 RUN apt-get update && xargs -a /tmp/runtime-packages.txt apt-get install -y --no-install-recommends \

@@ -1,6 +1,8 @@
 // Internal to the CUDA backend (kernels/*.cu only): error macros that throw cumnist::Error, RAII
-// owners for CUDA/cuBLAS resources, the process-wide Context (device, compute stream, cuBLAS
+// owners for CUDA/cuBLAS/cuDNN resources, the process-wide Context (device, compute stream, cuBLAS
 // handle and its workspace) and launch-geometry helpers. Not a public header: it includes CUDA.
+// (The cuDNN handle is not part of Context: kernels/conv.cu creates it on first use of a
+// convolution, so that runs without convolutions never load cuDNN's sub-libraries.)
 #pragma once
 
 #include <cstddef>
@@ -9,6 +11,7 @@
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <cudnn.h>
 
 #include "cumnist/error.h"
 
@@ -47,6 +50,16 @@ inline bool is_sticky(cudaError_t err) {
                             cublasGetStatusString(status), expr, file, line));
 }
 
+[[noreturn]] inline void throw_cudnn_error(cudnnStatus_t status, const char* expr, const char* file, int line) {
+    // cuDNN 9 also keeps a message about the last error of this thread, which often names the
+    // offending parameter; reported after the status.
+    char detail[512] = {};
+    cudnnGetLastErrorString(detail, sizeof detail);
+    throw Error(fmt::format("cuDNN error {} ({}) in '{}' at {}:{}{}{}", cudnnGetErrorString(status),
+                            static_cast<int>(status), expr, file, line, detail[0] != '\0' ? "; cuDNN says: " : "",
+                            detail));
+}
+
 }  // namespace cumnist::cuda::detail
 
 // CUDA_CHECK(cudaCall(...)): throws cumnist::Error naming the call, file:line and CUDA's message.
@@ -63,6 +76,14 @@ inline bool is_sticky(cudaError_t err) {
         const cublasStatus_t cumnist_cublas_status_ = (expr);                                          \
         if (cumnist_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                           \
             ::cumnist::cuda::detail::throw_cublas_error(cumnist_cublas_status_, #expr, __FILE__, __LINE__); \
+    } while (0)
+
+// CUDNN_CHECK(cudnnCall(...)): the same for cuDNN status codes (cudnnGetErrorString's name).
+#define CUDNN_CHECK(expr)                                                                            \
+    do {                                                                                             \
+        const cudnnStatus_t cumnist_cudnn_status_ = (expr);                                          \
+        if (cumnist_cudnn_status_ != CUDNN_STATUS_SUCCESS)                                           \
+            ::cumnist::cuda::detail::throw_cudnn_error(cumnist_cudnn_status_, #expr, __FILE__, __LINE__); \
     } while (0)
 
 // After every kernel launch: a bad configuration or a missing kernel image is reported here, at
@@ -122,6 +143,9 @@ struct GraphExecTraits {
 struct CublasTraits {
     static void destroy(cublasHandle_t h) noexcept { (void)cublasDestroy(h); }
 };
+struct CudnnTraits {
+    static void destroy(cudnnHandle_t h) noexcept { (void)cudnnDestroy(h); }
+};
 struct DeviceMemoryTraits {
     static void destroy(void* p) noexcept { (void)cudaFree(p); }
 };
@@ -132,6 +156,7 @@ using Event = Owned<cudaEvent_t, detail::EventTraits>;
 using Graph = Owned<cudaGraph_t, detail::GraphTraits>;
 using GraphExec = Owned<cudaGraphExec_t, detail::GraphExecTraits>;
 using CublasHandle = Owned<cublasHandle_t, detail::CublasTraits>;
+using CudnnHandle = Owned<cudnnHandle_t, detail::CudnnTraits>;
 using DeviceMemory = Owned<void*, detail::DeviceMemoryTraits>;
 
 inline Event make_event(unsigned flags = cudaEventDefault) {

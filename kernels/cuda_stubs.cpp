@@ -26,7 +26,30 @@ void act_dropout_backward(float*, const float*, const float*, int, int, Activati
     no_cuda();
 }
 
+void act_dropout_forward(float*, const float*, int, int, Activation, float, uint32_t, uint64_t, uint32_t, bool,
+                         const uint64_t*) {
+    no_cuda();
+}
+
 void bias_grad(float*, const float*, int, int) { no_cuda(); }
+
+std::size_t conv2d_workspace_bytes(const Conv2dGeometry&) { no_cuda(); }
+
+void conv2d_forward(float*, const float*, const float*, const float*, const Conv2dGeometry&, void*, std::size_t) {
+    no_cuda();
+}
+
+void conv2d_backward_data(float*, const float*, const float*, const Conv2dGeometry&, void*, std::size_t) { no_cuda(); }
+
+void conv2d_backward_filter(float*, const float*, const float*, const Conv2dGeometry&, void*, std::size_t) {
+    no_cuda();
+}
+
+void channel_bias_grad(float*, const float*, int, int, int) { no_cuda(); }
+
+void maxpool2d_forward(float*, int32_t*, const float*, const Pool2dGeometry&) { no_cuda(); }
+
+void maxpool2d_backward(float*, const float*, const int32_t*, const Pool2dGeometry&) { no_cuda(); }
 
 void softmax_xent(float*, float*, float*, const float*, const uint8_t*, int, int, float) { no_cuda(); }
 

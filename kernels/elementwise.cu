@@ -1,5 +1,5 @@
 // Elementwise CUDA ops: the fused layer epilogue (bias + activation + dropout) and its backward,
-// uint8 → float conversion, the device-side counter increment and fill_zero. The dropout mask
+// the standalone activation/dropout layer, uint8 → float conversion, the device-side counter increment and fill_zero. The dropout mask
 // comes from philox.h's dropout_keep(), so CPU and GPU drop exactly the same elements.
 #include "backend.h"
 #include "cuda_common.cuh"
@@ -9,20 +9,25 @@ namespace cumnist::cuda {
 
 namespace {
 
-// act(x): relu(x) = max(x, 0);  sigmoid(x) = 1 / (1 + e^−x);  none(x) = x.
+// act(x): relu(x) = max(x, 0);  sigmoid(x) = 1 / (1 + e^−x);  tanh(x);  none(x) = x.
 template <Activation kAct>
 __device__ __forceinline__ float activate(float x) {
     if constexpr (kAct == Activation::Relu) return x > 0.0f ? x : 0.0f;
     else if constexpr (kAct == Activation::Sigmoid) return 1.0f / (1.0f + expf(-x));
+    else if constexpr (kAct == Activation::Tanh) return tanhf(x);
     else return x;
 }
 
-// act'(x) written in terms of the activation's output a = act(x): sigmoid' = a (1 − a), none' = 1.
-// (ReLU's backward reads the dropout output instead: relu_dropout_backward_kernel.)
+// act'(x) written in terms of the activation's output a = act(x): sigmoid' = a (1 − a),
+// tanh' = 1 − a², none' = 1. (ReLU's backward reads the dropout output instead:
+// relu_dropout_backward_kernel.) tanh' multiplies with __fmul_rn so that nvcc cannot contract
+// 1 − a·a into an FMA: it rounds a·a, then the difference, exactly as the CPU (built with
+// -ffp-contract=off) does, so both backends give the same derivative for the same a.
 template <Activation kAct>
 __device__ __forceinline__ float activation_derivative(float a) {
     static_assert(kAct != Activation::Relu, "ReLU's backward is relu_dropout_backward_kernel");
     if constexpr (kAct == Activation::Sigmoid) return a * (1.0f - a);
+    else if constexpr (kAct == Activation::Tanh) return 1.0f - __fmul_rn(a, a);
     else return 1.0f;
 }
 
@@ -47,9 +52,25 @@ static __global__ void bias_act_dropout_kernel(float* h, float* a, const float* 
     }
 }
 
+// y (n, cols) = act(x);  then y ← keep(i) ? y · scale : 0  (kDropout), with i the flat row-major
+// index r·cols + c, the index bias_act_dropout_kernel draws element (r, c)'s keep bit with, so both
+// layers (and the CPU) drop the same elements. y may alias x only when !kDropout: each element is
+// read, then written, by the same thread.
+template <Activation kAct, bool kDropout>
+static __global__ void act_dropout_kernel(float* y, const float* x, std::size_t total, float scale,
+                                          uint32_t keep_threshold, uint64_t seed, uint32_t stream,
+                                          const uint64_t* __restrict__ step) {
+    const uint64_t t = kDropout ? *step : 0;  // the step counter is read only when dropout is active
+    for (std::size_t i = grid_thread_index(); i < total; i += grid_stride()) {
+        const float a = activate<kAct>(x[i]);
+        if constexpr (kDropout) y[i] = dropout_keep(seed, stream, t, i, keep_threshold) ? a * scale : 0.0f;
+        else y[i] = a;
+    }
+}
+
 // g = dh · act'(a);  dpre = keep(i) ? g · scale : 0  (kDropout),  dpre = g  (otherwise).
 // Same operation order as the CPU backend. dpre may alias dh: each element is read, then written,
-// by the same thread. (Sigmoid and none; ReLU has relu_dropout_backward_kernel.)
+// by the same thread. (Sigmoid, tanh and none; ReLU has relu_dropout_backward_kernel.)
 template <Activation kAct, bool kDropout>
 static __global__ void act_dropout_backward_kernel(float* dpre, const float* dh, const float* __restrict__ a,
                                                    std::size_t total, float scale, uint32_t keep_threshold,
@@ -95,6 +116,14 @@ void launch_backward(float* dpre, const float* dh, const float* a, std::size_t t
     CUMNIST_CHECK_LAUNCH();
 }
 
+template <Activation kAct, bool kDropout>
+void launch_act_dropout(float* y, const float* x, std::size_t total, float scale, uint32_t keep_threshold,
+                        uint64_t seed, uint32_t stream, const uint64_t* step) {
+    act_dropout_kernel<kAct, kDropout><<<grid_for(total), kBlockSize, 0, context().stream()>>>(
+        y, x, total, scale, keep_threshold, seed, stream, step);
+    CUMNIST_CHECK_LAUNCH();
+}
+
 // Exactly the CPU's inverted-dropout scale: 1 / (1 − rate) in float, computed on the host.
 float dropout_scale(float rate) { return 1.0f / (1.0f - rate); }
 
@@ -115,6 +144,10 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
         if (dropout) launch_forward<Activation::Sigmoid, true>(h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
         else launch_forward<Activation::Sigmoid, false>(h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
         break;
+    case Activation::Tanh:
+        if (dropout) launch_forward<Activation::Tanh, true>(h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
+        else launch_forward<Activation::Tanh, false>(h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
+        break;
     case Activation::None:
         if (dropout) launch_forward<Activation::None, true>(h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
         else launch_forward<Activation::None, false>(h, a, bias, n, cols, scale, keep_threshold, seed, stream, step);
@@ -128,7 +161,7 @@ void act_dropout_backward(float* dpre, const float* dh, const float* saved, int 
     const std::size_t total = static_cast<std::size_t>(n) * static_cast<std::size_t>(cols);
     if (total == 0) return;
     const float scale = dropout ? dropout_scale(rate) : 1.0f;
-    const float* a = saved;  // sigmoid, none: the activation before dropout
+    const float* a = saved;  // sigmoid, tanh, none: the activation before dropout
     switch (act) {
     case Activation::Relu:  // saved is the forward's output h
         relu_dropout_backward_kernel<<<grid_for(total), kBlockSize, 0, context().stream()>>>(dpre, dh, saved, total,
@@ -139,9 +172,38 @@ void act_dropout_backward(float* dpre, const float* dh, const float* saved, int 
         if (dropout) launch_backward<Activation::Sigmoid, true>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
         else launch_backward<Activation::Sigmoid, false>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
         break;
+    case Activation::Tanh:
+        if (dropout) launch_backward<Activation::Tanh, true>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+        else launch_backward<Activation::Tanh, false>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+        break;
     case Activation::None:
         if (dropout) launch_backward<Activation::None, true>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
         else launch_backward<Activation::None, false>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+        break;
+    }
+}
+
+void act_dropout_forward(float* y, const float* x, int n, int cols, Activation act, float rate, uint32_t keep_threshold,
+                         uint64_t seed, uint32_t stream, bool dropout, const uint64_t* step) {
+    const std::size_t total = static_cast<std::size_t>(n) * static_cast<std::size_t>(cols);
+    if (total == 0) return;
+    const float scale = dropout ? dropout_scale(rate) : 1.0f;
+    switch (act) {
+    case Activation::Relu:
+        if (dropout) launch_act_dropout<Activation::Relu, true>(y, x, total, scale, keep_threshold, seed, stream, step);
+        else launch_act_dropout<Activation::Relu, false>(y, x, total, scale, keep_threshold, seed, stream, step);
+        break;
+    case Activation::Sigmoid:
+        if (dropout) launch_act_dropout<Activation::Sigmoid, true>(y, x, total, scale, keep_threshold, seed, stream, step);
+        else launch_act_dropout<Activation::Sigmoid, false>(y, x, total, scale, keep_threshold, seed, stream, step);
+        break;
+    case Activation::Tanh:
+        if (dropout) launch_act_dropout<Activation::Tanh, true>(y, x, total, scale, keep_threshold, seed, stream, step);
+        else launch_act_dropout<Activation::Tanh, false>(y, x, total, scale, keep_threshold, seed, stream, step);
+        break;
+    case Activation::None:
+        if (dropout) launch_act_dropout<Activation::None, true>(y, x, total, scale, keep_threshold, seed, stream, step);
+        else launch_act_dropout<Activation::None, false>(y, x, total, scale, keep_threshold, seed, stream, step);
         break;
     }
 }

@@ -2,8 +2,18 @@
 """The peer benchmark: cumnist's model, initialisation, optimizer and batch sizes in PyTorch on the
 CPU, configured to be as fast as PyTorch gets here, measured the way `cumnist bench` measures.
 
-Model 784-512-256-10 (ReLU, dropout 0.2 after each hidden layer), Glorot-uniform weights, zero
-biases, Adam (lr 1e-3, betas 0.9/0.999, eps 1e-7), softmax cross-entropy. The data set is read
+The model is --model as cumnist takes it: mlp (default: 784-512-256-10, ReLU, dropout 0.2 after
+each hidden layer), cnn (cumnist's preset, conv32k3same,relu,pool2,conv64k3same,relu,pool2,flatten,
+dropout0.25,dense128,relu,dropout0.5,dense10) or a layer string: comma-separated dense<units>,
+conv<filters>k<k>[x<kw>][s<stride>][same], pool<k>[x<kw>][s<stride>], flatten, dropout<rate>, relu,
+sigmoid, tanh (parsed by scripts/load_checkpoint.py, which also reads these models from cumnist's
+checkpoints). Built as one torch.nn.Sequential with cumnist's layouts: NCHW activations (the
+flat images unflattened to 1x28x28 before the first convolution), conv weights (out, in, kh, kw),
+flatten in (c, h, w) order, max pooling without padding; padding "same" is SAME_UPPER (out =
+ceil(in / stride), the odd row or column after): Conv2d's own padding when it is symmetric, else
+an explicit zero pad (nn.ZeroPad2d, i.e. F.pad) before an unpadded Conv2d. Glorot-uniform weights
+(for a convolution fan_in = in·kh·kw, fan_out = out·kh·kw), zero biases, Adam (lr 1e-3, betas
+0.9/0.999, eps 1e-7), softmax cross-entropy. The data set is read
 from cumnist's data folder (IDX files, raw or .gz) with numpy and held in memory as float tensors;
 each batch is a slice of a random permutation. Per configuration: warm-up steps, then timed steps
 (time.perf_counter, a monotonic clock, around each step); samples/s from the sum of the step times.
@@ -17,8 +27,9 @@ PyTorch's spinning OpenMP threads would otherwise fight (about 3x slower); libgo
 the OpenMP OpenBLAS (libopenblas0-openmp), where PASSIVE is 1.2-1.7x slower. An
 OMP_WAIT_POLICY in the environment is respected.
 
-Usage: scripts/bench_pytorch.py [--batch-sizes 32,128,256,1024] [--steps 1000] [--warmup 20]
-                                [--threads N] [--json FILE] [--data DIR] [--dataset mnist]
+Usage: scripts/bench_pytorch.py [--model mlp|cnn|LAYERS] [--batch-sizes 32,128,256,1024] [--steps 1000]
+                                [--warmup 20] [--threads N] [--json FILE] [--data DIR] [--dataset mnist]
+                                [--device cpu|cuda]
 Needs python3-torch and python3-numpy (Debian); scripts/compare.sh installs them when missing.
 """
 
@@ -66,6 +77,11 @@ except ImportError:
     sys.exit(f"bench_pytorch: PyTorch is not installed for {sys.executable}: "
              "apt-get install python3-torch (scripts/compare.sh does this)")
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # scripts/, for the model parser
+sys.dont_write_bytecode = True  # no __pycache__ in scripts/
+from load_checkpoint import ModelError, conv_padding, describe, layer_macs, layer_string, parse_model, shapes  # noqa: E402
+
+# --model mlp: cumnist bench's MLP (its --hidden and --dropout defaults, ReLU)
 HIDDEN = (512, 256)
 DROPOUT = 0.2
 
@@ -105,35 +121,56 @@ def load_split(data_dir, dataset, prefix):
     labels = read_idx(find(f"{prefix}-labels-idx1-ubyte"))
     x = torch.from_numpy(images.reshape(images.shape[0], -1).astype(np.float32) / 255.0)
     y = torch.from_numpy(labels.astype(np.int64))
-    return x, y
+    return (x, y), tuple(images.shape[1:])
 
 
-def make_model(inputs, classes, seed):
+ACTIVATION_MODULES = {"relu": torch.nn.ReLU, "sigmoid": torch.nn.Sigmoid, "tanh": torch.nn.Tanh}
+
+
+def make_model(spec, seed):
+    """spec ({"input", "classes", "layers"}, as parse_model returns) as a torch.nn.Sequential taking
+    the flat images (n, c·h·w)."""
     torch.manual_seed(seed)
-    layers, width = [], inputs
-    for h in HIDDEN:
-        layers += [torch.nn.Linear(width, h), torch.nn.ReLU(), torch.nn.Dropout(DROPOUT)]
-        width = h
-    layers.append(torch.nn.Linear(width, classes))
+    layers, shape = [], tuple(spec["input"])
+    if any(l["type"] in ("conv2d", "maxpool2d") for l in spec["layers"]):
+        layers.append(torch.nn.Unflatten(1, shape))  # (n, c·h·w) -> (n, c, h, w)
+    for l, out in zip(spec["layers"], shapes(spec)):
+        t = l["type"]
+        if t == "dense":
+            layers.append(torch.nn.Linear(shape[0] * shape[1] * shape[2], l["units"]))
+        elif t == "conv2d":
+            (top, bottom), (left, right) = conv_padding(l, shape)
+            padding = (top, left)
+            if (top, left) != (bottom, right):  # SAME_UPPER with an odd total: the extra row/column after
+                layers.append(torch.nn.ZeroPad2d((left, right, top, bottom)))  # F.pad's order: w, then h
+                padding = (0, 0)
+            layers.append(torch.nn.Conv2d(shape[0], l["filters"], tuple(l["kernel"]), stride=tuple(l["stride"]),
+                                          padding=padding))
+        elif t == "maxpool2d":
+            layers.append(torch.nn.MaxPool2d(tuple(l["pool"]), stride=tuple(l["stride"])))
+        elif t == "flatten":
+            layers.append(torch.nn.Flatten())  # (c, h, w) order, as cumnist
+        elif t == "dropout":
+            layers.append(torch.nn.Dropout(l["rate"]))
+        else:
+            layers.append(ACTIVATION_MODULES[l["activation"]]())
+        shape = out
     model = torch.nn.Sequential(*layers)
     for m in model:
-        if isinstance(m, torch.nn.Linear):
-            torch.nn.init.xavier_uniform_(m.weight)  # Glorot uniform, as Keras and cumnist
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+            # Glorot uniform, as Keras and cumnist (for a convolution, fans times kh·kw)
+            torch.nn.init.xavier_uniform_(m.weight)
             torch.nn.init.zeros_(m.bias)
     return model
 
 
-def layer_dims(inputs, classes):
-    dims = (inputs,) + HIDDEN + (classes,)
-    return list(zip(dims[:-1], dims[1:]))
-
-
-def training_step_flops(inputs, classes, n):
-    """GEMM FLOPs of one training step, as cumnist counts them (include/cumnist/bench.h):
-    6·n·Σ in·out − 2·n·in_0·out_0 (forward, dW, dX except the first layer's input gradient)."""
-    layers = layer_dims(inputs, classes)
-    macs = sum(i * o for i, o in layers)
-    return n * (6 * macs - 2 * layers[0][0] * layers[0][1])
+def training_step_flops(spec, n):
+    """GEMM FLOPs of one training step, as cumnist counts them (include/cumnist/bench.h), from the
+    multiply-adds per image of each layer with parameters (in·out for a dense layer,
+    out_h·out_w·filters·in·kh·kw for a convolution): 6·n·Σ macs − 2·n·macs_0 (forward, dW, dX
+    except the first layer's input gradient)."""
+    macs = layer_macs(spec)
+    return n * (6 * sum(macs) - 2 * macs[0])
 
 
 def quantile(values, q):
@@ -160,8 +197,8 @@ def make_adam(model, device):
     return torch.optim.Adam(model.parameters(), foreach=True, **kwargs), "foreach"
 
 
-def bench_training(x, y, batch, steps, warmup, seed, classes, device):
-    model = make_model(x.shape[1], classes, seed).to(device)
+def bench_training(x, y, batch, steps, warmup, seed, spec, device):
+    model = make_model(spec, seed).to(device)
     model.train()
     opt, _ = make_adam(model, device)
     n = x.shape[0]
@@ -200,7 +237,7 @@ def bench_training(x, y, batch, steps, warmup, seed, classes, device):
         synchronize(device)
         seconds = time.perf_counter() - t0
     sps = steps * batch / seconds
-    flops = training_step_flops(x.shape[1], classes, batch)
+    flops = training_step_flops(spec, batch)
     return {
         "device": device.type,
         "batch": batch,
@@ -216,8 +253,8 @@ def bench_training(x, y, batch, steps, warmup, seed, classes, device):
     }
 
 
-def bench_inference(x, y, seed, classes, batch, repeats, device):
-    model = make_model(x.shape[1], classes, seed).to(device)
+def bench_inference(x, y, seed, spec, batch, repeats, device):
+    model = make_model(spec, seed).to(device)
     model.eval()
 
     def one_pass():
@@ -235,7 +272,7 @@ def bench_inference(x, y, seed, classes, batch, repeats, device):
         one_pass()
     synchronize(device)
     seconds = time.perf_counter() - t0
-    macs = sum(i * o for i, o in layer_dims(x.shape[1], classes))
+    macs = sum(layer_macs(spec))
     return {
         "device": device.type,
         "samples": x.shape[0],
@@ -259,6 +296,9 @@ def loaded_blas():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="mlp",
+                   help="mlp (784-512-256-10 relu, dropout 0.2), cnn (cumnist's preset) or a layer string as "
+                        "cumnist's --model takes it, e.g. conv8k3same,relu,pool2,flatten,dense10")
     p.add_argument("--batch-sizes", default="32,128,256,1024")
     p.add_argument("--steps", type=int, default=1000, help="timed steps per batch size")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps before timing")
@@ -286,9 +326,16 @@ def main():
     threads = a.threads or cores
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
-    x, y = (t.to(device) for t in load_split(a.data, a.dataset, "train"))
-    xt, yt = (t.to(device) for t in load_split(a.data, a.dataset, "t10k"))
+    (x, y), image_shape = load_split(a.data, a.dataset, "train")
+    x, y = x.to(device), y.to(device)
+    (xt, yt), _ = load_split(a.data, a.dataset, "t10k")
+    xt, yt = xt.to(device), yt.to(device)
     classes = 10
+    try:
+        spec = parse_model(a.model, (1, *image_shape), classes, HIDDEN, "relu", DROPOUT)
+    except ModelError as e:
+        sys.exit(f"bench_pytorch: --model: {e}")
+    model_text = describe(spec)
     if max(batches) > x.shape[0]:
         sys.exit(f"bench_pytorch: batch {max(batches)} is larger than the training set ({x.shape[0]})")
 
@@ -299,9 +346,9 @@ def main():
     except (OSError, StopIteration):
         pass
     load = list(os.getloadavg())
-    print(f"PyTorch {torch.__version__} bench: 784-512-256-10 relu, dropout {DROPOUT}, Adam; {a.dataset} from "
+    print(f"PyTorch {torch.__version__} bench: {model_text}, Adam; {a.dataset} from "
           f"{os.path.join(a.data, a.dataset)}")
-    adam = make_adam(make_model(x.shape[1], classes, a.seed).to(device), device)[1]  # which Adam this PyTorch has
+    adam = make_adam(make_model(spec, a.seed).to(device), device)[1]  # which Adam this PyTorch has
     if device.type == "cuda":
         print(f"  device {torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), Adam {adam}", flush=True)
     print(f"  {a.warmup} warm-up, then {a.steps} timed steps per batch size; {cpu}, {threads} threads "
@@ -311,13 +358,13 @@ def main():
 
     training, inference = [], []
     for i, b in enumerate(batches):
-        r = bench_training(x, y, b, a.steps, a.warmup, a.seed, classes, device)
+        r = bench_training(x, y, b, a.steps, a.warmup, a.seed, spec, device)
         training.append(r)
         print(f"[{i + 1}/{len(batches)}] {device.type:<4} batch {b:>5}: {r['samples_per_second']:>9,.0f} samples/s, "
               f"{r['ms_per_step_median']:.3f} ms/step (p90 {r['ms_per_step_p90']:.3f}), {r['gflops']:.1f} GFLOP/s",
               file=sys.stderr, flush=True)
     if a.eval_repeats > 0:
-        inference.append(bench_inference(xt, yt, a.seed, classes, a.eval_batch, a.eval_repeats, device))
+        inference.append(bench_inference(xt, yt, a.seed, spec, a.eval_batch, a.eval_repeats, device))
 
     print(f"\nTraining ({a.steps} timed steps after {a.warmup} warm-up)")
     print(f"{'device':<6} {'batch':>6} {'samples/s':>11} {'ms/step':>10} {'p90 ms':>10} {'s/epoch':>9} {'GFLOP/s':>9}")
@@ -341,7 +388,9 @@ def main():
             "adam": adam,
             "adam_foreach": adam == "foreach",
             "libraries": loaded_blas(),
-            "model": "784-512-256-10 relu, dropout 0.2",
+            "model": model_text,
+            "layers": layer_string(spec["layers"]),
+            "parameters": sum(t.numel() for t in make_model(spec, a.seed).parameters()),
             "optimizer": "adam (lr 0.001, beta1 0.9, beta2 0.999, epsilon 1e-07)",
             "dataset": a.dataset,
             "warmup": a.warmup,

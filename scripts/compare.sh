@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # cumnist against PyTorch on this machine's CPU, side by side: runs `cumnist bench --device cpu`
-# and scripts/bench_pytorch.py with the same batch sizes, steps and threads, then prints
+# and scripts/bench_pytorch.py with the same model, batch sizes, steps and threads, then prints
 # samples/s per batch size and their ratio. Installs python3-torch (large) when it is missing.
-# Usage: scripts/compare.sh [--batch-sizes 32,128,256,1024] [--steps N] [--warmup N] [--threads N]
-#                           [--out DIR]   (both JSON results are kept in DIR; default build/compare)
+# Usage: scripts/compare.sh [--model mlp|cnn|LAYERS] [--batch-sizes 32,128,256,1024] [--steps N]
+#                           [--warmup N] [--threads N] [--out DIR]
+#   --model: as cumnist's (default mlp, 784-512-256-10); both JSON results are kept in DIR
+#   (default build/compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+model=mlp
 batch_sizes=32,128,256,1024
 steps=1000
 warmup=20
@@ -15,9 +18,10 @@ build_dir="${CUMNIST_BUILD_DIR:-build}"
 out_dir="$build_dir/compare"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --batch-sizes|--steps|--warmup|--threads|--out)
+    --model|--batch-sizes|--steps|--warmup|--threads|--out)
       [ $# -ge 2 ] || { echo "compare: $1 needs a value" >&2; exit 2; }
       case "$1" in
+        --model) model="$2" ;;
         --batch-sizes) batch_sizes="$2" ;;
         --steps) steps="$2" ;;
         --warmup) warmup="$2" ;;
@@ -25,7 +29,7 @@ while [ $# -gt 0 ]; do
         --out) out_dir="$2" ;;
       esac
       shift 2 ;;
-    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -48,7 +52,7 @@ fi
 scripts/fetch_data.sh mnist >/dev/null
 
 mkdir -p "$out_dir"
-common=(--batch-sizes "$batch_sizes" --steps "$steps" --warmup "$warmup" --threads "$threads")
+common=(--model "$model" --batch-sizes "$batch_sizes" --steps "$steps" --warmup "$warmup" --threads "$threads")
 
 echo "== cumnist =="
 "$build_dir/cumnist" bench --device cpu "${common[@]}" --json "$out_dir/cumnist.json"
@@ -67,6 +71,11 @@ m = ours["machine"]
 print(f"cumnist vs PyTorch {peer['torch_version']}, CPU training, {ours['steps']} steps after "
       f"{ours['warmup']} warm-up; "
       f"{m['cpu']}, {m['threads']} threads; PyTorch OMP_WAIT_POLICY={peer['omp_wait_policy'] or 'default'}")
+def model(r):
+    return r.get("model", "?") + (f" ({r['parameters']:,} parameters)" if "parameters" in r else "")
+print(f"model: {model(ours)}")
+if model(peer) != model(ours):
+    print(f"warning: the two runs trained different models: cumnist {model(ours)}, PyTorch {model(peer)}")
 print(f"{'batch':>6} | {'cumnist samples/s':>17} | {'PyTorch samples/s':>17} | {'ratio':>6}")
 print(f"{'-' * 6}-+-{'-' * 17}-+-{'-' * 17}-+-{'-' * 6}")
 for r in ours["training"]:

@@ -17,8 +17,9 @@
 #   the NVIDIA driver's libcuda) other than the cuBLAS libraries, which env.sh finds at run time.
 #
 # Layout: bin/cumnist and bin/cumnist_tests (RUNPATH $ORIGIN/../lib), lib/ (every non-system
-# library they need, libcudart included; not cuBLAS, hundreds of MB, which every CUDA install
-# has), scripts/, env.sh (finds cuBLAS and says where, sets LD_LIBRARY_PATH and CUMNIST_EXE),
+# library they need, libcudart included; not cuBLAS and cuDNN, hundreds of MB, which CUDA and
+# PyTorch installs have; libcudnn.so.9 also loads its engine libraries from its own folder at run
+# time), scripts/, env.sh (finds cuBLAS and cuDNN and says where, sets LD_LIBRARY_PATH and CUMNIST_EXE),
 # cumnist (a launcher: env.sh, then bin/cumnist).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ root="$(pwd)"
 
 # Libraries every target machine provides, and those the package leaves to the CUDA install.
 system_re='^(linux-vdso\.so|ld-linux-x86-64\.so|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libcuda\.so)'
-runtime_re='^(libcublas\.so|libcublasLt\.so)'
+runtime_re='^(libcublas\.so|libcublasLt\.so|libcudnn\.so)'
 
 check_package() {
   local pkg="$1" bad=0 file lib target
@@ -118,20 +119,34 @@ cat > "$pkg/env.sh" <<'ENV'
 # places and says which it uses; sets CUMNIST_EXE for the test binary's command-line tests.
 cumnist_pkg="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")" && pwd)"
 export CUMNIST_EXE="$cumnist_pkg/bin/cumnist"
-cumnist_cublas=""
-for d in ${CUDA_HOME:+"$CUDA_HOME/lib64"} ${CUDA_PATH:+"$CUDA_PATH/lib64"} /usr/local/cuda/lib64 \
-         /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13*/lib64 /usr/local/cuda-13*/targets/x86_64-linux/lib \
-         /usr/lib/x86_64-linux-gnu /usr/lib64 /opt/conda/lib \
-         $(python3 -c 'import site, glob; print(" ".join(d for p in site.getsitepackages() for d in glob.glob(p + "/nvidia/*/lib") + glob.glob(p + "/nvidia/cu13/lib")))' 2>/dev/null); do
-  if [ -e "$d/libcublas.so.13" ] && [ -e "$d/libcublasLt.so.13" ]; then cumnist_cublas="$d"; break; fi
-done
-# The package's own libraries first (LD_LIBRARY_PATH outranks the executables' RUNPATH), then cuBLAS.
+# Where the CUDA 13 libraries usually are: a toolkit, the distribution, conda, PyTorch's nvidia wheels.
+cumnist_dirs="${CUDA_HOME:+$CUDA_HOME/lib64} ${CUDA_PATH:+$CUDA_PATH/lib64} /usr/local/cuda/lib64
+  /usr/local/cuda/targets/x86_64-linux/lib $(echo /usr/local/cuda-13*/lib64 /usr/local/cuda-13*/targets/x86_64-linux/lib)
+  /usr/lib/x86_64-linux-gnu /usr/lib64 /opt/conda/lib
+  $(python3 -c 'import site, glob; print(" ".join(d for p in site.getsitepackages() for d in glob.glob(p + "/nvidia/*/lib") + glob.glob(p + "/nvidia/cu13/lib")))' 2>/dev/null)"
+cumnist_find() {  # the first folder holding every file named
+  local d f
+  for d in $cumnist_dirs; do
+    for f in "$@"; do [ -e "$d/$f" ] || continue 2; done
+    echo "$d"
+    return 0
+  done
+  return 1
+}
+cumnist_cublas="$(cumnist_find libcublas.so.13 libcublasLt.so.13 || true)"
+cumnist_cudnn="$(cumnist_find libcudnn.so.9 libcudnn_cnn.so.9 libcudnn_engines_precompiled.so.9 || true)"
+# The package's own libraries first (LD_LIBRARY_PATH outranks the executables' RUNPATH), then
+# cuBLAS and cuDNN.
+export LD_LIBRARY_PATH="$cumnist_pkg/lib${cumnist_cublas:+:$cumnist_cublas}${cumnist_cudnn:+:$cumnist_cudnn}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if [ -n "$cumnist_cublas" ]; then
-  export LD_LIBRARY_PATH="$cumnist_pkg/lib:$cumnist_cublas${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   [ -n "${CUMNIST_QUIET:-}" ] || echo "cumnist: cuBLAS 13 from $cumnist_cublas" >&2
 else
-  export LD_LIBRARY_PATH="$cumnist_pkg/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   echo "cumnist: no CUDA 13 cuBLAS (libcublas.so.13 and libcublasLt.so.13) in the usual places; set CUDA_HOME, or LD_LIBRARY_PATH to their folder" >&2
+fi
+if [ -n "$cumnist_cudnn" ]; then
+  [ -n "${CUMNIST_QUIET:-}" ] || echo "cumnist: cuDNN 9 from $cumnist_cudnn" >&2
+else
+  echo "cumnist: no cuDNN 9 (libcudnn.so.9 with its engine libraries) in the usual places; convolutions will fail on the GPU: set LD_LIBRARY_PATH to its folder" >&2
 fi
 ENV
 cat > "$pkg/cumnist" <<'LAUNCH'

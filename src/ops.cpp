@@ -12,8 +12,15 @@ const char* to_string(Activation a) {
         case Activation::None: return "none";
         case Activation::Relu: return "relu";
         case Activation::Sigmoid: return "sigmoid";
+        case Activation::Tanh: return "tanh";
     }
     return "?";
+}
+
+bool Conv2dGeometry::operator==(const Conv2dGeometry& o) const {
+    return n == o.n && in_c == o.in_c && in_h == o.in_h && in_w == o.in_w && out_c == o.out_c && k_h == o.k_h &&
+           k_w == o.k_w && stride_h == o.stride_h && stride_w == o.stride_w && pad_top == o.pad_top &&
+           pad_left == o.pad_left && pad_bottom == o.pad_bottom && pad_right == o.pad_right;
 }
 
 namespace ops {
@@ -118,6 +125,20 @@ void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, Ma
                      dropout.active(), step);
 }
 
+void act_dropout_forward(MatrixView<float> y, MatrixView<const float> x, Activation act, const Dropout& dropout,
+                         const uint64_t* step) {
+    constexpr const char* op = "act_dropout_forward";
+    require_data(op, "y", y), require_data(op, "x", x);
+    require_device(op, y.device, x);
+    require_shape(op, "x", x, y.rows, y.cols);
+    check_dropout(op, dropout, step);
+    CUMNIST_CHECK(!overlaps(y, x) || (same_view(y, x) && !dropout.active()),
+                  "{}: y may alias x only without active dropout", op);
+    if (y.size() == 0) return;
+    CUMNIST_DISPATCH(y.device, act_dropout_forward, y.data, x.data, y.rows, y.cols, act, dropout.rate,
+                     dropout_keep_threshold(dropout.rate), dropout.seed, dropout.stream, dropout.active(), step);
+}
+
 void bias_grad(MatrixView<float> db, MatrixView<const float> dy) {
     constexpr const char* op = "bias_grad";
     require_data(op, "db", db), require_data(op, "dy", dy);
@@ -126,6 +147,133 @@ void bias_grad(MatrixView<float> db, MatrixView<const float> dy) {
     CUMNIST_CHECK(!overlaps(db, dy), "{}: db overlaps dy", op);
     if (dy.cols == 0) return;
     CUMNIST_DISPATCH(db.device, bias_grad, db.data, dy.data, dy.rows, dy.cols);
+}
+
+namespace {
+
+void check_geometry(const char* op, const Conv2dGeometry& g) {
+    CUMNIST_CHECK(g.n >= 0 && g.in_c > 0 && g.in_h > 0 && g.in_w > 0 && g.out_c > 0 && g.k_h > 0 && g.k_w > 0,
+                  "{}: sizes must be positive (images {}x{}x{}x{}, filters {}x{}x{})", op, g.n, g.in_c, g.in_h, g.in_w,
+                  g.out_c, g.k_h, g.k_w);
+    CUMNIST_CHECK(g.stride_h > 0 && g.stride_w > 0, "{}: strides must be positive, got {}x{}", op, g.stride_h,
+                  g.stride_w);
+    CUMNIST_CHECK(g.pad_top >= 0 && g.pad_left >= 0 && g.pad_bottom >= 0 && g.pad_right >= 0 && g.pad_top < g.k_h &&
+                      g.pad_bottom < g.k_h && g.pad_left < g.k_w && g.pad_right < g.k_w,
+                  "{}: padding must be in [0, kernel) on each side", op);
+    CUMNIST_CHECK(g.in_h + g.pad_top + g.pad_bottom >= g.k_h && g.in_w + g.pad_left + g.pad_right >= g.k_w,
+                  "{}: the {}x{} kernel is larger than the padded {}x{} image", op, g.k_h, g.k_w, g.in_h, g.in_w);
+}
+
+void check_workspace(const char* op, const Conv2dGeometry& g, MatrixView<uint8_t> ws, Device device) {
+    require_data(op, "workspace", ws);
+    if (ws.size() > 0) require_device(op, device, ws);
+    (void)g;
+}
+
+}  // namespace
+
+std::size_t conv2d_workspace_bytes(const Conv2dGeometry& g, Device device) {
+    check_geometry("conv2d_workspace_bytes", g);
+    if (device == Device::Cpu) return cpu::conv2d_workspace_bytes(g);
+    return cuda::conv2d_workspace_bytes(g);
+}
+
+void conv2d_forward(MatrixView<float> y, MatrixView<const float> x, MatrixView<const float> w,
+                    MatrixView<const float> bias, const Conv2dGeometry& g, MatrixView<uint8_t> workspace) {
+    constexpr const char* op = "conv2d_forward";
+    check_geometry(op, g);
+    require_data(op, "y", y), require_data(op, "x", x), require_data(op, "w", w), require_data(op, "bias", bias);
+    require_device(op, y.device, x, w, bias);
+    check_workspace(op, g, workspace, y.device);
+    require_shape(op, "x", x, g.n, g.in_size());
+    require_shape(op, "y", y, g.n, g.out_size());
+    require_shape(op, "w", w, g.out_c, g.filter_size());
+    require_shape(op, "bias", bias, 1, g.out_c);
+    CUMNIST_CHECK(!overlaps(y, x) && !overlaps(y, w) && !overlaps(y, bias), "{}: y overlaps an input", op);
+    if (g.n == 0) return;
+    CUMNIST_DISPATCH(y.device, conv2d_forward, y.data, x.data, w.data, bias.data, g, workspace.data, workspace.size());
+}
+
+void conv2d_backward_data(MatrixView<float> dx, MatrixView<const float> dy, MatrixView<const float> w,
+                          const Conv2dGeometry& g, MatrixView<uint8_t> workspace) {
+    constexpr const char* op = "conv2d_backward_data";
+    check_geometry(op, g);
+    require_data(op, "dx", dx), require_data(op, "dy", dy), require_data(op, "w", w);
+    require_device(op, dx.device, dy, w);
+    check_workspace(op, g, workspace, dx.device);
+    require_shape(op, "dx", dx, g.n, g.in_size());
+    require_shape(op, "dy", dy, g.n, g.out_size());
+    require_shape(op, "w", w, g.out_c, g.filter_size());
+    CUMNIST_CHECK(!overlaps(dx, dy) && !overlaps(dx, w), "{}: dx overlaps an input", op);
+    if (g.n == 0) return;
+    CUMNIST_DISPATCH(dx.device, conv2d_backward_data, dx.data, dy.data, w.data, g, workspace.data, workspace.size());
+}
+
+void conv2d_backward_filter(MatrixView<float> dw, MatrixView<const float> dy, MatrixView<const float> x,
+                            const Conv2dGeometry& g, MatrixView<uint8_t> workspace) {
+    constexpr const char* op = "conv2d_backward_filter";
+    check_geometry(op, g);
+    require_data(op, "dw", dw), require_data(op, "dy", dy), require_data(op, "x", x);
+    require_device(op, dw.device, dy, x);
+    check_workspace(op, g, workspace, dw.device);
+    require_shape(op, "dw", dw, g.out_c, g.filter_size());
+    require_shape(op, "dy", dy, g.n, g.out_size());
+    require_shape(op, "x", x, g.n, g.in_size());
+    CUMNIST_CHECK(!overlaps(dw, dy) && !overlaps(dw, x), "{}: dw overlaps an input", op);
+    if (g.n == 0) {
+        fill_zero(dw);
+        return;
+    }
+    CUMNIST_DISPATCH(dw.device, conv2d_backward_filter, dw.data, dy.data, x.data, g, workspace.data, workspace.size());
+}
+
+void channel_bias_grad(MatrixView<float> db, MatrixView<const float> dy, int channels) {
+    constexpr const char* op = "channel_bias_grad";
+    require_data(op, "db", db), require_data(op, "dy", dy);
+    require_device(op, db.device, dy);
+    CUMNIST_CHECK(channels > 0 && dy.cols % channels == 0, "{}: {} columns are not {} channels of equal size", op,
+                  dy.cols, channels);
+    require_shape(op, "db", db, 1, channels);
+    CUMNIST_CHECK(!overlaps(db, dy), "{}: db overlaps dy", op);
+    CUMNIST_DISPATCH(db.device, channel_bias_grad, db.data, dy.data, dy.rows, channels, dy.cols / channels);
+}
+
+namespace {
+void check_pool(const char* op, const Pool2dGeometry& g) {
+    CUMNIST_CHECK(g.n >= 0 && g.c > 0 && g.in_h > 0 && g.in_w > 0 && g.k_h > 0 && g.k_w > 0 && g.stride_h > 0 &&
+                      g.stride_w > 0,
+                  "{}: sizes and strides must be positive", op);
+    CUMNIST_CHECK(g.k_h <= g.in_h && g.k_w <= g.in_w, "{}: the {}x{} window is larger than the {}x{} image", op, g.k_h,
+                  g.k_w, g.in_h, g.in_w);
+}
+}  // namespace
+
+void maxpool2d_forward(MatrixView<float> y, MatrixView<int32_t> argmax, MatrixView<const float> x,
+                       const Pool2dGeometry& g) {
+    constexpr const char* op = "maxpool2d_forward";
+    check_pool(op, g);
+    require_data(op, "y", y), require_data(op, "argmax", argmax), require_data(op, "x", x);
+    require_device(op, y.device, argmax, x);
+    require_shape(op, "x", x, g.n, g.in_size());
+    require_shape(op, "y", y, g.n, g.out_size());
+    require_shape(op, "argmax", argmax, g.n, g.out_size());
+    CUMNIST_CHECK(!overlaps(y, x) && !overlaps(argmax, x) && !overlaps(y, argmax), "{}: outputs overlap", op);
+    if (g.n == 0) return;
+    CUMNIST_DISPATCH(y.device, maxpool2d_forward, y.data, argmax.data, x.data, g);
+}
+
+void maxpool2d_backward(MatrixView<float> dx, MatrixView<const float> dy, MatrixView<const int32_t> argmax,
+                        const Pool2dGeometry& g) {
+    constexpr const char* op = "maxpool2d_backward";
+    check_pool(op, g);
+    require_data(op, "dx", dx), require_data(op, "dy", dy), require_data(op, "argmax", argmax);
+    require_device(op, dx.device, dy, argmax);
+    require_shape(op, "dx", dx, g.n, g.in_size());
+    require_shape(op, "dy", dy, g.n, g.out_size());
+    require_shape(op, "argmax", argmax, g.n, g.out_size());
+    CUMNIST_CHECK(!overlaps(dx, dy) && !overlaps(dx, argmax), "{}: dx overlaps an input", op);
+    if (g.n == 0) return;
+    CUMNIST_DISPATCH(dx.device, maxpool2d_backward, dx.data, dy.data, argmax.data, g);
 }
 
 void softmax_xent(MatrixView<float> dlogits, MatrixView<float> row_loss, MatrixView<float> row_correct,

@@ -148,11 +148,9 @@ void expect_rejected(const std::string& bytes, const std::string& expected, cons
 }
 
 void expect_same_meta(const CheckpointMeta& a, const CheckpointMeta& b) {
-    EXPECT_EQ(a.model.inputs, b.model.inputs);
-    EXPECT_EQ(a.model.hidden, b.model.hidden);
+    EXPECT_TRUE(a.model == b.model) << a.model.layer_string() << " vs " << b.model.layer_string();
+    EXPECT_EQ(a.model.input, b.model.input);
     EXPECT_EQ(a.model.classes, b.model.classes);
-    EXPECT_EQ(a.model.activation, b.model.activation);
-    EXPECT_EQ(a.model.dropout, b.model.dropout);
     EXPECT_EQ(a.optimizer.kind, b.optimizer.kind);
     EXPECT_EQ(a.optimizer.lr, b.optimizer.lr);
     EXPECT_EQ(a.optimizer.beta1, b.optimizer.beta1);
@@ -207,8 +205,17 @@ TEST(Checkpoint, FileIsSafetensorsWithPerLayerTensorsAndJsonMetadata) {
     const json& meta = p.header.at("__metadata__");
     for (auto it = meta.begin(); it != meta.end(); ++it) EXPECT_TRUE(it.value().is_string()) << it.key();
     EXPECT_EQ(meta.at("format"), "cumnist");
-    EXPECT_EQ(json::parse(meta.at("model").get<std::string>()).at("hidden"), json({33, 17}));
-    EXPECT_EQ(json::parse(meta.at("model").get<std::string>()).at("dropout").dump(), "0.2");
+    // The model as its layer list (format version 2), enough for any reader to rebuild it.
+    const json model = json::parse(meta.at("model").get<std::string>());
+    EXPECT_EQ(meta.at("format_version"), "2");
+    EXPECT_EQ(model.at("input"), json({1, 1, 64}));
+    EXPECT_EQ(model.at("classes"), 10);
+    const json layers = model.at("layers");
+    ASSERT_EQ(layers.size(), 7u) << layers.dump();
+    EXPECT_EQ(layers[0], json({{"type", "dense"}, {"units", 33}}));
+    EXPECT_EQ(layers[1], json({{"type", "activation"}, {"activation", "relu"}}));
+    EXPECT_EQ(layers[2].at("rate").dump(), "0.2");
+    EXPECT_EQ(layers[6], json({{"type", "dense"}, {"units", 10}}));
     EXPECT_EQ(json::parse(meta.at("optimizer").get<std::string>()).at("name"), "adam");
     EXPECT_EQ(json::parse(meta.at("step").get<std::string>()), 13);
     EXPECT_EQ(json::parse(meta.at("seed").get<std::string>()), 7);
@@ -238,10 +245,12 @@ INSTANTIATE_TEST_SUITE_P(Optimizers, CheckpointRoundTrip,
 
 TEST(Checkpoint, ModelWithoutHiddenLayersAndWithoutOptimizerStateRoundTrips) {
     Checkpoint c;
-    c.meta.model.inputs = 5;
-    c.meta.model.hidden = {};
-    c.meta.model.activation = Activation::Sigmoid;
-    c.meta.model.dropout = 0.0f;
+    MlpConfig mlp;
+    mlp.inputs = 5;
+    mlp.hidden = {};
+    mlp.activation = Activation::Sigmoid;
+    mlp.dropout = 0.0f;
+    c.meta.model = mlp;
     c.meta.optimizer.kind = OptimizerKind::RmsProp;
     c.meta.optimizer.lr = 0.1f;
     c.meta.seed = ~uint64_t{0};  // the largest seed survives JSON
@@ -331,8 +340,9 @@ TEST(Checkpoint, RestoreRejectsADifferentModelOptimizerOrSeed) {
     MlpConfig wider = small_model();
     wider.hidden = {64, 17};
     expect_restore_error(wider, optimizer(OptimizerKind::Adam), small_train(Device::Cpu), c,
-                         "holds the model 64-33-17-10 relu, dropout 0.2 (hidden 33,17), but the trainer is set up for "
-                         "64-64-17-10 relu, dropout 0.2 (hidden 64,17)");
+                         "holds the model 64-33-17-10 relu, dropout 0.2 (dense33,relu,dropout0.2,dense17,relu,"
+                         "dropout0.2,dense10), but the trainer is set up for 64-64-17-10 relu, dropout 0.2 (dense64,"
+                         "relu,dropout0.2,dense17,relu,dropout0.2,dense10)");
     expect_restore_error(small_model(), optimizer(OptimizerKind::Sgd), small_train(Device::Cpu), c,
                          "was trained with adam (lr 0.002");
     TrainConfig other_seed = small_train(Device::Cpu);
@@ -371,7 +381,7 @@ TEST(CheckpointDevices, GpuCheckpointLoadsOnCpuAndBack) {
         const ResidentData test_from(test, from), test_to(test, to);
         const Evaluation ef = source.evaluate(test_from), et = target.evaluate(test_to);
         EXPECT_NEAR(ef.loss, et.loss, 1e-5 * (1 + ef.loss));
-        Mlp model = load_model(c, to);
+        Model model = load_model(c, to);
         const ClassificationReport r = evaluate_classifier(model, test, 30);
         EXPECT_NEAR(r.loss, ef.loss, 1e-5 * (1 + ef.loss));
         // One more epoch on each device: the same place within the CPU/GPU parity tolerance.
@@ -391,7 +401,7 @@ TEST(CheckpointDevices, CheckpointFromGpuRunLoadsOnCpu) {
     c.meta.device = "cuda";
     const Checkpoint back = parse_checkpoint("gpu.safetensors", serialize_checkpoint(c));
     EXPECT_EQ(back.meta.device, "cuda");
-    Mlp model = load_model(back, Device::Cpu);
+    Model model = load_model(back, Device::Cpu);
     EXPECT_EQ(model.parameters().to_host(), c.parameters);
 }
 
@@ -404,7 +414,7 @@ TEST(Evaluation, AgreesWithTheTrainersEvaluationAndCountsEverySample) {
     const ResidentData test_data(test, Device::Cpu);
     const Evaluation e = t.evaluate(test_data);
     Checkpoint c = capture_checkpoint(t, {});
-    Mlp model = load_model(c, Device::Cpu);
+    Model model = load_model(c, Device::Cpu);
     const ClassificationReport r = evaluate_classifier(model, test, 50);
     EXPECT_EQ(r.n, 130);
     EXPECT_NEAR(r.loss, e.loss, 1e-12 * (1 + e.loss));  // same op, summation order of doubles only
@@ -425,7 +435,7 @@ TEST(Evaluation, AgreesWithTheTrainersEvaluationAndCountsEverySample) {
 
 TEST(Evaluation, RejectsImagesOfTheWrongSize) {
     Checkpoint c = trained_checkpoint();
-    Mlp model = load_model(c, Device::Cpu);
+    Model model = load_model(c, Device::Cpu);
     Dataset wrong = synthetic_dataset(10, 1);
     wrong.cols = 4;
     try {
@@ -567,7 +577,7 @@ TEST_F(CorruptCheckpoint, MetadataMissingOrMalformed) {
     expect_rejected(edited([](json& h) { h.erase("__metadata__"); }), "the header has no __metadata__; not a cumnist checkpoint");
     expect_rejected(edited([](json& h) { h["__metadata__"].erase("step"); }), "__metadata__ has no 'step' entry");
     expect_rejected(with_meta("format", "pt"), "__metadata__ 'format' is \"pt\", expected \"cumnist\"");
-    expect_rejected(with_meta("format_version", "2"), "format version 2 is newer than this cumnist reads");
+    expect_rejected(with_meta("format_version", "3"), "format version 3 is newer than this cumnist reads");
     expect_rejected(with_meta("epoch", 3), "__metadata__ 'epoch' is a JSON number; safetensors metadata values must be strings");
     expect_rejected(with_meta("epoch", "-1"), "__metadata__ 'epoch' is -1, expected an integer in [0, 1073741824]");
     expect_rejected(with_meta("model", "{\"inputs\": 64,"), "__metadata__ 'model' is not valid JSON text");
@@ -590,6 +600,34 @@ TEST_F(CorruptCheckpoint, ModelInTheMetadataDoesNotMatchTheTensors) {
                     "activation 'gelu' is not relu or sigmoid");
     expect_rejected(with_meta("model", R"({"inputs":4294967296,"hidden":[33,17],"classes":10,"activation":"relu","dropout":0.2})"),
                     "sizes must be integers, found 4294967296");
+}
+
+// Format version 2's layer list: every field checked, the model rebuilt and compared with the tensors.
+TEST_F(CorruptCheckpoint, LayerListInTheMetadataIsValidated) {
+    const std::string dense = R"({"type":"dense","units":33},{"type":"activation","activation":"relu"},)"
+                              R"({"type":"dense","units":17},{"type":"activation","activation":"relu"},)"
+                              R"({"type":"dense","units":10})";
+    auto model = [](const std::string& layers, const std::string& input = "[1,1,64]") {
+        return R"({"input":)" + input + R"(,"classes":10,"layers":[)" + layers + "]}";
+    };
+    // The same tensors without dropout layers: accepted (dropout has no parameters).
+    Checkpoint ok = parse_checkpoint("ok", with_meta("model", model(dense)));
+    EXPECT_EQ(ok.meta.model.layer_string(), "dense33,relu,dense17,relu,dense10");
+    expect_rejected(with_meta("model", model(R"({"type":"gelu"})")), "__metadata__ 'model': unknown layer type \"gelu\"");
+    expect_rejected(with_meta("model", model(R"({"type":"dense"})")), "'units' is missing");
+    expect_rejected(with_meta("model", model(R"({"type":"dense","units":-3})")), "units must be an integer");
+    expect_rejected(with_meta("model", model(R"({"type":"dense","units":0},{"type":"dense","units":10})")),
+                    "'dense0': the number of units must be in [1, 65536], got 0");
+    expect_rejected(with_meta("model", model(dense, "[1,64]")), "input must be [channels, height, width]");
+    expect_rejected(with_meta("model", model(R"({"type":"dropout","rate":1.5},)" + std::string(dense))),
+                    "a dropout rate must be a number in [0, 1)");
+    expect_rejected(with_meta("model", model(R"({"type":"conv2d","filters":4,"kernel":[3,3],"stride":[1,1],"padding":"valid"},)"
+                                             R"({"type":"flatten"},{"type":"dense","units":10})", "[1,8,8]")),
+                    "tensor 'layers.0.weight' has shape [33, 64], but the model in the metadata");
+    expect_rejected(with_meta("model", model(R"({"type":"conv2d","filters":4,"kernel":[3,3],"stride":[1,1],"padding":"full"})", "[1,8,8]")),
+                    "padding must be \"same\" or \"valid\"");
+    expect_rejected(with_meta("model", model(R"({"type":"dense","units":33},{"type":"dense","units":17})")),
+                    "ends in 17 values per image, expected 10");
 }
 
 TEST(CheckpointFiles, MissingFileAndFolderGiveClearMessages) {

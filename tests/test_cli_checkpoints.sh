@@ -72,8 +72,10 @@ expect_error() {
   [ "$(wc -l < err.log)" -eq 1 ] || fail "'$*': more than one line on stderr: $(cat err.log)"
   echo "ok: $(cat err.log)"
 }
-expect_error "--hidden 64 contradicts the checkpoint, which has hidden 32" \
+expect_error "--hidden 64 contradicts the checkpoint, which has the model 784-32-10 relu, dropout 0.2" \
   "${base[@]}" --resume split/last.safetensors --hidden 64 --epochs 3
+expect_error "--model cnn contradicts the checkpoint, which has the model 784-32-10 relu, dropout 0.2" \
+  "${base[@]}" --resume split/last.safetensors --model cnn --epochs 3
 expect_error "--seed 1 contradicts the checkpoint, which has seed 42" \
   "${base[@]}" --resume split/last.safetensors --seed 1 --epochs 3
 expect_error "the checkpoint has finished epoch 2 of 2; pass --epochs N with N > 2" \

@@ -417,7 +417,7 @@ protected:
         }
     }
     // One epoch of a small model (784-64-10) on the CPU, trained on first use: ~95 % test accuracy.
-    static Mlp& model() {
+    static Model& model() {
         if (!s_trainer) {
             MlpConfig model;
             model.hidden = {64};
@@ -660,7 +660,9 @@ std::string small_checkpoint() {
     const std::string path = temp().file("small.safetensors");
     if (!fs::exists(path)) {
         Checkpoint c;
-        c.meta.model.hidden = {16};
+        MlpConfig mlp;
+        mlp.hidden = {16};
+        c.meta.model = mlp;
         c.meta.dataset = "mnist";
         c.parameters = glorot_uniform_init(c.meta.model, 3);
         save_checkpoint(path, c);
@@ -801,9 +803,11 @@ TEST(TrainCommand, EveryFlagReachesTheConfiguration) {
     EXPECT_TRUE(has_line(sgd, "  optimizer  sgd (lr 0.05, momentum 0.9)")) << all(sgd);
     EXPECT_TRUE(has_line(sgd, "  schedule   1 epoch of 8 steps (batch 8), seed 11")) << all(sgd);
     const Checkpoint c = load_checkpoint(save + "/last.safetensors");
-    EXPECT_EQ(c.meta.model.hidden, (std::vector<int>{16, 8}));
-    EXPECT_EQ(c.meta.model.activation, Activation::Sigmoid);
-    EXPECT_FLOAT_EQ(c.meta.model.dropout, 0.3f);
+    const std::optional<MlpConfig> mlp = as_mlp(c.meta.model);
+    ASSERT_TRUE(mlp.has_value()) << c.meta.model.layer_string();
+    EXPECT_EQ(mlp->hidden, (std::vector<int>{16, 8}));
+    EXPECT_EQ(mlp->activation, Activation::Sigmoid);
+    EXPECT_FLOAT_EQ(mlp->dropout, 0.3f);
     EXPECT_EQ(c.meta.optimizer.kind, OptimizerKind::Sgd);
     EXPECT_FLOAT_EQ(c.meta.optimizer.lr, 0.05f);
     EXPECT_FLOAT_EQ(c.meta.optimizer.momentum, 0.9f);
@@ -820,7 +824,7 @@ TEST(TrainCommand, EveryFlagReachesTheConfiguration) {
         data));
     ASSERT_EQ(rms.status, 0) << all(rms);
     EXPECT_TRUE(has_line(rms, "--no-graph: GPU only, no effect on the CPU.")) << all(rms);
-    EXPECT_TRUE(has_line(rms, "  model      784-10 relu, dropout 0.2 (7850 parameters)")) << all(rms);
+    EXPECT_TRUE(has_line(rms, "  model      784-10 (7850 parameters)")) << all(rms);
     EXPECT_TRUE(has_line(rms, "  optimizer  rmsprop (lr 0.002, rho 0.9, epsilon 1e-07)")) << all(rms);
     EXPECT_TRUE(has_line(rms, "  schedule   2 epochs of 4 steps (batch 16), seed 42")) << all(rms);
     // Streaming on the CPU is announced (resident is the default there and is not).
@@ -834,6 +838,46 @@ TEST(TrainCommand, EveryFlagReachesTheConfiguration) {
     EXPECT_TRUE(has_line(adam, "  model      784-512-256-10 relu, dropout 0.2 (535818 parameters)")) << all(adam);
     EXPECT_TRUE(has_line(adam, "  optimizer  adam (lr 0.01, beta1 0.9, beta2 0.999, epsilon 1e-07)")) << all(adam);
     EXPECT_TRUE(has_line(adam, "  schedule   1 epoch of 1 step (batch 64), seed 42")) << all(adam);
+}
+
+// --model: a layer string trains, is saved as its layer list, evaluates and predicts; a bad one
+// and MLP flags beside another model fail before any data is read, with one line.
+TEST(TrainCommand, ModelFlag) {
+    const std::string data = temp().file("train-model");
+    fs::create_directories(data + "/mnist");
+    std::vector<uint8_t> labels(48);
+    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<uint8_t>(i % 10);
+    write_idx(data + "/mnist/train-images-idx3-ubyte", {48, 28, 28}, cumnist_test::uniform_bytes(48 * 784, 0, 255, 31));
+    write_idx(data + "/mnist/train-labels-idx1-ubyte", {48}, labels);
+    write_idx(data + "/mnist/t10k-images-idx3-ubyte", {48, 28, 28}, cumnist_test::uniform_bytes(48 * 784, 0, 255, 32));
+    write_idx(data + "/mnist/t10k-labels-idx1-ubyte", {48}, labels);
+    const auto all = [](const CliRun& r) { return fmt::format("{}", fmt::join(r.lines, "\n")); };
+    const std::string layers = "conv4k3same,relu,pool2,conv6k3s2,tanh,flatten,dropout0.25,dense10";
+    const std::string save = temp().file("train-model-run");
+    const CliRun run = run_cumnist(fmt::format("train --data '{}' --device cpu --threads 1 --epochs 1 --batch-size 16 "
+                                               "--model {} --save '{}'",
+                                               data, layers, save));
+    ASSERT_EQ(run.status, 0) << all(run);
+    // (4·9 + 4) + (6·4·9 + 6) + (10·216 + 10) parameters.
+    EXPECT_NE(all(run).find("  model      " + layers + " (2432 parameters)"), std::string::npos) << all(run);
+    const Checkpoint c = load_checkpoint(save + "/last.safetensors");
+    EXPECT_EQ(c.meta.model.layer_string(), layers);
+    const CliRun eval = run_cumnist(fmt::format("eval --data '{}' --device cpu --model '{}/last.safetensors'", data, save));
+    EXPECT_EQ(eval.status, 0) << all(eval);
+    EXPECT_NE(all(eval).find("  model      " + layers), std::string::npos) << all(eval);
+
+    // Errors: one line each, exit 1, before the data is touched (a missing data folder would say so).
+    const std::string nowhere = temp().file("no-data-here");
+    const auto expect_error = [&](const std::string& args, const std::string& message) {
+        const CliRun r = run_cumnist(fmt::format("train --data '{}' --device cpu {}", nowhere, args));
+        EXPECT_EQ(r.status, 1) << args << ": " << all(r);
+        ASSERT_EQ(r.lines.size(), 1u) << args << ": " << all(r);
+        EXPECT_NE(r.lines[0].find(message), std::string::npos) << args << ": " << r.lines[0];
+    };
+    expect_error("--model conv8k3,dense10", "cumnist: error: model: layer 2 'dense10': dense after a 8x26x26 spatial "
+                                            "output needs 'flatten' before it");
+    expect_error("--model cnn --hidden 64", "--hidden describes the MLP (--model mlp); --model 'cnn' has its own layers");
+    expect_error("--model resnet50", "model: 'resnet50': unknown layer");
 }
 
 // `cumnist selftest` as a user runs it: without a usable GPU one error line with the reason and

@@ -27,7 +27,7 @@
 #include "cumnist/buffer.h"
 #include "cumnist/device.h"
 #include "cumnist/error.h"
-#include "cumnist/mlp.h"
+#include "cumnist/model.h"
 #include "cumnist/ops.h"
 #include "cumnist/optim.h"
 #include "cumnist/philox.h"
@@ -41,9 +41,9 @@ using cumnist::Buffer;
 using cumnist::Device;
 using cumnist::LayerLayout;
 using cumnist::MatrixView;
-using cumnist::Mlp;
+using cumnist::Model;
 using cumnist::MlpConfig;
-using cumnist::MlpWorkspace;
+using cumnist::Workspace;
 using cumnist::Optimizer;
 using cumnist::OptimizerConfig;
 using cumnist::OptimizerKind;
@@ -84,6 +84,7 @@ ref::Act to_ref(Activation a) {
         case Activation::None: return ref::Act::None;
         case Activation::Relu: return ref::Act::Relu;
         case Activation::Sigmoid: return ref::Act::Sigmoid;
+        case Activation::Tanh: return ref::Act::Tanh;
     }
     return ref::Act::None;
 }
@@ -258,7 +259,7 @@ TEST_P(MlpParameters, FlatBuffersViewsAndWorkspace) {
     const Device dev = GetParam();
     for (const MlpConfig& c : {MlpConfig{}, make_config(7, {}, 3), make_config(7, {1}, 3), make_config(5, {33, 7}, 10)}) {
         SCOPED_TRACE(c.describe());
-        Mlp model(c, dev);
+        Model model(c, dev);
         const std::size_t count = cumnist::parameter_count(c);
         EXPECT_EQ(model.device(), dev);
         ASSERT_EQ(model.parameters().size(), count);
@@ -292,19 +293,21 @@ TEST_P(MlpParameters, FlatBuffersViewsAndWorkspace) {
             EXPECT_EQ(gw.data, model.gradients().data() + layout[l].w_offset);
         }
 
-        MlpWorkspace ws(c, 13, dev);
+        // One computing layer per dense layer (activation and dropout fused into it): its output,
+        // the output's gradient, and the activation before dropout for a hidden layer with dropout.
+        Workspace ws(model, 13);
         EXPECT_EQ(ws.max_batch, 13);
-        ASSERT_EQ(ws.a.size(), static_cast<std::size_t>(c.n_layers()));
-        ASSERT_EQ(ws.dh.size(), static_cast<std::size_t>(c.n_layers()));
-        ASSERT_EQ(ws.h.size(), c.hidden.size());
+        ASSERT_EQ(ws.y.size(), static_cast<std::size_t>(c.n_layers()));
+        ASSERT_EQ(ws.dy.size(), static_cast<std::size_t>(c.n_layers()));
+        ASSERT_EQ(ws.aux.size(), static_cast<std::size_t>(c.n_layers()));
         for (int l = 0; l < c.n_layers(); ++l) {
-            EXPECT_EQ(ws.a[l].size(), 13u * layout[l].out);
-            EXPECT_EQ(ws.dh[l].size(), 13u * layout[l].out);
-            EXPECT_EQ(ws.a[l].device(), dev);
-            if (l + 1 < c.n_layers()) {
-                EXPECT_EQ(ws.h[l].size(), 13u * layout[l].out);
-            }
+            EXPECT_EQ(ws.y[l].size(), 13u * layout[l].out);
+            EXPECT_EQ(ws.dy[l].size(), 13u * layout[l].out);
+            EXPECT_EQ(ws.y[l].device(), dev);
+            const bool dropped = l + 1 < c.n_layers() && c.dropout > 0.0f;
+            EXPECT_EQ(ws.aux[l].size(), dropped ? 13u * layout[l].out : 0u);
         }
+        EXPECT_EQ(ws.scratch.size(), 0u);  // no convolution
         EXPECT_EQ(ws.row_loss.size(), 13u);
         EXPECT_EQ(ws.row_correct.size(), 13u);
     }
@@ -325,16 +328,16 @@ void expect_error(const std::function<void()>& call, const std::string& needle) 
 }
 
 TEST(ModelValidation, BadConfigurationsAndBatches) {
-    expect_error([] { Mlp m(make_config(0, {5}, 3), Device::Cpu); }, "input size");
-    expect_error([] { Mlp m(make_config(7, {5}, 1), Device::Cpu); }, "classes");
-    expect_error([] { Mlp m(make_config(7, {5}, 257), Device::Cpu); }, "classes");
-    expect_error([] { Mlp m(make_config(7, {5, 0}, 3), Device::Cpu); }, "hidden");
-    expect_error([] { Mlp m(make_config(7, {5}, 3, Activation::Relu, 1.0f), Device::Cpu); }, "dropout");
-    expect_error([] { Mlp m(make_config(7, {5}, 3, Activation::Relu, -0.1f), Device::Cpu); }, "dropout");
-    expect_error([] { MlpWorkspace ws(make_config(7, {5}, 3), 0, Device::Cpu); }, "batch");
+    expect_error([] { Model m(make_config(0, {5}, 3), Device::Cpu); }, "input size");
+    expect_error([] { Model m(make_config(7, {5}, 1), Device::Cpu); }, "classes");
+    expect_error([] { Model m(make_config(7, {5}, 257), Device::Cpu); }, "classes");
+    expect_error([] { Model m(make_config(7, {5, 0}, 3), Device::Cpu); }, "hidden");
+    expect_error([] { Model m(make_config(7, {5}, 3, Activation::Relu, 1.0f), Device::Cpu); }, "dropout");
+    expect_error([] { Model m(make_config(7, {5}, 3, Activation::Relu, -0.1f), Device::Cpu); }, "dropout");
+    expect_error([] { Model m(make_config(7, {5}, 3), Device::Cpu); Workspace ws(m, 0); }, "batch");
 
-    Mlp model(make_config(7, {5}, 3), Device::Cpu);
-    MlpWorkspace ws(model.config(), 4, Device::Cpu);
+    Model model(make_config(7, {5}, 3), Device::Cpu);
+    Workspace ws(model, 4);
     Buffer<float> x = Buffer<float>::from_host(std::vector<float>(5 * 7, 0.5f), Device::Cpu);
     Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{0}, Device::Cpu);
     expect_error([&] { model.forward(ws, x.view(5, 7), false, 1, step.data()); }, "exceeds");
@@ -412,8 +415,8 @@ protected:
 
     // The reference's random parameters (Glorot weights, non-zero biases), rounded to float so that
     // both sides compute with exactly the same values, written into the model through its views.
-    ref::RefMlp load_parameters(Mlp& model) const {
-        const MlpConfig& c = model.config();
+    ref::RefMlp load_parameters(Model& model) const {
+        const MlpConfig c = config(0.0f);
         std::vector<int> sizes = {c.inputs};
         sizes.insert(sizes.end(), c.hidden.begin(), c.hidden.end());
         sizes.push_back(c.classes);
@@ -472,17 +475,17 @@ TEST_P(MlpVsReference, ForwardMatchesReference) {
 
     for (const DropoutMode& mode : kDropoutModes) {
         SCOPED_TRACE(::testing::Message() << "dropout: " << mode.name);
-        Mlp model(config(mode.rate), dev());
+        Model model(config(mode.rate), dev());
         const ref::RefMlp r = load_parameters(model);
         // A workspace larger than the batch: the model must use only the first n rows.
-        MlpWorkspace ws(model.config(), n + 3, dev());
+        Workspace ws(model, n + 3);
         Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{mode.step}, dev());
         std::size_t dropped = 0;
         const auto keep = masks(mode, &dropped);
         const ref::RefForward f = ref::forward(r, xr, yr, keep, static_cast<double>(mode.rate));
 
         const MatrixView<float> logits = model.forward(ws, x.view(n, mc.inputs), mode.training, kDropoutSeed, step.data());
-        EXPECT_EQ(logits.data, ws.a.back().data());
+        EXPECT_EQ(logits.data, ws.y.back().data());
         EXPECT_EQ(logits.rows, n);
         EXPECT_EQ(logits.cols, mc.classes);
         EXPECT_EQ(logits.device, dev());
@@ -491,9 +494,12 @@ TEST_P(MlpVsReference, ForwardMatchesReference) {
         for (std::size_t l = 0; l < mc.hidden.size(); ++l) {
             SCOPED_TRACE(::testing::Message() << "hidden layer " << l);
             const std::size_t size = static_cast<std::size_t>(n) * mc.hidden[l];
-            EXPECT_TRUE(all_close(head(ws.a[l].to_host(), size), f.act[l].data, kModel, "activation a"));
+            // Dense layer l's output is h (after dropout); the activation a is kept apart from it
+            // only when dropout is applied.
+            const Buffer<float>& a = keep.empty() ? ws.y[l] : ws.aux[l];
+            EXPECT_TRUE(all_close(head(a.to_host(), size), f.act[l].data, kModel, "activation a"));
             if (!keep.empty()) {
-                EXPECT_TRUE(all_close(head(ws.h[l].to_host(), size), f.hidden[l].data, kModel, "h (after dropout)"));
+                EXPECT_TRUE(all_close(head(ws.y[l].to_host(), size), f.hidden[l].data, kModel, "h (after dropout)"));
             }
         }
         EXPECT_EQ(step.to_host()[0], mode.step) << "forward must not advance the step counter";
@@ -517,9 +523,9 @@ TEST_P(MlpVsReference, BackwardMatchesReference) {
 
     for (const DropoutMode& mode : kDropoutModes) {
         SCOPED_TRACE(::testing::Message() << "dropout: " << mode.name);
-        Mlp model(config(mode.rate), dev());
+        Model model(config(mode.rate), dev());
         const ref::RefMlp r = load_parameters(model);
-        MlpWorkspace ws(model.config(), n + 3, dev());
+        Workspace ws(model, n + 3);
         Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{mode.step}, dev());
         std::size_t dropped = 0;
         const auto keep = masks(mode, &dropped);
@@ -527,8 +533,8 @@ TEST_P(MlpVsReference, BackwardMatchesReference) {
         const ref::RefGrads g = ref::backward(r, xr, yr, f, keep, static_cast<double>(mode.rate));
 
         const MatrixView<float> logits = model.forward(ws, x.view(n, mc.inputs), mode.training, kDropoutSeed, step.data());
-        // ∂loss/∂logits = (p − onehot)/n into ws.dh.back(), as the trainer does.
-        ops::softmax_xent(ws.dh.back().view(n, mc.classes), ws.row_loss.view(1, n), ws.row_correct.view(1, n), logits,
+        // ∂loss/∂logits = (p − onehot)/n into ws.dlogits(n), as the trainer does.
+        ops::softmax_xent(ws.dlogits(n), ws.row_loss.view(1, n), ws.row_correct.view(1, n), logits,
                           y.view(1, n), 1.0f / static_cast<float>(n));
         // The loss depends on the logits with slope ≤ 1 per component: the model tolerance.
         EXPECT_TRUE(all_close(head(ws.row_loss.to_host(), n), f.xent.row_loss, kModel, "row loss"));
@@ -537,7 +543,7 @@ TEST_P(MlpVsReference, BackwardMatchesReference) {
                                          model.gradients().size());
         model.backward(ws, x.view(n, mc.inputs), mode.training, kDropoutSeed, step.data());
 
-        for (int l = 0; l < model.config().n_layers(); ++l) {
+        for (int l = 0; l < config(mode.rate).n_layers(); ++l) {
             SCOPED_TRACE(::testing::Message() << "layer " << l);
             const MatrixView<float> dw = model.weight(model.gradients(), l);
             const MatrixView<float> db = model.bias(model.gradients(), l);

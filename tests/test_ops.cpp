@@ -68,6 +68,7 @@ ref::Act to_ref(Activation a) {
         case Activation::None: return ref::Act::None;
         case Activation::Relu: return ref::Act::Relu;
         case Activation::Sigmoid: return ref::Act::Sigmoid;
+        case Activation::Tanh: return ref::Act::Tanh;
     }
     return ref::Act::None;
 }
@@ -225,7 +226,7 @@ TEST_P(BiasActDropoutForward, MatchesReference) {
     const ref::Matrix zr = ref::Matrix::from_float(z, s.rows, s.cols);
     Buffer<float> bias_buf = Buffer<float>::from_host(bias, dev);
 
-    for (Activation act : {Activation::None, Activation::Relu, Activation::Sigmoid}) {
+    for (Activation act : {Activation::None, Activation::Relu, Activation::Sigmoid, Activation::Tanh}) {
         const ref::Matrix a_want = ref::bias_act(zr, widen(bias), to_ref(act));
         for (const DropoutCase& dc : dropout_cases()) {
             SCOPED_TRACE(::testing::Message() << "activation " << cumnist::to_string(act) << ", dropout " << dc.name);
@@ -263,7 +264,7 @@ TEST_P(ActDropoutBackward, MatchesReference) {
     const std::vector<float> pre = uniform_floats(size, -3.0f, 3.0f, 302);
     Buffer<float> dh_buf = Buffer<float>::from_host(dh, dev);
 
-    for (Activation act : {Activation::None, Activation::Relu, Activation::Sigmoid}) {
+    for (Activation act : {Activation::None, Activation::Relu, Activation::Sigmoid, Activation::Tanh}) {
         // The saved activation output a = act(pre), as the forward pass leaves it (float).
         std::vector<float> a(size);
         for (std::size_t i = 0; i < size; ++i)

@@ -5,13 +5,17 @@
 #                 twice, as by a resumed run), and on two files together: the PNGs are written,
 #                 with the size the figure and --dpi give, and the summary line counts the epochs;
 #                 a file that is not JSON lines fails with exit 1 and one message. Needs matplotlib.
-#  bench_pytorch  scripts/bench_pytorch.py, batch 32, 5 timed steps: its table and JSON. Needs real
-#                 MNIST and torch + numpy.
+#  bench_pytorch  scripts/bench_pytorch.py, batch 32, 5 timed steps: its table and JSON; then
+#                 --model with a tiny CNN layer string (3 steps): its header names the layers, the
+#                 JSON counts its parameters and FLOPs as cumnist; the MLP's layer string is
+#                 described as the MLP; a model it cannot build exits 1 with the reason. Needs
+#                 real MNIST and torch + numpy.
 #  compare        scripts/compare.sh --batch-sizes 32 --steps 5 --warmup 1 --threads 1 with the
-#                 given binary: the side-by-side table matches the two JSON files it keeps. Needs
-#                 real MNIST (the files fetch_data.sh pins) and torch + numpy for the interpreter
-#                 compare.sh picks; never installs anything (stand-ins for apt-get, sudo and npm
-#                 on PATH fail the test if compare.sh calls them).
+#                 given binary, for the MLP and with --model a tiny CNN: both runs trained the
+#                 same model, and the side-by-side table matches the two JSON files it keeps.
+#                 Needs real MNIST (the files fetch_data.sh pins) and torch + numpy for the
+#                 interpreter compare.sh picks; never installs anything (stand-ins for apt-get,
+#                 sudo and npm on PATH fail the test if compare.sh calls them).
 #  all (default)  the three in turn.
 # Exits 77 (reported by ctest as skipped, with the reason) when a part cannot run for want of what
 # it needs.
@@ -148,6 +152,52 @@ EOF
   [ "$rc" -eq 1 ] && grep -qxF "bench_pytorch: --batch-sizes: '32,x' is not a comma-separated list of sizes" bench/err.log ||
     fail "bench_pytorch.py --batch-sizes 32,x: exit $rc, $(cat bench/err.log)"
   echo "ok: $(cat bench/err.log)"
+
+  # A tiny CNN from a layer string: conv4k2same pads SAME_UPPER asymmetrically (0 before, 1 after),
+  # 1x28x28 -> 4x28x28 -> pool2 4x14x14 -> 784 -> dense10. Its header names the layers; the JSON
+  # counts its parameters and FLOPs as cumnist does.
+  local cnn=conv4k2same,relu,pool2,flatten,dropout0.25,dense10
+  "$python" "$root/scripts/bench_pytorch.py" --model "$cnn" --batch-sizes 32 --steps 3 --warmup 1 --threads 1 \
+    --eval-repeats 1 --data "$data" --json bench/cnn.json > bench/cnn.log 2> bench/cnn.err ||
+    fail "bench_pytorch.py --model $cnn exited $?: $(cat bench/cnn.log bench/cnn.err)"
+  cat bench/cnn.log
+  grep -q "^PyTorch [^ ]* bench: $cnn, Adam; mnist from $data/mnist$" bench/cnn.log ||
+    fail "bench_pytorch.py --model $cnn: no or wrong first line"
+  grep -qxF "Training (3 timed steps after 1 warm-up)" bench/cnn.log || fail "bench_pytorch.py --model $cnn: no training table"
+  grep -Eq '^cpu +32 +[0-9,]+ +[0-9]+\.[0-9]{3} ' bench/cnn.log || fail "bench_pytorch.py --model $cnn: no batch-32 row"
+  grep -Eq '^Inference \(the 10000 test images in batches of 1000, 1 passes\): [0-9,]+ samples/s' bench/cnn.log ||
+    fail "bench_pytorch.py --model $cnn: no inference line"
+  "$python" - bench/cnn.json "$cnn" <<'EOF' || fail "bench/cnn.json does not hold the expected results"
+import json, sys
+r, cnn = json.load(open(sys.argv[1])), sys.argv[2]
+assert r["model"] == cnn and r["layers"] == cnn, (r["model"], r["layers"])
+# conv 4·(1·2·2) + 4, dense 10·784 + 10
+assert r["parameters"] == 4 * 4 + 4 + 10 * 784 + 10, r["parameters"]
+t = r["training"][0]
+assert t["batch"] == 32 and t["steps"] == 3 and t["samples_per_second"] > 0, t
+conv, dense = 28 * 28 * 4 * 1 * 2 * 2, 4 * 14 * 14 * 10  # multiply-adds per image
+assert t["flops_per_step"] == 32 * (6 * (conv + dense) - 2 * conv), t
+print(f"ok: bench_pytorch.py --model {cnn}: {r['parameters']} parameters, batch 32 at {t['samples_per_second']:,.0f} samples/s")
+EOF
+  # The MLP as a layer string is described as the MLP, as cumnist does.
+  "$python" "$root/scripts/bench_pytorch.py" --model dense512,relu,dropout0.2,dense256,relu,dropout0.2,dense10 \
+    --batch-sizes 32 --steps 1 --warmup 0 --threads 1 --eval-repeats 0 --data "$data" > bench/out.log 2> bench/err.log ||
+    fail "bench_pytorch.py with the MLP's layer string exited $?: $(cat bench/out.log bench/err.log)"
+  grep -q "^PyTorch [^ ]* bench: 784-512-256-10 relu, dropout 0.2, Adam; " bench/out.log ||
+    fail "bench_pytorch.py with the MLP's layer string: no or wrong first line: $(head -n 1 bench/out.log)"
+  echo "ok: $(head -n 1 bench/out.log)"
+
+  # Models it cannot build: exit 1 and the reason.
+  rc=0
+  "$python" "$root/scripts/bench_pytorch.py" --model conv4k3,relu,dense10 --data "$data" > bench/out.log 2> bench/err.log || rc=$?
+  [ "$rc" -eq 1 ] && grep -qxF "bench_pytorch: --model: layer 3 'dense10': dense after a 4x26x26 spatial output needs 'flatten' before it" bench/err.log ||
+    fail "bench_pytorch.py --model conv4k3,relu,dense10: exit $rc, $(cat bench/err.log)"
+  echo "ok: $(cat bench/err.log)"
+  rc=0
+  "$python" "$root/scripts/bench_pytorch.py" --model conv4,flatten,dense10 --data "$data" > bench/out.log 2> bench/err.log || rc=$?
+  [ "$rc" -eq 1 ] && grep -q "^bench_pytorch: --model: 'conv4': expected conv<filters>k<kernel>" bench/err.log ||
+    fail "bench_pytorch.py --model conv4,flatten,dense10: exit $rc, $(cat bench/err.log)"
+  echo "ok: $(cat bench/err.log)"
 }
 
 part_compare() {
@@ -173,33 +223,49 @@ part_compare() {
     printf '#!/bin/sh\necho "compare.sh ran %s $*" >> "%s/guard.log"\nexit 97\n' "$tool" "$work" > "guard/$tool"
     chmod +x "guard/$tool"
   done
-  local rc=0
+  # The MLP (the default model), then a tiny CNN from a layer string passed to both benchmarks.
+  compare_run compare "784-512-256-10 relu, dropout 0.2 (535,818 parameters)"
+  compare_run compare-cnn "conv4k2same,relu,pool2,flatten,dropout0.25,dense10 (7,870 parameters)" \
+    --model conv4k2same,relu,pool2,flatten,dropout0.25,dense10
+}
+
+# compare_run NAME MODEL [ARGS...]: compare.sh ARGS --batch-sizes 32 --steps 5 --warmup 1 --threads 1
+# --out NAME (output in NAME.log, NAME.err), with the stand-ins part_compare set up; checks its
+# summary, that both runs trained MODEL ("model: MODEL" and no warning) and that the table's rows
+# are the two JSON files' numbers.
+compare_run() {
+  local name="$1" model="$2" rc=0
+  shift 2
   CUMNIST_BUILD_DIR="$work/compare-build" CUMNIST_DATA="$work/compare-data" PATH="$work/guard:$PATH" \
-    "$root/scripts/compare.sh" --batch-sizes 32 --steps 5 --warmup 1 --threads 1 --out "$work/compare" \
-    > compare.log 2> compare.err || rc=$?
+    "$root/scripts/compare.sh" "$@" --batch-sizes 32 --steps 5 --warmup 1 --threads 1 --out "$work/$name" \
+    > "$name.log" 2> "$name.err" || rc=$?
   [ ! -e guard.log ] || fail "compare.sh tried to install or download: $(cat guard.log)"
-  [ "$rc" -eq 0 ] || fail "compare.sh exited $rc: $(tail -n 20 compare.log compare.err)"
-  sed -n '/^cumnist vs PyTorch/,$p' compare.log
-  grep -qxF "== cumnist ==" compare.log && grep -qxF "== PyTorch ==" compare.log || fail "compare.sh: no section headers"
-  [ -s compare/cumnist.json ] && [ -s compare/pytorch.json ] || fail "compare.sh did not keep both JSON files: $(ls compare)"
-  grep -q "^cumnist vs PyTorch [^ ]*, CPU training, 5 steps after 1 warm-up; .*, 1 threads; PyTorch OMP_WAIT_POLICY=" compare.log ||
-    fail "compare.sh: no or wrong summary line"
-  grep -qxF " batch | cumnist samples/s | PyTorch samples/s |  ratio" compare.log || fail "compare.sh: no table header"
+  [ "$rc" -eq 0 ] || fail "compare.sh $* exited $rc: $(tail -n 20 "$name.log" "$name.err")"
+  sed -n '/^cumnist vs PyTorch/,$p' "$name.log"
+  grep -qxF "== cumnist ==" "$name.log" && grep -qxF "== PyTorch ==" "$name.log" || fail "compare.sh $*: no section headers"
+  [ -s "$name/cumnist.json" ] && [ -s "$name/pytorch.json" ] || fail "compare.sh $* did not keep both JSON files: $(ls "$name")"
+  grep -q "^cumnist vs PyTorch [^ ]*, CPU training, 5 steps after 1 warm-up; .*, 1 threads; PyTorch OMP_WAIT_POLICY=" "$name.log" ||
+    fail "compare.sh $*: no or wrong summary line"
+  grep -qxF "model: $model" "$name.log" || fail "compare.sh $*: no line 'model: $model'"
+  ! grep -q "^warning: the two runs trained different models" "$name.log" || fail "compare.sh $*: $(grep '^warning: the two' "$name.log")"
+  grep -qxF " batch | cumnist samples/s | PyTorch samples/s |  ratio" "$name.log" || fail "compare.sh $*: no table header"
   # The table's rows are the two JSON files' numbers.
-  "$python" - compare/cumnist.json compare/pytorch.json compare.log <<'EOF' || fail "compare.sh: the table does not match its JSON files"
+  "$python" - "$name/cumnist.json" "$name/pytorch.json" "$name.log" <<'EOF' || fail "compare.sh $*: the table does not match its JSON files"
 import json, sys
 ours, peer = (json.load(open(p)) for p in sys.argv[1:3])
 lines = open(sys.argv[3]).read().splitlines()
 assert ours["steps"] == peer["steps"] == 5 and ours["warmup"] == peer["warmup"] == 1, (ours["steps"], peer["steps"])
 assert [r["batch"] for r in ours["training"]] == [32] == [r["batch"] for r in peer["training"]]
+assert ours["model"] == peer["model"] and ours["parameters"] == peer["parameters"], (ours["model"], peer["model"])
 a, b = ours["training"][0]["samples_per_second"], peer["training"][0]["samples_per_second"]
 assert a > 0 and b > 0
+assert ours["training"][0]["flops_per_step"] == peer["training"][0]["flops_per_step"], "the FLOP counts differ"
 row = f"{32:>6} | {a:>17,.0f} | {b:>17,.0f} | {a / b:>5.2f}x"
 assert row in lines, f"no row {row!r}"
 ai, bi = ours["inference"][0]["samples_per_second"], peer["inference"][0]["samples_per_second"]
 infer = f"{'infer':>6} | {ai:>17,.0f} | {bi:>17,.0f} | {ai / bi:>5.2f}x"
 assert infer in lines, f"no row {infer!r}"
-print(f"ok: compare.sh: batch 32 cumnist {a:,.0f} vs PyTorch {b:,.0f} samples/s ({a / b:.2f}x)")
+print(f"ok: compare.sh: {ours['model']}: batch 32 cumnist {a:,.0f} vs PyTorch {b:,.0f} samples/s ({a / b:.2f}x)")
 EOF
 }
 

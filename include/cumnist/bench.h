@@ -5,23 +5,24 @@
 #include <string>
 #include <vector>
 
-#include "cumnist/mlp.h"
+#include "cumnist/model.h"
 
 namespace cumnist {
 
-// Floating-point operations (a multiply-add counts 2) of the GEMMs of one training step over `n`
-// samples, from the model's layer layout (layer l maps in_l to out_l features):
-//   forward               2·n·Σ_l in_l·out_l
-//   backward, dW          2·n·Σ_l in_l·out_l
-//   backward, dX          2·n·Σ_{l>0} in_l·out_l   (the first layer's input gradient is not computed)
-//   total                 6·n·Σ_l in_l·out_l − 2·n·in_0·out_0
+// Floating-point operations (a multiply-add counts 2) of the GEMMs and convolutions of one
+// training step over `n` samples, from the multiply-adds M_l of each layer with parameters
+// (layer_macs: in·out for a dense layer, out_h·out_w·filters·in·kh·kw for a convolution):
+//   forward               2·n·Σ_l M_l
+//   backward, dW          2·n·Σ_l M_l
+//   backward, dX          2·n·Σ_{l>0} M_l   (the first layer's input gradient is not computed)
+//   total                 6·n·Σ_l M_l − 2·n·M_0
 // Elementwise work is left out: bias, activation, dropout and softmax are O(n·Σ out_l), ~0.3 % of
 // the GEMMs for 784-512-256-10; Adam is ~14 FLOP per parameter per step (~7.5 MFLOP), ~10 % of
 // the GEMMs at batch 32 and ~0.3 % at 1024, but it is bound by memory, not arithmetic.
-double training_step_flops(const MlpConfig& config, int n);
+double training_step_flops(const ModelSpec& spec, int n);
 
-// Forward pass only (inference): 2·n·Σ_l in_l·out_l.
-double inference_flops(const MlpConfig& config, int n);
+// Forward pass only (inference): 2·n·Σ_l M_l.
+double inference_flops(const ModelSpec& spec, int n);
 
 // The machine's FP32 arithmetic peak: every OpenMP thread runs a loop of independent fused
 // multiply-adds on registers only (no memory traffic), in the widest vector unit the processor has
@@ -53,13 +54,14 @@ std::string cpu_gemm_library();
 // model's shapes and transposes, through ops::gemm as the CPU backend calls it, on scratch
 // matrices, timed over several runs (at least 5, and at least ~0.2 s): the CPU step cannot get
 // below it without faster GEMMs. The median is what a step's median compares with on a noisy
-// machine; the best run is the floor on a quiet one.
+// machine; the best run is the floor on a quiet one. Defined for models of dense layers only: a
+// model with a convolution gets runs == 0.
 struct GemmFloor {
     double seconds_per_step = 0.0;  // best run
     double median_seconds = 0.0;
     int runs = 0;
 };
-GemmFloor measure_step_gemms(const MlpConfig& config, int n);
+GemmFloor measure_step_gemms(const ModelSpec& spec, int n);
 
 // The q-quantile (q in [0, 1]) of `values`, interpolating linearly between order statistics
 // (numpy's default). Throws Error when `values` is empty.

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "cumnist/mlp.h"
+#include "cumnist/model.h"
 #include "cumnist/optim.h"
 #include "cumnist/trainer.h"
 
@@ -21,7 +21,7 @@ namespace cumnist {
 
 // Everything a checkpoint records besides the tensors.
 struct CheckpointMeta {
-    MlpConfig model;
+    ModelSpec model;
     OptimizerConfig optimizer;
     int epoch = 0;        // epochs completed
     int epochs = 0;       // epochs the run was asked for (a resumed run continues to here by default)
@@ -66,7 +66,7 @@ Checkpoint capture_checkpoint(Trainer& trainer, CheckpointMeta meta);
 // checkpoint must hold optimizer state; otherwise throws Error naming `name` and the difference.
 void restore_checkpoint(Trainer& trainer, const Checkpoint& checkpoint, const std::string& name);
 
-// The checkpoint's model on `device`, ready for Mlp::forward.
-Mlp load_model(const Checkpoint& checkpoint, Device device);
+// The checkpoint's model on `device`, ready for Model::forward.
+Model load_model(const Checkpoint& checkpoint, Device device);
 
 }  // namespace cumnist

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "cumnist/data.h"
-#include "cumnist/mlp.h"
+#include "cumnist/model.h"
 
 namespace cumnist {
 
@@ -25,6 +25,6 @@ struct ClassificationReport {
 
 // Runs `model` (forward, no dropout) over `data` in batches of `eval_batch` on the model's device.
 // The images must have model.config().inputs pixels and every label must be < classes.
-ClassificationReport evaluate_classifier(Mlp& model, const Dataset& data, int eval_batch = 1000);
+ClassificationReport evaluate_classifier(Model& model, const Dataset& data, int eval_batch = 1000);
 
 }  // namespace cumnist

@@ -15,7 +15,7 @@
 namespace cumnist {
 
 enum class Trans { No, Yes };
-enum class Activation { None, Relu, Sigmoid };
+enum class Activation { None, Relu, Sigmoid, Tanh };
 enum class Accumulate { Overwrite, Add };
 
 const char* to_string(Activation a);
@@ -29,6 +29,43 @@ struct Dropout {
     uint32_t stream = 0;
     bool training = false;
     bool active() const { return training && rate > 0.0f; }
+};
+
+// NCHW geometry: a batch of images is a (n, c·h·w) view, each row one image in channel-major
+// (c, h, w) order.
+
+// The shape of a 2-D convolution (cross-correlation, as in PyTorch, ONNX and Keras): input
+// (n, in_c, in_h, in_w), weights (out_c, in_c, k_h, k_w), output (n, out_c, out_h, out_w) with
+//   y[n,o,oy,ox] = b[o] + Σ_{i,ky,kx} x[n, i, oy·stride_h − pad_top + ky, ox·stride_w − pad_left + kx] · w[o,i,ky,kx]
+// (input positions outside the image contribute zero). pad_bottom/pad_right only decide out_h/out_w:
+//   out_h = (in_h + pad_top + pad_bottom − k_h) / stride_h + 1, likewise out_w.
+struct Conv2dGeometry {
+    int n = 0, in_c = 0, in_h = 0, in_w = 0;
+    int out_c = 0, k_h = 0, k_w = 0;
+    int stride_h = 1, stride_w = 1;
+    int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+    int out_h() const { return (in_h + pad_top + pad_bottom - k_h) / stride_h + 1; }
+    int out_w() const { return (in_w + pad_left + pad_right - k_w) / stride_w + 1; }
+    int in_size() const { return in_c * in_h * in_w; }      // floats per input image
+    int out_size() const { return out_c * out_h() * out_w(); }  // floats per output image
+    int filter_size() const { return in_c * k_h * k_w; }    // weights per output channel
+    Conv2dGeometry with_batch(int rows) const {
+        Conv2dGeometry g = *this;
+        g.n = rows;
+        return g;
+    }
+    bool operator==(const Conv2dGeometry& o) const;
+};
+
+// Max pooling without padding: windows (k_h, k_w) every (stride_h, stride_w) positions, output
+// (n, c, out_h, out_w), out_h = (in_h − k_h) / stride_h + 1.
+struct Pool2dGeometry {
+    int n = 0, c = 0, in_h = 0, in_w = 0;
+    int k_h = 2, k_w = 2, stride_h = 2, stride_w = 2;
+    int out_h() const { return (in_h - k_h) / stride_h + 1; }
+    int out_w() const { return (in_w - k_w) / stride_w + 1; }
+    int in_size() const { return c * in_h * in_w; }
+    int out_size() const { return c * out_h() * out_w(); }
 };
 
 namespace ops {
@@ -51,14 +88,56 @@ void bias_act_dropout_forward(MatrixView<float> h, MatrixView<float> a, MatrixVi
 // what the forward pass left for it:
 //   ReLU: the output h (after dropout; h is a when dropout is not active). keep · relu'(pre) is
 //         exactly [h > 0], so dpre = [h > 0] · dh / (1 − rate) and no mask is redrawn;
-//   sigmoid, none: the activation a before dropout (sigmoid' = a (1 − a)); the mask is redrawn
-//         from Philox at *step.
+//   sigmoid, tanh, none: the activation a before dropout (sigmoid' = a (1 − a), tanh' = 1 − a²);
+//         the mask is redrawn from Philox at *step.
 // Overwrites dpre; dpre may be the same view as dh.
 void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, MatrixView<const float> saved,
                           Activation act, const Dropout& dropout, const uint64_t* step);
 
+// A standalone activation or dropout layer (one not fused into the layer before it):
+//   y (n, cols) = act(x) · keep / (1 − rate)   (dropout active)   or   act(x)   (otherwise)
+// Overwrites y; y may be the same view as x only without active dropout (an in-place
+// activation). Its backward is act_dropout_backward with `saved` = y for ReLU or when dropout is
+// not active (y is then act(x), the activation output).
+void act_dropout_forward(MatrixView<float> y, MatrixView<const float> x, Activation act, const Dropout& dropout,
+                         const uint64_t* step);
+
 // db (1, cols) = Σ_rows dy (n, cols). Overwrites db. Summed in a fixed order (deterministic).
 void bias_grad(MatrixView<float> db, MatrixView<const float> dy);
+
+// ---- Convolution and pooling, NCHW (Conv2dGeometry, Pool2dGeometry above) --------------------
+
+// Scratch memory the convolutions of geometry g need on `device` (the largest of the three
+// directions, for batches of up to g.n images), in bytes. The caller allocates it once, before
+// the first step, and passes it to every call: the ops allocate nothing. On the GPU this also
+// creates the cuDNN handle and chooses the algorithms (deterministic ones: the same inputs give
+// the same bits every run). 0 on the CPU, whose primitives keep their own scratchpads.
+std::size_t conv2d_workspace_bytes(const Conv2dGeometry& g, Device device);
+
+// y (n, out_size) = conv(x (n, in_size), w (out_c, filter_size)) + bias (1, out_c). Overwrites y.
+// `workspace` is (1, ≥ conv2d_workspace_bytes(g)) bytes; g.n == x.rows.
+void conv2d_forward(MatrixView<float> y, MatrixView<const float> x, MatrixView<const float> w,
+                    MatrixView<const float> bias, const Conv2dGeometry& g, MatrixView<uint8_t> workspace);
+// dx (n, in_size) = ∂(Σ y·dy)/∂x for y = conv(x, w). Overwrites dx.
+void conv2d_backward_data(MatrixView<float> dx, MatrixView<const float> dy, MatrixView<const float> w,
+                          const Conv2dGeometry& g, MatrixView<uint8_t> workspace);
+// dw (out_c, filter_size) = ∂(Σ y·dy)/∂w. Overwrites dw.
+void conv2d_backward_filter(MatrixView<float> dw, MatrixView<const float> dy, MatrixView<const float> x,
+                            const Conv2dGeometry& g, MatrixView<uint8_t> workspace);
+// db (1, channels) = Σ over images and positions of dy (n, channels·spatial). Overwrites db. A
+// fixed summation order (deterministic).
+void channel_bias_grad(MatrixView<float> db, MatrixView<const float> dy, int channels);
+
+// y = the maximum of each window; argmax (same shape as y) = the position y·in_w + x, within its
+// (image, channel) plane, of the element chosen: the FIRST maximum in row-major window order
+// (ky outer, kx inner), the same on every device. NaN compares as in `v > best`, so a NaN is
+// never chosen over an earlier number. Overwrites y and argmax.
+void maxpool2d_forward(MatrixView<float> y, MatrixView<int32_t> argmax, MatrixView<const float> x,
+                       const Pool2dGeometry& g);
+// dx (n, in_size): each dy element added to its window's argmax element, zero elsewhere;
+// overlapping windows add in row-major window order. Overwrites dx.
+void maxpool2d_backward(MatrixView<float> dx, MatrixView<const float> dy, MatrixView<const int32_t> argmax,
+                        const Pool2dGeometry& g);
 
 // Softmax cross-entropy over logits (n, classes) with integer labels (n) in [0, classes):
 //   p = exp(z − max z) / Σ exp(z − max z) per row;  row_loss[r] = −log p[label[r]]

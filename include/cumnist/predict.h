@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "cumnist/mlp.h"
+#include "cumnist/model.h"
 
 namespace cumnist {
 
@@ -17,6 +17,6 @@ struct Prediction {
 
 // Applies `model` to `n` images of model.config().inputs bytes each (0..255, scaled by 1/255 as in
 // training), in batches on the model's device. Throws Error when the sizes disagree.
-std::vector<Prediction> predict(Mlp& model, const std::vector<uint8_t>& images, int n);
+std::vector<Prediction> predict(Model& model, const std::vector<uint8_t>& images, int n);
 
 }  // namespace cumnist

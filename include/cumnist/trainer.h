@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "cumnist/data.h"
-#include "cumnist/mlp.h"
+#include "cumnist/model.h"
 #include "cumnist/optim.h"
 
 namespace cumnist {
@@ -75,7 +75,7 @@ class Trainer {
 public:
     // With DataPlacement::Stream the trainer reads `train` during every epoch: it must outlive the
     // trainer. (Resident copies it to the device here.)
-    Trainer(const MlpConfig& model, const OptimizerConfig& optimizer, const TrainConfig& config, const Dataset& train);
+    Trainer(const ModelSpec& model, const OptimizerConfig& optimizer, const TrainConfig& config, const Dataset& train);
     ~Trainer();
 
     // One pass over the training set (epoch is 1-based), then evaluation on `test` when given.
@@ -94,7 +94,7 @@ public:
     // Waits until all queued device work has finished.
     void synchronize();
 
-    Mlp& model() { return m_model; }
+    Model& model() { return m_model; }
     Optimizer& optimizer() { return m_optimizer; }
     const TrainConfig& config() const { return m_config; }
     DataPlacement placement() const { return m_placement; }  // Resident or Stream (Auto resolved)
@@ -116,11 +116,11 @@ private:
     TrainConfig m_config;
     DataPlacement m_placement;  // resolved: Resident or Stream
     int m_n, m_features;        // the training set's samples and pixels per sample
-    Mlp m_model;
+    Model m_model;
     Optimizer m_optimizer;
     std::unique_ptr<ResidentData> m_resident;  // Resident placement
     std::unique_ptr<Streamed> m_streamed;      // Stream placement
-    MlpWorkspace m_ws;
+    Workspace m_ws;
     Buffer<float> m_x;
     Buffer<uint8_t> m_y;
     Buffer<uint64_t> m_counters;  // [0] optimizer step, [1] batch index in the epoch

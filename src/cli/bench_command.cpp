@@ -43,7 +43,9 @@ struct BenchOptions {
     bool no_graph = false;
     bool tf32 = false;
     bool gemm_floor = true;
-    MlpConfig model;
+    std::string model_text = "mlp";
+    MlpConfig mlp;
+    ModelSpec model;
 };
 
 struct TrainResult {
@@ -241,7 +243,9 @@ TrainResult bench_training(const BenchOptions& o, const OptimizerConfig& opt, co
     r.gflops = r.flops_per_step * steps / r.seconds / 1e9;
     if (!gpu && fma.gflops > 0) r.fma_fraction = r.gflops / fma.gflops;
     if (!gpu && gemm.gflops > 0) r.gemm_fraction = r.gflops / gemm.gflops;
-    if (!gpu && o.gemm_floor) {
+    const bool dense_only = std::none_of(o.model.layers.begin(), o.model.layers.end(),
+                                         [](const LayerSpec& l) { return l.kind == LayerKind::Conv2D; });
+    if (!gpu && o.gemm_floor && dense_only) {  // (a convolution's step is not its GEMMs)
         progress.running(what + ": the step's GEMMs alone");
         const GemmFloor floor = measure_step_gemms(o.model, batch);
         r.floor_ms = floor.seconds_per_step * 1e3;
@@ -336,8 +340,9 @@ int run_bench(BenchOptions& o) {
     if (o.gemm_size < 0) throw Error(fmt::format("--gemm-size must be 0 (skip) or more, got {}", o.gemm_size));
     const std::vector<int> batches = parse_batch_sizes(o.batch_sizes);
     if (!o.json_out.empty()) require_writable(o.json_out, "--json");  // fail now, not after the whole run
-    o.model.hidden = parse_hidden(o.hidden);
-    o.model.validate();
+    o.mlp.hidden = parse_hidden(o.hidden);
+    o.mlp.validate();
+    (void)parse_model(o.model_text, Shape{1, 28, 28}, 10, o.mlp);  // a bad --model fails before the data is read
     o.data_placement = parse_data_placement(o.placement);
     OptimizerConfig opt;  // Adam, lr 1e-3, β 0.9/0.999, ε 1e-7: the reference configuration
     set_threads(o.threads);
@@ -345,8 +350,7 @@ int run_bench(BenchOptions& o) {
 
     const Dataset train = load_dataset(o.data_dir, o.dataset, Split::Train);
     const Dataset test = load_dataset(o.data_dir, o.dataset, Split::Test);
-    o.model.inputs = train.features();
-    o.model.validate();
+    o.model = parse_model(o.model_text, Shape{1, train.rows, train.cols}, 10, o.mlp);
     for (int b : batches)
         if (b > train.n) throw Error(fmt::format("--batch-sizes: {} is larger than the training set ({})", b, train.n));
     if (test.features() != train.features())
@@ -501,8 +505,9 @@ void add_bench_command(CLI::App& parent, std::vector<Command>& commands) {
         ->capture_default_str();
     bench->add_option("--gemm-size", o->gemm_size, "Matrix size for the CPU GEMM peak (0: skip)")
         ->capture_default_str();
-    bench->add_option("--hidden", o->hidden, "Hidden layer sizes, comma separated (or 'none')")->capture_default_str();
-    bench->add_option("--dropout", o->model.dropout, "Dropout rate after each hidden layer")->capture_default_str();
+    bench->add_option("--model", o->model_text, model_help())->capture_default_str();
+    bench->add_option("--hidden", o->hidden, "MLP: hidden layer sizes, comma separated (or 'none')")->capture_default_str();
+    bench->add_option("--dropout", o->mlp.dropout, "MLP: dropout rate after each hidden layer")->capture_default_str();
     bench->add_option("--seed", o->seed, "Seed for initialisation and dropout")->capture_default_str();
     bench->add_flag("--no-gemm-floor{false}", o->gemm_floor, "CPU: skip timing each step's GEMMs alone");
     bench->add_flag("--no-graph", o->no_graph,

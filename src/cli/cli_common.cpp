@@ -35,7 +35,16 @@ std::vector<int> parse_hidden(const std::string& text) {
 Activation parse_activation(const std::string& name) {
     if (name == "relu") return Activation::Relu;
     if (name == "sigmoid") return Activation::Sigmoid;
-    throw Error(fmt::format("--activation: unknown activation '{}' (expected relu or sigmoid)", name));
+    if (name == "tanh") return Activation::Tanh;
+    throw Error(fmt::format("--activation: unknown activation '{}' (expected relu, sigmoid or tanh)", name));
+}
+
+std::string model_help() {
+    return fmt::format(
+        "Model: a preset, mlp (the MLP of --hidden, --activation, --dropout) or cnn ({}), or layers separated by "
+        "commas: dense<units>, conv<filters>k<kernel>[s<stride>][same], pool<size>[s<stride>], flatten, "
+        "dropout<rate>, relu, sigmoid, tanh, ending in dense10 (kernel, size and stride may be HxW, e.g. k3x5)",
+        cnn_preset());
 }
 
 Device choose_device(const std::string& requested) {

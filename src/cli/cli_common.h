@@ -10,7 +10,7 @@
 
 #include "cumnist/device.h"
 #include "cumnist/file_io.h"  // write_file_atomically, for the subcommands
-#include "cumnist/mlp.h"
+#include "cumnist/model.h"
 
 namespace cumnist::cli {
 
@@ -28,7 +28,10 @@ void add_predict_command(CLI::App& parent, std::vector<Command>& commands);
 void add_show_command(CLI::App& parent, std::vector<Command>& commands);
 
 std::vector<int> parse_hidden(const std::string& text);  // "512,256" | "none"
-Activation parse_activation(const std::string& name);     // "relu" | "sigmoid"
+Activation parse_activation(const std::string& name);     // "relu" | "sigmoid" | "tanh"
+
+// The --model help text: the presets and the layer-string syntax (model.h).
+std::string model_help();
 
 // Resolves --device (auto | cpu | gpu): auto prefers a usable GPU and prints why when it falls back.
 Device choose_device(const std::string& requested);

@@ -101,9 +101,9 @@ int run_eval(EvalOptions& o) {
     const std::string dataset = !o.dataset.empty() ? o.dataset : !meta.dataset.empty() ? meta.dataset : "mnist";
     const Device device = choose_device(o.device);
     const Dataset test = load_dataset(o.data_dir, dataset, Split::Test);
-    if (test.features() != meta.model.inputs)
+    if (test.features() != meta.model.inputs())
         throw Error(fmt::format("--model '{}' expects {} pixels per image, but {} test images are {}x{}", o.model,
-                                meta.model.inputs, dataset, test.rows, test.cols));
+                                meta.model.inputs(), dataset, test.rows, test.cols));
     if (meta.model.classes != 10)
         throw Error(fmt::format("--model '{}' has {} classes, but {} has 10", o.model, meta.model.classes, dataset));
 
@@ -121,7 +121,7 @@ int run_eval(EvalOptions& o) {
     if (!meta.dataset.empty() && meta.dataset != dataset)
         fmt::print("  note       the model was trained on {}, not {}\n", meta.dataset, dataset);
 
-    Mlp model = load_model(ckpt, device);
+    Model model = load_model(ckpt, device);
     const ClassificationReport r = evaluate_classifier(model, test, o.eval_batch);
     const std::vector<std::string> names = class_names(dataset, r.classes);
     int64_t correct = 0;

@@ -63,10 +63,10 @@ int run_predict(const PredictOptions& o) {
     if (o.top < 1) throw Error(fmt::format("--top must be at least 1, got {}", o.top));
     const Device device = choose_device(o.device);
     const Checkpoint checkpoint = load_checkpoint(o.model);
-    const MlpConfig& config = checkpoint.meta.model;
-    if (config.inputs != kMnistSide * kMnistSide)
+    const ModelSpec& config = checkpoint.meta.model;
+    if (config.inputs() != kMnistSide * kMnistSide)
         throw Error(fmt::format("'{}': the model takes {} inputs; predict prepares {}x{} = {}-pixel images", o.model,
-                                config.inputs, kMnistSide, kMnistSide, kMnistSide * kMnistSide));
+                                config.inputs(), kMnistSide, kMnistSide, kMnistSide * kMnistSide));
     const std::vector<std::string> names = class_names(checkpoint.meta.dataset);
     const Framing framing = framing_for(checkpoint.meta.dataset);  // a Fashion-MNIST model sees products framed its way
     const std::vector<std::string> save_to = preprocessed_paths(o.save_preprocessed, o.images);
@@ -93,7 +93,7 @@ int run_predict(const PredictOptions& o) {
             items[i].error = e.what();
         }
     }
-    Mlp model = load_model(checkpoint, device);
+    Model model = load_model(checkpoint, device);
     const std::vector<Prediction> predictions = predict(model, pixels, rows);
 
     auto class_label = [&](int k) { return k < static_cast<int>(names.size()) ? fmt::format("{} {}", k, names[k]) : std::to_string(k); };

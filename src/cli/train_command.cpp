@@ -54,8 +54,10 @@ struct TrainOptions {
     float momentum = 0.0f;
     bool no_graph = false;
     bool tf32 = false;
+    std::string model_text = "mlp";  // --model
     TrainConfig train;
-    MlpConfig model;
+    MlpConfig mlp;    // --hidden, --activation, --dropout
+    ModelSpec model;  // resolved once the data's image size is known
 };
 
 // Keras-style live progress line, redrawn in place; only on a terminal.
@@ -116,10 +118,6 @@ void prepare_save_dir(const std::string& dir) {
     if (!ok) throw Error(fmt::format("--save: cannot write into folder '{}': {}", dir, std::strerror(err)));
 }
 
-std::string hidden_text(const std::vector<int>& hidden) {
-    return hidden.empty() ? "none" : fmt::format("{}", fmt::join(hidden, ","));
-}
-
 // --resume: the run continues with the checkpoint's model, optimizer, seed, batch size and data
 // set. A flag given on the command line that contradicts one of them is an error (a different
 // model cannot take the saved parameters; a different schedule would not be the same run).
@@ -130,12 +128,14 @@ void apply_checkpoint_settings(TrainOptions& o, OptimizerConfig& opt, const Chec
                                 "saved model and settings (leave out {}, or start a new run without --resume)",
                                 o.resume, flag, value, saved, flag));
     };
-    if (given("--hidden") && o.model.hidden != meta.model.hidden)
-        conflict("--hidden", o.hidden, fmt::format("hidden {} ({})", hidden_text(meta.model.hidden), meta.model.describe()));
-    if (given("--activation") && o.model.activation != meta.model.activation)
-        conflict("--activation", o.activation, to_string(meta.model.activation));
-    if (given("--dropout") && o.model.dropout != meta.model.dropout)
-        conflict("--dropout", fmt::format("{}", o.model.dropout), fmt::format("dropout {}", meta.model.dropout));
+    // The model the flags given describe, on the checkpoint's input, against the checkpoint's.
+    const std::pair<const char*, std::string> model_flags[] = {{"--model", o.model_text},
+                                                                {"--hidden", o.hidden},
+                                                                {"--activation", o.activation},
+                                                                {"--dropout", fmt::format("{}", o.mlp.dropout)}};
+    for (const auto& [flag, value] : model_flags)
+        if (given(flag) && parse_model(o.model_text, meta.model.input, meta.model.classes, o.mlp) != meta.model)
+            conflict(flag, value, fmt::format("the model {}", meta.model.describe()));
     if (given("--optimizer") && opt.kind != meta.optimizer.kind)
         conflict("--optimizer", o.optimizer, meta.optimizer.describe());
     if (given("--lr") && opt.lr != meta.optimizer.lr)
@@ -161,9 +161,17 @@ void apply_checkpoint_settings(TrainOptions& o, OptimizerConfig& opt, const Chec
 }
 
 int run_train(TrainOptions& o) {
-    o.model.hidden = parse_hidden(o.hidden);
-    o.model.activation = parse_activation(o.activation);
-    o.model.validate();
+    o.mlp.hidden = parse_hidden(o.hidden);
+    o.mlp.activation = parse_activation(o.activation);
+    o.mlp.validate();
+    if (o.model_text != "mlp")
+        for (const char* flag : {"--hidden", "--activation", "--dropout"})
+            if (o.app->count(flag) > 0)
+                throw Error(fmt::format("{} describes the MLP (--model mlp); --model '{}' has its own layers", flag,
+                                        o.model_text));
+    // A bad --model fails here, before any data is read (on a 28x28 input; checked again below
+    // against the data's own image size).
+    if (o.resume.empty()) (void)parse_model(o.model_text, Shape{1, 28, 28}, 10, o.mlp);
     OptimizerConfig opt;
     opt.kind = parse_optimizer(o.optimizer);
     opt.lr = o.lr;
@@ -192,10 +200,10 @@ int run_train(TrainOptions& o) {
 
     const Dataset train = load_dataset(o.data_dir, o.dataset, Split::Train);
     const Dataset test = load_dataset(o.data_dir, o.dataset, Split::Test);
-    if (resumed && o.model.inputs != train.features())
+    if (resumed && o.model.inputs() != train.features())
         throw Error(fmt::format("--resume '{}': the model takes {} pixels per image, but {} images are {}x{}", o.resume,
-                                o.model.inputs, o.dataset, train.rows, train.cols));
-    o.model.inputs = train.features();
+                                o.model.inputs(), o.dataset, train.rows, train.cols));
+    if (!resumed) o.model = parse_model(o.model_text, Shape{1, train.rows, train.cols}, 10, o.mlp);
     if (test.features() != train.features())
         throw Error(fmt::format("test images are {}x{}, training images {}x{}", test.rows, test.cols, train.rows,
                                 train.cols));
@@ -315,7 +323,7 @@ int run_train(TrainOptions& o) {
 
 void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
     auto o = std::make_shared<TrainOptions>();
-    CLI::App* train = parent.add_subcommand("train", "Train an MLP and evaluate it on the test set after every epoch");
+    CLI::App* train = parent.add_subcommand("train", "Train a model (the MLP by default) and evaluate it on the test set after every epoch");
     train->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files")->capture_default_str();
     train->add_option("--dataset", o->dataset, "Data set: mnist or fashion")->capture_default_str();
     train->add_option("--epochs", o->train.epochs, "Number of passes over the training set")->capture_default_str();
@@ -323,9 +331,10 @@ void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
     train->add_option("--lr", o->lr, "Learning rate")->capture_default_str();
     train->add_option("--optimizer", o->optimizer, "adam, sgd or rmsprop")->capture_default_str();
     train->add_option("--momentum", o->momentum, "SGD momentum, in [0, 1)")->capture_default_str();
-    train->add_option("--hidden", o->hidden, "Hidden layer sizes, comma separated (or 'none')")->capture_default_str();
-    train->add_option("--activation", o->activation, "Hidden activation: relu or sigmoid")->capture_default_str();
-    train->add_option("--dropout", o->model.dropout, "Dropout rate after each hidden layer, in [0, 1)")
+    train->add_option("--model", o->model_text, model_help())->capture_default_str();
+    train->add_option("--hidden", o->hidden, "MLP: hidden layer sizes, comma separated (or 'none')")->capture_default_str();
+    train->add_option("--activation", o->activation, "MLP: hidden activation, relu, sigmoid or tanh")->capture_default_str();
+    train->add_option("--dropout", o->mlp.dropout, "MLP: dropout rate after each hidden layer, in [0, 1)")
         ->capture_default_str();
     train->add_option("--seed", o->train.seed, "Seed for initialisation, shuffling and dropout")->capture_default_str();
     train->add_option("--device", o->device, "auto (the GPU when usable), cpu or gpu")->capture_default_str();

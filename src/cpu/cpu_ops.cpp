@@ -11,6 +11,7 @@
 
 #include "backend.h"
 #include "cumnist/philox.h"
+#include "dnnl_conv.h"
 #include "dnnl_gemm.h"
 #include "philox_blocks.h"
 
@@ -30,6 +31,7 @@ template <Activation kAct>
 inline float activate(float x) {
     if constexpr (kAct == Activation::Relu) return x > 0.0f ? x : 0.0f;
     else if constexpr (kAct == Activation::Sigmoid) return 1.0f / (1.0f + std::exp(-x));
+    else if constexpr (kAct == Activation::Tanh) return std::tanh(x);
     else return x;
 }
 
@@ -50,14 +52,19 @@ void with_activation(Activation act, F&& f) {
     switch (act) {
         case Activation::Relu: f(std::integral_constant<Activation, Activation::Relu>{}); return;
         case Activation::Sigmoid: f(std::integral_constant<Activation, Activation::Sigmoid>{}); return;
+        case Activation::Tanh: f(std::integral_constant<Activation, Activation::Tanh>{}); return;
         case Activation::None: f(std::integral_constant<Activation, Activation::None>{}); return;
     }
 }
 
-// act'(pre) expressed through the saved output a = act(pre): sigmoid' = a (1 − a), none' = 1.
-// (ReLU's backward reads the dropout output instead; see act_dropout_backward.)
+// act'(pre) expressed through the saved output a = act(pre): sigmoid' = a (1 − a), tanh' = 1 − a²,
+// none' = 1. (ReLU's backward reads the dropout output instead; see act_dropout_backward.)
 inline float activation_derivative(Activation act, float a) {
-    return act == Activation::Sigmoid ? a * (1.0f - a) : 1.0f;
+    switch (act) {
+        case Activation::Sigmoid: return a * (1.0f - a);
+        case Activation::Tanh: return 1.0f - a * a;
+        default: return 1.0f;
+    }
 }
 
 // MXCSR bits: FTZ (15) flushes denormal results to zero, DAZ (6) reads denormal inputs as zero.
@@ -175,6 +182,34 @@ void act_dropout_backward(float* dpre, const float* dh, const float* saved, int 
     }
 }
 
+void act_dropout_forward(float* y, const float* x, int n, int cols, Activation act, float rate, uint32_t keep_threshold,
+                         uint64_t seed, uint32_t stream, bool dropout, const uint64_t* step) {
+    const std::size_t total = static_cast<std::size_t>(n) * cols;
+    with_activation(act, [&](auto tag) {
+        constexpr Activation kAct = decltype(tag)::value;
+        if (!dropout) {
+            // (y may be x: element i is read before it is written.)
+#pragma omp parallel for simd schedule(static) if (total >= kParallelThreshold)
+            for (std::size_t i = 0; i < total; ++i) y[i] = activate<kAct>(x[i]);
+            return;
+        }
+        // The keep bits in bias_act_dropout_forward's blocks of 32 elements (the same masks).
+        const float scale = 1.0f / (1.0f - rate);
+        const uint64_t t = *step;
+        const std::size_t n_blocks = (total + 31) / 32;
+        const bool avx2 = use_avx2();
+#pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
+        for (std::size_t blk = 0; blk < n_blocks; ++blk) {
+            uint32_t words[32];
+            block_words(seed, stream, t, blk, avx2, words);
+            const std::size_t first = 32 * blk, last = std::min(total, first + 32);
+#pragma omp simd
+            for (std::size_t i = first; i < last; ++i)
+                y[i] = select_or_zero(words[i - first] < keep_threshold, activate<kAct>(x[i]) * scale);
+        }
+    });
+}
+
 void bias_grad(float* db, const float* dy, int n, int cols) {
     // db[c] = Σ_r dy[r, c]: rows in order, columns vectorised; threads own disjoint column blocks.
     constexpr int kBlock = 64;
@@ -188,6 +223,106 @@ void bias_grad(float* db, const float* dy, int n, int cols) {
             for (int c = c0; c < c1; ++c) acc[c - c0] += row[c];
         }
         std::copy(acc, acc + (c1 - c0), db + c0);
+    }
+}
+
+std::size_t conv2d_workspace_bytes(const Conv2dGeometry&) { return 0; }  // oneDNN's scratchpads are per primitive
+
+void conv2d_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g, void*,
+                    std::size_t) {
+    onednn::conv_forward(y, x, w, bias, g);
+}
+
+void conv2d_backward_data(float* dx, const float* dy, const float* w, const Conv2dGeometry& g, void*, std::size_t) {
+    onednn::conv_backward_data(dx, dy, w, g);
+}
+
+void conv2d_backward_filter(float* dw, const float* dy, const float* x, const Conv2dGeometry& g, void*, std::size_t) {
+    onednn::conv_backward_weights(dw, dy, x, g);
+}
+
+void channel_bias_grad(float* db, const float* dy, int n, int channels, int spatial) {
+    // db[c] = Σ_r Σ_s dy[r, c, s]: per channel, images in order, each image's plane summed in
+    // order; threads own disjoint channels.
+#pragma omp parallel for schedule(static) if (static_cast<std::size_t>(n) * channels * spatial >= kParallelThreshold)
+    for (int c = 0; c < channels; ++c) {
+        float acc = 0.0f;
+        for (int r = 0; r < n; ++r) {
+            const float* plane = dy + (static_cast<std::size_t>(r) * channels + c) * spatial;
+            float sum = 0.0f;
+            for (int s = 0; s < spatial; ++s) sum += plane[s];
+            acc += sum;
+        }
+        db[c] = acc;
+    }
+}
+
+namespace {
+
+// One output row of a 2x2 window with stride 2 (the common case), written as selects so that it
+// vectorises: the same comparisons in the same order as the general loop below.
+void maxpool_row_2x2(float* y, int32_t* argmax, const float* r0, const float* r1, int ow, int32_t at0, int in_w) {
+#pragma omp simd
+    for (int ox = 0; ox < ow; ++ox) {
+        const float a = r0[2 * ox], b = r0[2 * ox + 1], c = r1[2 * ox], d = r1[2 * ox + 1];
+        float best = a;
+        int32_t at = at0 + 2 * ox;
+        at = b > best ? at0 + 2 * ox + 1 : at;
+        best = b > best ? b : best;
+        at = c > best ? at0 + in_w + 2 * ox : at;
+        best = c > best ? c : best;
+        at = d > best ? at0 + in_w + 2 * ox + 1 : at;
+        best = d > best ? d : best;
+        y[ox] = best;
+        argmax[ox] = at;
+    }
+}
+
+}  // namespace
+
+void maxpool2d_forward(float* y, int32_t* argmax, const float* x, const Pool2dGeometry& g) {
+    const int oh = g.out_h(), ow = g.out_w();
+    const std::size_t planes = static_cast<std::size_t>(g.n) * g.c;
+    const std::size_t in_plane = static_cast<std::size_t>(g.in_h) * g.in_w, out_plane = static_cast<std::size_t>(oh) * ow;
+    const bool k2s2 = g.k_h == 2 && g.k_w == 2 && g.stride_h == 2 && g.stride_w == 2;
+#pragma omp parallel for schedule(static) if (planes * in_plane >= kParallelThreshold)
+    for (std::size_t p = 0; p < planes; ++p) {
+        const float* xp = x + p * in_plane;
+        float* yp = y + p * out_plane;
+        int32_t* ap = argmax + p * out_plane;
+        for (int oy = 0; oy < oh; ++oy) {
+            const int row0 = oy * g.stride_h * g.in_w;
+            if (k2s2) {
+                maxpool_row_2x2(yp + oy * ow, ap + oy * ow, xp + row0, xp + row0 + g.in_w, ow, row0, g.in_w);
+                continue;
+            }
+            for (int ox = 0; ox < ow; ++ox) {
+                // The first maximum in row-major window order (ops.h).
+                int best_at = row0 + ox * g.stride_w;
+                float best = xp[best_at];
+                for (int ky = 0; ky < g.k_h; ++ky)
+                    for (int kx = 0; kx < g.k_w; ++kx) {
+                        const int at = row0 + ky * g.in_w + ox * g.stride_w + kx;
+                        if (xp[at] > best) best = xp[at], best_at = at;
+                    }
+                yp[oy * ow + ox] = best;
+                ap[oy * ow + ox] = best_at;
+            }
+        }
+    }
+}
+
+void maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const Pool2dGeometry& g) {
+    const std::size_t planes = static_cast<std::size_t>(g.n) * g.c;
+    const std::size_t in_plane = static_cast<std::size_t>(g.in_h) * g.in_w;
+    const std::size_t out_plane = static_cast<std::size_t>(g.out_h()) * g.out_w();
+#pragma omp parallel for schedule(static) if (planes * in_plane >= kParallelThreshold)
+    for (std::size_t p = 0; p < planes; ++p) {
+        float* dxp = dx + p * in_plane;
+        const float* dyp = dy + p * out_plane;
+        const int32_t* ap = argmax + p * out_plane;
+        std::fill(dxp, dxp + in_plane, 0.0f);
+        for (std::size_t o = 0; o < out_plane; ++o) dxp[ap[o]] += dyp[o];  // windows in row-major order
     }
 }
 

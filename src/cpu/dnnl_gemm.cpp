@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include <dnnl.hpp>
+#include "dnnl_common.h"
 #include <map>
 #include <tuple>
 
@@ -36,8 +37,7 @@ struct Entry {
 };
 
 struct Context {
-    dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-    dnnl::stream stream{engine};
+    dnnl::engine& engine = thread_engine().engine;
     std::map<Key, Entry> cache;
 };
 
@@ -82,10 +82,6 @@ Entry create(Context& ctx, const Key& key) {
     return e;
 }
 
-void check(dnnl_status_t status, const char* what) {
-    if (status != dnnl_success) throw Error(fmt::format("oneDNN: {} failed (status {})", what, static_cast<int>(status)));
-}
-
 }  // namespace
 
 void matmul(float* c, const float* a, Trans ta, const float* b, Trans tb, int m, int n, int k) {
@@ -109,8 +105,7 @@ void matmul(float* c, const float* a, Trans ta, const float* b, Trans tb, int m,
     check(dnnl_memory_set_data_handle(e.b.get(), const_cast<float*>(b)), "binding B");
     check(dnnl_memory_set_data_handle(e.c.get(), c), "binding C");
     // The C interface: the C++ one builds a map of the arguments on every call.
-    check(dnnl_primitive_execute(e.primitive.get(), ctx.stream.get(), e.n_args, e.args), "matmul");
-    check(dnnl_stream_wait(ctx.stream.get()), "waiting for the matmul");
+    execute(e.primitive, e.n_args, e.args, "matmul");
 }
 
 void sgemm(float* c, const float* a, Trans ta, const float* b, Trans tb, int m, int n, int k, float alpha, float beta) {

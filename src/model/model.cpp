@@ -1,8 +1,8 @@
-// The MLP: layout of the flat parameter buffer, Glorot init, forward and backward via ops.h.
-#include <cmath>
-
-#include "cumnist/mlp.h"
+// The sequential model: its layers built from the spec (fusing activations and dropout into the
+// layer before them), the flat parameter buffer with per-layer views, the workspace, and forward
+// and backward as the layers' op sequences.
 #include "cumnist/philox.h"
+#include "layer.h"
 
 namespace cumnist {
 
@@ -10,6 +10,7 @@ std::string MlpConfig::describe() const {
     std::string shape = std::to_string(inputs);
     for (int h : hidden) shape += "-" + std::to_string(h);
     shape += "-" + std::to_string(classes);
+    if (hidden.empty()) return shape;  // one linear layer: no activation, nothing to drop
     return fmt::format("{} {}, dropout {}", shape, to_string(activation), dropout);
 }
 
@@ -22,128 +23,143 @@ void MlpConfig::validate() const {
     if (!(dropout >= 0.0f && dropout < 1.0f)) throw Error(fmt::format("model: dropout must be in [0, 1), got {}", dropout));
 }
 
-std::vector<LayerLayout> layer_layout(const MlpConfig& config) {
-    std::vector<LayerLayout> layout;
-    std::size_t offset = 0;
-    int in = config.inputs;
-    for (int l = 0; l < config.n_layers(); ++l) {
-        const int out = l + 1 < config.n_layers() ? config.hidden[l] : config.classes;
-        LayerLayout layer{in, out, offset, offset + static_cast<std::size_t>(in) * out};
-        offset = layer.b_offset + out;
-        layout.push_back(layer);
-        in = out;
-    }
-    return layout;
-}
+namespace detail {
 
-std::size_t parameter_count(const MlpConfig& config) {
-    const auto layout = layer_layout(config);
-    return layout.back().b_offset + layout.back().out;
-}
-
-std::vector<float> glorot_uniform_init(const MlpConfig& config, uint64_t seed) {
-    constexpr uint32_t kInitStream = 0x1u;
-    std::vector<float> params(parameter_count(config), 0.0f);
-    const auto layout = layer_layout(config);
-    for (std::size_t l = 0; l < layout.size(); ++l) {
-        const LayerLayout& layer = layout[l];
-        const double limit = std::sqrt(6.0 / (layer.in + layer.out));
-        const std::size_t n = static_cast<std::size_t>(layer.in) * layer.out;
-        for (std::size_t i = 0; i < n; ++i) {
-            const float u = word_to_unit_float(philox_word(seed, kInitStream, l, i));  // [0, 1)
-            params[layer.w_offset + i] = static_cast<float>((2.0 * u - 1.0) * limit);
+std::vector<std::unique_ptr<Layer>> make_layers(const ModelSpec& spec) {
+    const std::vector<Shape> shapes = spec.shapes();
+    const std::vector<LayerSpec>& L = spec.layers;
+    std::vector<std::unique_ptr<Layer>> layers;
+    uint32_t dropouts = 0;  // dropout layers so far: each draws from its own Philox stream
+    auto next_dropout = [&](float rate) { return DropoutSpec{rate, kDropoutStreamBase + dropouts++}; };
+    Shape in = spec.input;
+    for (std::size_t i = 0; i < L.size(); ++i) {
+        const LayerSpec& l = L[i];
+        auto is = [&](std::size_t j, LayerKind kind) { return j < L.size() && L[j].kind == kind; };
+        switch (l.kind) {
+            case LayerKind::Dense: {
+                // Dense [activation] [dropout]: one GEMM and the fused epilogue.
+                Activation act = Activation::None;
+                if (is(i + 1, LayerKind::Activation)) act = L[++i].activation;
+                DropoutSpec d;
+                if (is(i + 1, LayerKind::Dropout)) d = next_dropout(L[++i].rate);
+                layers.push_back(make_dense(in.size(), l.units, act, d));
+                break;
+            }
+            case LayerKind::Conv2D: {
+                Activation act = Activation::None;
+                if (is(i + 1, LayerKind::Activation)) act = L[++i].activation;
+                layers.push_back(make_conv2d(conv_geometry(l, in), act));
+                break;
+            }
+            case LayerKind::MaxPool2D: {
+                Pool2dGeometry g;
+                g.c = in.c, g.in_h = in.h, g.in_w = in.w;
+                g.k_h = l.k_h, g.k_w = l.k_w, g.stride_h = l.stride_h, g.stride_w = l.stride_w;
+                layers.push_back(make_maxpool2d(g));
+                break;
+            }
+            case LayerKind::Flatten: break;  // the same memory read as a vector
+            case LayerKind::Dropout: layers.push_back(make_dropout(in.size(), next_dropout(l.rate))); break;
+            case LayerKind::Activation: layers.push_back(make_activation(in.size(), l.activation)); break;
         }
+        in = shapes[i];
     }
-    return params;
+    return layers;
 }
 
-MlpWorkspace::MlpWorkspace(const MlpConfig& config, int max_batch_, Device device) : max_batch(max_batch_) {
+}  // namespace detail
+
+Workspace::Workspace(const Model& model, int max_batch_) : max_batch(max_batch_), classes(model.classes()) {
     CUMNIST_CHECK(max_batch > 0, "workspace batch must be positive, got {}", max_batch);
-    const auto layout = layer_layout(config);
-    for (std::size_t l = 0; l < layout.size(); ++l) {
-        const std::size_t size = static_cast<std::size_t>(max_batch) * layout[l].out;
-        a.emplace_back(size, device);
-        dh.emplace_back(size, device);
-        if (l + 1 < layout.size()) h.emplace_back(size, device);
+    const Device device = model.device();
+    const auto rows = static_cast<std::size_t>(max_batch);
+    std::size_t scratch_size = 0;
+    for (const auto& layer : model.m_layers) {
+        y.emplace_back(rows * layer->out_size(), device);
+        dy.emplace_back(rows * layer->out_size(), device);
+        aux.emplace_back(rows * layer->aux_size(), device);
+        index.emplace_back(rows * layer->index_size(), device);
+        scratch_size = std::max(scratch_size, layer->scratch_bytes(max_batch, device));
     }
-    row_loss = Buffer<float>(max_batch, device);
-    row_correct = Buffer<float>(max_batch, device);
+    scratch = Buffer<uint8_t>(scratch_size, device);
+    row_loss = Buffer<float>(rows, device);
+    row_correct = Buffer<float>(rows, device);
 }
 
-Mlp::Mlp(MlpConfig config, Device device)
-    : m_config(std::move(config)), m_device(device), m_layout(layer_layout(m_config)) {
-    m_config.validate();
-    const std::size_t n = parameter_count(m_config);
+Model::Model(ModelSpec spec, Device device)
+    : m_spec(std::move(spec)), m_device(device), m_layout(layer_layout(m_spec)), m_layers(detail::make_layers(m_spec)) {
+    const std::size_t n = parameter_count(m_spec);
     m_params = Buffer<float>(n, device);
     m_grads = Buffer<float>(n, device);
     m_params.zero();
     m_grads.zero();
 }
 
-MatrixView<float> Mlp::weight(Buffer<float>& flat, int layer) const {
+Model::~Model() = default;
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+
+MatrixView<float> Model::weight(Buffer<float>& flat, int layer) const {
     const LayerLayout& l = m_layout[layer];
     return flat.view(l.out, l.in, l.w_offset);
 }
 
-MatrixView<float> Mlp::bias(Buffer<float>& flat, int layer) const {
+MatrixView<float> Model::bias(Buffer<float>& flat, int layer) const {
     const LayerLayout& l = m_layout[layer];
     return flat.view(1, l.out, l.b_offset);
 }
 
-Dropout Mlp::dropout_for(int layer, bool training, uint64_t seed) const {
-    Dropout d;
-    const bool hidden = layer + 1 < m_config.n_layers();
-    d.rate = hidden ? m_config.dropout : 0.0f;
-    d.training = training;
-    d.seed = seed;
-    d.stream = kDropoutStreamBase + static_cast<uint32_t>(layer);
-    return d;
-}
-
-MatrixView<float> Mlp::forward(MlpWorkspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed,
-                               const uint64_t* step) {
+MatrixView<float> Model::forward(Workspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed,
+                                 const uint64_t* step) {
     const int n = x.rows;
     CUMNIST_CHECK(n <= ws.max_batch, "batch of {} exceeds the workspace's {}", n, ws.max_batch);
+    CUMNIST_CHECK(x.cols == inputs(), "input has {} values per image, the model expects {}", x.cols, inputs());
+    const detail::Pass pass{n, training, dropout_seed, step};
     MatrixView<const float> input = x;
-    for (int l = 0; l < m_config.n_layers(); ++l) {
-        const bool hidden = l + 1 < m_config.n_layers();
-        MatrixView<float> a = ws.a[l].view(n, m_layout[l].out);
-        // a (n, out) = input (n, in) · wᵀ, then a ← act(a + b), h ← dropout(a)
-        ops::gemm(a, input, Trans::No, weight(m_params, l), Trans::Yes);
-        const Dropout d = dropout_for(l, training, dropout_seed);
-        MatrixView<float> h = hidden && d.active() ? ws.h[l].view(n, m_layout[l].out) : a;
-        ops::bias_act_dropout_forward(h, a, bias(m_params, l), hidden ? m_config.activation : Activation::None, d, step);
-        input = h;
+    int p = 0;  // layers with parameters so far
+    for (std::size_t i = 0; i < m_layers.size(); ++i) {
+        detail::Layer& layer = *m_layers[i];
+        detail::LayerIO io;
+        io.x = input;
+        io.y = ws.y[i].view(n, layer.out_size());
+        io.aux = ws.aux[i].view(n, layer.aux_size());
+        io.index = ws.index[i].view(n, layer.index_size());
+        io.scratch = ws.scratch.flat();
+        if (layer.has_parameters()) {
+            io.w = weight(m_params, p);
+            io.b = bias(m_params, p);
+            ++p;
+        }
+        layer.forward(pass, io);
+        input = io.y;
     }
-    return ws.a.back().view(n, m_config.classes);
+    return ws.logits(n);
 }
 
-void Mlp::backward(MlpWorkspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed,
-                   const uint64_t* step) {
+void Model::backward(Workspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed,
+                     const uint64_t* step) {
     const int n = x.rows;
-    for (int l = m_config.n_layers() - 1; l >= 0; --l) {
-        const LayerLayout& layer = m_layout[l];
-        const bool hidden = l + 1 < m_config.n_layers();
-        MatrixView<float> dpre = ws.dh[l].view(n, layer.out);
-        if (hidden) {
-            // ∂loss/∂pre = ∂loss/∂h · keep/(1 − rate) · act'(pre), in place. ReLU's backward reads the
-            // forward's output h (after dropout), the others the activation a (ops.h).
-            const Dropout d = dropout_for(l, training, dropout_seed);
-            const bool from_output = m_config.activation == Activation::Relu && d.active();
-            ops::act_dropout_backward(dpre, dpre, from_output ? ws.h[l].view(n, layer.out) : ws.a[l].view(n, layer.out),
-                                      m_config.activation, d, step);
+    const detail::Pass pass{n, training, dropout_seed, step};
+    int p = static_cast<int>(m_layout.size());
+    for (std::size_t i = m_layers.size(); i-- > 0;) {
+        detail::Layer& layer = *m_layers[i];
+        detail::LayerIO io;
+        const int in_size = i > 0 ? m_layers[i - 1]->out_size() : inputs();
+        io.x = i > 0 ? MatrixView<const float>(ws.y[i - 1].view(n, in_size)) : x;
+        io.y = ws.y[i].view(n, layer.out_size());
+        io.dy = ws.dy[i].view(n, layer.out_size());
+        if (i > 0) io.dx = ws.dy[i - 1].view(n, in_size);
+        io.aux = ws.aux[i].view(n, layer.aux_size());
+        io.index = ws.index[i].view(n, layer.index_size());
+        io.scratch = ws.scratch.flat();
+        if (layer.has_parameters()) {
+            --p;
+            io.w = weight(m_params, p);
+            io.b = bias(m_params, p);
+            io.dw = weight(m_grads, p);
+            io.db = bias(m_grads, p);
         }
-        // The layer's input: x, or the previous layer's output after dropout.
-        MatrixView<const float> input = x;
-        if (l > 0) {
-            const bool dropped = dropout_for(l - 1, training, dropout_seed).active();
-            input = dropped ? ws.h[l - 1].view(n, layer.in) : ws.a[l - 1].view(n, layer.in);
-        }
-        // dw (out, in) = dpreᵀ (out, n) · input (n, in);  db = Σ_rows dpre
-        ops::gemm(weight(m_grads, l), dpre, Trans::Yes, input, Trans::No);
-        ops::bias_grad(bias(m_grads, l), dpre);
-        // dinput (n, in) = dpre (n, out) · w (out, in)
-        if (l > 0) ops::gemm(ws.dh[l - 1].view(n, layer.in), dpre, Trans::No, weight(m_params, l), Trans::No);
+        layer.backward(pass, io);
     }
 }
 

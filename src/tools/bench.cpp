@@ -17,22 +17,20 @@
 namespace cumnist {
 
 namespace {
-// Σ_l in_l·out_l: the multiply-adds of one sample's forward pass through the weight matrices.
-double weight_macs(const MlpConfig& config) {
-    double macs = 0.0;
-    for (const LayerLayout& l : layer_layout(config)) macs += static_cast<double>(l.in) * l.out;
-    return macs;
+double sum(const std::vector<double>& v) {
+    double total = 0.0;
+    for (double x : v) total += x;
+    return total;
 }
 }  // namespace
 
-double training_step_flops(const MlpConfig& config, int n) {
-    const std::vector<LayerLayout> layout = layer_layout(config);
-    const double first = static_cast<double>(layout.front().in) * layout.front().out;
-    // forward 2·Σ, dW 2·Σ, dX 2·(Σ − in_0·out_0), per sample.
-    return static_cast<double>(n) * (6.0 * weight_macs(config) - 2.0 * first);
+double training_step_flops(const ModelSpec& spec, int n) {
+    const std::vector<double> macs = layer_macs(spec);
+    // forward 2·Σ, dW 2·Σ, dX 2·(Σ − first layer), per sample.
+    return static_cast<double>(n) * (6.0 * sum(macs) - 2.0 * macs.front());
 }
 
-double inference_flops(const MlpConfig& config, int n) { return static_cast<double>(n) * 2.0 * weight_macs(config); }
+double inference_flops(const ModelSpec& spec, int n) { return static_cast<double>(n) * 2.0 * sum(layer_macs(spec)); }
 
 namespace {
 
@@ -186,9 +184,11 @@ GemmPeak measure_gemm_peak(int size, int repeats) {
 
 std::string cpu_gemm_library() { return cpu::onednn::describe(); }
 
-GemmFloor measure_step_gemms(const MlpConfig& config, int n) {
+GemmFloor measure_step_gemms(const ModelSpec& spec, int n) {
     CUMNIST_CHECK(n > 0, "GEMM floor: batch {} must be positive", n);
-    const std::vector<LayerLayout> layout = layer_layout(config);
+    for (const LayerSpec& l : spec.layers)
+        if (l.kind == LayerKind::Conv2D) return {};  // defined for models of dense layers only
+    const std::vector<LayerLayout> layout = layer_layout(spec);
     const auto filled = [](std::size_t count) {
         std::vector<float> v(count);
         for (std::size_t i = 0; i < count; ++i) v[i] = static_cast<float>(i % 251) / 251.0f - 0.5f;

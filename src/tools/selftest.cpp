@@ -6,6 +6,7 @@
 #include <functional>
 #include <random>
 
+#include "cumnist/model.h"
 #include "cumnist/ops.h"
 #include "cumnist/philox.h"
 #include "cumnist/trainer.h"
@@ -90,7 +91,7 @@ std::vector<Case> op_cases() {
             }
     }
     // The fused epilogue and its backward, each activation, dropout on.
-    for (Activation act : {Activation::None, Activation::Relu, Activation::Sigmoid}) {
+    for (Activation act : {Activation::None, Activation::Relu, Activation::Sigmoid, Activation::Tanh}) {
         cases.push_back({fmt::format("bias+{}+dropout fwd/bwd 33x257", to_string(act)), kElementwise,
                          [=](SelftestResult& r) {
                              const int n = 33, cols = 257;
@@ -182,6 +183,89 @@ std::vector<Case> op_cases() {
                          compare(r, x[1], x[0], {0, 0}, "x");
                          compare(r, y[1], y[0], {0, 0}, "labels");
                      }});
+    // Convolutions (cuDNN against oneDNN): forward with bias, backward-data, backward-filter and
+    // the bias gradient; odd sizes, a stride, symmetric padding.
+    for (int stride : {1, 2}) {
+        Conv2dGeometry g;
+        g.n = 7, g.in_c = 3, g.in_h = 9, g.in_w = 11, g.out_c = 5, g.k_h = 3, g.k_w = 3;
+        g.stride_h = g.stride_w = stride;
+        g.pad_top = g.pad_bottom = g.pad_left = g.pad_right = 1;
+        cases.push_back({fmt::format("conv2d fwd/bwd 7x3x9x11, 5 filters 3x3, stride {}", stride), kGemm,
+                         [=](SelftestResult& r) {
+                             const auto x = random_floats(static_cast<std::size_t>(g.n) * g.in_size(), -1, 1, 21);
+                             const auto w = random_floats(static_cast<std::size_t>(g.out_c) * g.filter_size(), -1, 1, 22);
+                             const auto b = random_floats(g.out_c, -1, 1, 23);
+                             const auto dy = random_floats(static_cast<std::size_t>(g.n) * g.out_size(), -1, 1, 24);
+                             std::vector<float> y[2], dx[2], dw[2], db[2];
+                             for (Device d : {Device::Cpu, Device::Cuda}) {
+                                 auto X = on(d, x), W = on(d, w), B = on(d, b), DY = on(d, dy);
+                                 Buffer<float> Y(dy.size(), d), DX(x.size(), d), DW(w.size(), d), DB(b.size(), d);
+                                 Buffer<uint8_t> ws(ops::conv2d_workspace_bytes(g, d), d);
+                                 const MatrixView<uint8_t> wsv = ws.flat();
+                                 ops::conv2d_forward(Y.view(g.n, g.out_size()), X.view(g.n, g.in_size()),
+                                                     W.view(g.out_c, g.filter_size()), B.view(1, g.out_c), g, wsv);
+                                 ops::conv2d_backward_data(DX.view(g.n, g.in_size()), DY.view(g.n, g.out_size()),
+                                                           W.view(g.out_c, g.filter_size()), g, wsv);
+                                 ops::conv2d_backward_filter(DW.view(g.out_c, g.filter_size()), DY.view(g.n, g.out_size()),
+                                                             X.view(g.n, g.in_size()), g, wsv);
+                                 ops::channel_bias_grad(DB.view(1, g.out_c), DY.view(g.n, g.out_size()), g.out_c);
+                                 const int k = d == Device::Cuda;
+                                 y[k] = Y.to_host(), dx[k] = DX.to_host(), dw[k] = DW.to_host(), db[k] = DB.to_host();
+                             }
+                             compare(r, y[1], y[0], kGemm, "y");
+                             compare(r, dx[1], dx[0], kGemm, "dx");
+                             compare(r, dw[1], dw[0], kGemm, "dw");
+                             compare(r, db[1], db[0], kGemm, "db");
+                         }});
+    }
+    // Max pooling: the same argmax (first maximum) and bit-identical gradients on both devices,
+    // with ties (values from a small set) and overlapping windows.
+    for (int k : {2, 3}) {
+        Pool2dGeometry g;
+        g.n = 5, g.c = 3, g.in_h = 13, g.in_w = 10, g.k_h = g.k_w = k, g.stride_h = g.stride_w = 2;
+        cases.push_back({fmt::format("maxpool {}x{} stride 2 fwd/bwd 5x3x13x10, ties", k, k), {0, 0}, [=](SelftestResult& r) {
+                             std::vector<float> x = random_floats(static_cast<std::size_t>(g.n) * g.in_size(), 0, 4, 25);
+                             for (float& v : x) v = std::floor(v);  // ties in most windows
+                             const auto dy = random_floats(static_cast<std::size_t>(g.n) * g.out_size(), -1, 1, 26);
+                             std::vector<float> y[2], dx[2];
+                             std::vector<int32_t> at[2];
+                             for (Device d : {Device::Cpu, Device::Cuda}) {
+                                 auto X = on(d, x), DY = on(d, dy);
+                                 Buffer<float> Y(dy.size(), d), DX(x.size(), d);
+                                 Buffer<int32_t> A(dy.size(), d);
+                                 ops::maxpool2d_forward(Y.view(g.n, g.out_size()), A.view(g.n, g.out_size()),
+                                                        X.view(g.n, g.in_size()), g);
+                                 ops::maxpool2d_backward(DX.view(g.n, g.in_size()), DY.view(g.n, g.out_size()),
+                                                         A.view(g.n, g.out_size()), g);
+                                 const int i = d == Device::Cuda;
+                                 y[i] = Y.to_host(), dx[i] = DX.to_host(), at[i] = A.to_host();
+                             }
+                             compare(r, y[1], y[0], {0, 0}, "y");
+                             compare(r, at[1], at[0], {0, 0}, "argmax");
+                             compare(r, dx[1], dx[0], {0, 0}, "dx");
+                         }});
+    }
+    cases.push_back({"tanh+dropout standalone fwd/bwd 33x257", kElementwise, [](SelftestResult& r) {
+                         const int n = 33, cols = 257;
+                         const auto x = random_floats(static_cast<std::size_t>(n) * cols, -3, 3, 27);
+                         const auto dy = random_floats(x.size(), -1, 1, 28);
+                         Dropout drop;
+                         drop.rate = 0.3f, drop.seed = 7, drop.stream = kDropoutStreamBase + 2, drop.training = true;
+                         const std::vector<uint64_t> step = {(uint64_t{1} << 32) + 5};
+                         std::vector<float> y[2], dx[2];
+                         for (Device d : {Device::Cpu, Device::Cuda}) {
+                             auto X = on(d, x), DY = on(d, dy);
+                             auto S = on(d, step);
+                             Buffer<float> Y(x.size(), d), A(x.size(), d), DX(x.size(), d);
+                             ops::act_dropout_forward(Y.view(n, cols), X.view(n, cols), Activation::Tanh, drop, S.data());
+                             ops::act_dropout_forward(A.view(n, cols), X.view(n, cols), Activation::Tanh, {}, nullptr);
+                             ops::act_dropout_backward(DX.view(n, cols), DY.view(n, cols), A.view(n, cols),
+                                                       Activation::Tanh, drop, S.data());
+                             y[d == Device::Cuda] = Y.to_host(), dx[d == Device::Cuda] = DX.to_host();
+                         }
+                         compare(r, y[1], y[0], kElementwise, "y");
+                         compare(r, dx[1], dx[0], kElementwise, "dx");
+                     }});
     for (OptimizerKind kind : {OptimizerKind::Adam, OptimizerKind::Sgd, OptimizerKind::RmsProp}) {
         cases.push_back({fmt::format("{} step x3, 100003 params", to_string(kind)), kElementwise, [=](SelftestResult& r) {
                              const std::size_t n = 100003;
@@ -227,6 +311,13 @@ Dataset synthetic(int n) {
     return ds;
 }
 
+// A small convolutional model on the 28x28 synthetic task: symmetric 'same' padding (which cuDNN
+// takes as it is), pooling, a standalone dropout and a fused dense + relu + dropout.
+ModelSpec selftest_cnn() {
+    return parse_model("conv8k3same,relu,pool2,conv16k3s2,relu,dropout0.1,flatten,dense32,relu,dropout0.2,dense10",
+                       Shape{1, 28, 28}, 10);
+}
+
 // The training cases' configuration: batch 32 on `device`, evaluation batches of 64.
 TrainConfig training_config(Device device) {
     TrainConfig t;
@@ -265,6 +356,36 @@ std::vector<Case> training_cases() {
                              trainer.train_epoch(1, nullptr);
                              params[graph] = trainer.model().parameters().to_host();
                              if (graph && trainer.graph_nodes() == 0) r.detail = "no graph was captured";
+                         }
+                         compare(r, params[1], params[0], {0, 0}, "parameters");
+                     }});
+    // A small convolutional model: convolutions, pooling, standalone dropout and the fused dense
+    // epilogue in training, against the CPU, and its captured step against plain launches.
+    cases.push_back({"training: 20 Adam steps of a CNN, GPU vs CPU", {1e-4, 1e-3}, [](SelftestResult& r) {
+                         const Dataset ds = synthetic(640);
+                         TrainConfig t = training_config(Device::Cpu);
+                         std::vector<float> params[2];
+                         std::vector<double> loss[2];
+                         for (Device d : {Device::Cpu, Device::Cuda}) {
+                             t.device = d;
+                             Trainer trainer(selftest_cnn(), OptimizerConfig{}, t, ds);
+                             loss[d == Device::Cuda] = {trainer.train_epoch(1, nullptr).train_loss};
+                             params[d == Device::Cuda] = trainer.model().parameters().to_host();
+                         }
+                         compare(r, loss[1], loss[0], {1e-4, 1e-3}, "loss");
+                         compare(r, params[1], params[0], {1e-4, 1e-3}, "parameters");
+                     }});
+    cases.push_back({"CNN: CUDA Graph replay vs plain launches", {0, 0}, [](SelftestResult& r) {
+                         const Dataset ds = synthetic(650);  // the last batch is short
+                         TrainConfig t = training_config(Device::Cuda);
+                         std::vector<float> params[2];
+                         for (bool graph : {false, true}) {
+                             t.use_graph = graph;
+                             Trainer trainer(selftest_cnn(), OptimizerConfig{}, t, ds);
+                             trainer.train_epoch(1, nullptr);
+                             params[graph] = trainer.model().parameters().to_host();
+                             if (graph && trainer.graph_nodes() == 0) r.detail = "no graph was captured";
+                             if (graph && !trainer.graph_failure().empty()) r.detail = trainer.graph_failure();
                          }
                          compare(r, params[1], params[0], {0, 0}, "parameters");
                      }});

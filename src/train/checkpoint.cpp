@@ -26,7 +26,8 @@ namespace {
 using nlohmann::json;
 
 constexpr const char* kFormat = "cumnist";
-constexpr int kFormatVersion = 1;
+// 1: the MLP's inputs/hidden/classes/activation/dropout; 2: the layer list (model_to_json).
+constexpr int kFormatVersion = 2;
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // 100 MB: safetensors' own limit
 constexpr std::size_t kMaxLayers = 64;
 constexpr int kMaxInputs = 1 << 24;
@@ -48,14 +49,25 @@ struct Entry {
 
 std::string shape_text(const std::vector<uint64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
 
-std::string hidden_text(const std::vector<int>& hidden) {
-    return hidden.empty() ? "none" : fmt::format("{}", fmt::join(hidden, ","));
-}
-
-// The tensors of a model (and of its optimizer's state, when `with_state`), in data order.
-std::vector<TensorSpec> expected_tensors(const MlpConfig& model, OptimizerKind kind, bool with_state) {
+// The tensors of a model (and of its optimizer's state, when `with_state`), in data order. A
+// convolution's weight is [filters, channels, kh, kw], a dense layer's [out, in].
+std::vector<TensorSpec> expected_tensors(const ModelSpec& model, OptimizerKind kind, bool with_state) {
     std::vector<TensorSpec> specs;
     const std::vector<LayerLayout> layout = layer_layout(model);
+    std::vector<std::vector<uint64_t>> weight_shapes;
+    {
+        Shape in = model.input;
+        const std::vector<Shape> shapes = model.shapes();
+        for (std::size_t i = 0; i < model.layers.size(); ++i) {
+            const LayerSpec& l = model.layers[i];
+            if (l.kind == LayerKind::Dense)
+                weight_shapes.push_back({static_cast<uint64_t>(l.units), static_cast<uint64_t>(in.size())});
+            else if (l.kind == LayerKind::Conv2D)
+                weight_shapes.push_back({static_cast<uint64_t>(l.units), static_cast<uint64_t>(in.c),
+                                         static_cast<uint64_t>(l.k_h), static_cast<uint64_t>(l.k_w)});
+            in = shapes[i];
+        }
+    }
     std::vector<std::string> prefixes = {""};
     if (with_state)
         for (const std::string& s : optimizer_state_names(kind)) prefixes.push_back("optimizer." + s + ".");
@@ -63,10 +75,7 @@ std::vector<TensorSpec> expected_tensors(const MlpConfig& model, OptimizerKind k
         for (std::size_t l = 0; l < layout.size(); ++l) {
             const LayerLayout& L = layout[l];
             const std::string layer = fmt::format("{}layers.{}.", prefixes[b], l);
-            specs.push_back({layer + "weight",
-                             {static_cast<uint64_t>(L.out), static_cast<uint64_t>(L.in)},
-                             static_cast<int>(b),
-                             L.w_offset,
+            specs.push_back({layer + "weight", weight_shapes[l], static_cast<int>(b), L.w_offset,
                              static_cast<std::size_t>(L.out) * static_cast<std::size_t>(L.in)});
             specs.push_back({layer + "bias", {static_cast<uint64_t>(L.out)}, static_cast<int>(b), L.b_offset,
                              static_cast<std::size_t>(L.out)});
@@ -100,15 +109,10 @@ json metrics_to_json(const EpochMetrics& m) {
 }
 
 std::map<std::string, std::string> metadata_strings(const CheckpointMeta& meta) {
-    const MlpConfig& m = meta.model;
     const OptimizerConfig& o = meta.optimizer;
     json history = json::array();
     for (const EpochMetrics& e : meta.history) history.push_back(metrics_to_json(e));
-    const json model = {{"inputs", m.inputs},
-                        {"hidden", m.hidden},
-                        {"classes", m.classes},
-                        {"activation", to_string(m.activation)},
-                        {"dropout", readable(m.dropout)}};
+    const json model = model_to_json(meta.model);
     const json optimizer = {{"name", to_string(o.kind)}, {"lr", readable(o.lr)},           {"beta1", readable(o.beta1)},
                             {"beta2", readable(o.beta2)}, {"epsilon", readable(o.epsilon)}, {"momentum", readable(o.momentum)},
                             {"rho", readable(o.rho)}};
@@ -126,11 +130,6 @@ std::map<std::string, std::string> metadata_strings(const CheckpointMeta& meta) 
             {"dataset", json(meta.dataset).dump()},
             {"device", json(meta.device).dump()},
             {"metrics", history.dump()}};
-}
-
-bool same_model(const MlpConfig& a, const MlpConfig& b) {
-    return a.inputs == b.inputs && a.hidden == b.hidden && a.classes == b.classes && a.activation == b.activation &&
-           a.dropout == b.dropout;
 }
 
 bool same_optimizer(const OptimizerConfig& a, const OptimizerConfig& b) {
@@ -315,25 +314,16 @@ private:
         return static_cast<T>(v.get<uint64_t>());
     }
 
-    void parse_metadata(const json& meta) {
-        if (!meta.is_object()) fail("__metadata__ is a JSON {}, expected an object of strings", json_type(meta));
-        const json& format = meta_entry(meta, "format");
-        if (format != kFormat)
-            fail("__metadata__ 'format' is {}, expected \"{}\"; not a cumnist checkpoint", format.dump(), kFormat);
-        const int version = meta_number<int>(meta, "format_version", 1, 1u << 20);
-        if (version > kFormatVersion)
-            fail("format version {} is newer than this cumnist reads (version {}); update cumnist", version,
-                 kFormatVersion);
-        MlpConfig& m = m_meta.model;
-        const json model = meta_json(meta, "model");
+    // Format version 1: an MLP as inputs, hidden, classes, activation and dropout.
+    ModelSpec legacy_mlp(const json& model) const {
+        MlpConfig m;
         std::string activation;
         try {
             // Sizes must be integers that fit an int; validate() then checks their ranges.
             auto size = [&](const json& v) {
                 const bool fits = v.is_number_unsigned() ? v.get<uint64_t>() <= uint64_t{INT32_MAX}
                                                           : v.is_number_integer() && v.get<int64_t>() >= INT32_MIN;
-                if (!fits)
-                    fail("__metadata__ 'model': sizes must be integers, found {}", v.dump());
+                if (!fits) fail("__metadata__ 'model': sizes must be integers, found {}", v.dump());
                 return v.get<int>();
             };
             m.inputs = size(model.at("inputs"));
@@ -347,8 +337,7 @@ private:
             m.dropout = model.at("dropout").get<float>();
             activation = model.at("activation").get<std::string>();
         } catch (const json::exception& e) {
-            fail("__metadata__ 'model' is {}, not a model description ({}); expected inputs, hidden, classes, "
-                 "activation, dropout",
+            fail("__metadata__ 'model' is {}, not a model description ({}); expected input, classes and layers",
                  model.dump().substr(0, 200), strip_json_prefix(e.what()));
         }
         if (activation == "relu")
@@ -360,9 +349,30 @@ private:
         if (m.inputs > kMaxInputs)
             fail("__metadata__ 'model': {} inputs exceed cumnist's limit of {}", m.inputs, kMaxInputs);
         try {
-            m.validate();
+            return ModelSpec(m);  // validates
         } catch (const Error& e) {
             fail("__metadata__ 'model': {}", e.what());
+        }
+    }
+
+    void parse_metadata(const json& meta) {
+        if (!meta.is_object()) fail("__metadata__ is a JSON {}, expected an object of strings", json_type(meta));
+        const json& format = meta_entry(meta, "format");
+        if (format != kFormat)
+            fail("__metadata__ 'format' is {}, expected \"{}\"; not a cumnist checkpoint", format.dump(), kFormat);
+        const int version = meta_number<int>(meta, "format_version", 1, 1u << 20);
+        if (version > kFormatVersion)
+            fail("format version {} is newer than this cumnist reads (version {}); update cumnist", version,
+                 kFormatVersion);
+        const json model = meta_json(meta, "model");
+        if (model.is_object() && model.contains("layers")) {
+            try {
+                m_meta.model = model_from_json(model);
+            } catch (const Error& e) {
+                fail("__metadata__ 'model': {}", e.what());
+            }
+        } else {
+            m_meta.model = legacy_mlp(model);
         }
 
         OptimizerConfig& o = m_meta.optimizer;
@@ -448,7 +458,7 @@ private:
                                                [&](const TensorSpec& s) { return s.name == e.name; });
                 if (!known)
                     fail("unexpected tensor '{}': the model {} with {} state has only layers.{{0..{}}}.{{weight,bias}}{}",
-                         e.name, model, state, m_meta.model.n_layers() - 1,
+                         e.name, model, state, layer_layout(m_meta.model).size() - 1,
                          m_has_state ? " and their optimizer.* state" : "");
             }
         }
@@ -545,7 +555,7 @@ Checkpoint load_checkpoint(const std::string& path) {
 
 Checkpoint capture_checkpoint(Trainer& trainer, CheckpointMeta meta) {
     Checkpoint c;
-    meta.model = trainer.model().config();
+    meta.model = trainer.model().spec();
     meta.optimizer = trainer.optimizer().config();
     meta.step = trainer.step();
     meta.seed = trainer.config().seed;
@@ -558,13 +568,12 @@ Checkpoint capture_checkpoint(Trainer& trainer, CheckpointMeta meta) {
 }
 
 void restore_checkpoint(Trainer& trainer, const Checkpoint& c, const std::string& name) {
-    const MlpConfig& mine = trainer.model().config();
+    const ModelSpec& mine = trainer.model().spec();
     const OptimizerConfig& opt = trainer.optimizer().config();
-    if (!same_model(mine, c.meta.model))
-        throw Error(fmt::format("checkpoint '{}' holds the model {} (hidden {}), but the trainer is set up for {} "
-                                "(hidden {})",
-                                name, c.meta.model.describe(), hidden_text(c.meta.model.hidden), mine.describe(),
-                                hidden_text(mine.hidden)));
+    if (mine != c.meta.model)
+        throw Error(fmt::format("checkpoint '{}' holds the model {} ({}), but the trainer is set up for {} ({})", name,
+                                c.meta.model.describe(), c.meta.model.layer_string(), mine.describe(),
+                                mine.layer_string()));
     if (!same_optimizer(opt, c.meta.optimizer))
         throw Error(fmt::format("checkpoint '{}' was trained with {}, but the trainer is set up for {}", name,
                                 c.meta.optimizer.describe(), opt.describe()));
@@ -583,8 +592,8 @@ void restore_checkpoint(Trainer& trainer, const Checkpoint& c, const std::string
     trainer.set_step(c.meta.step);
 }
 
-Mlp load_model(const Checkpoint& c, Device device) {
-    Mlp model(c.meta.model, device);
+Model load_model(const Checkpoint& c, Device device) {
+    Model model(c.meta.model, device);
     CUMNIST_CHECK(c.parameters.size() == model.parameters().size(), "checkpoint holds {} parameters, the model {}",
                   c.parameters.size(), model.parameters().size());
     model.parameters().copy_from_host(c.parameters.data(), c.parameters.size());

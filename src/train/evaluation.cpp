@@ -18,18 +18,17 @@ double ClassificationReport::class_accuracy(int truth) const {
     return total > 0 ? static_cast<double>(count(truth, truth)) / static_cast<double>(total) : std::nan("");
 }
 
-ClassificationReport evaluate_classifier(Mlp& model, const Dataset& data, int eval_batch) {
-    const MlpConfig& config = model.config();
+ClassificationReport evaluate_classifier(Model& model, const Dataset& data, int eval_batch) {
     const Device dev = model.device();
     if (eval_batch <= 0) throw Error(fmt::format("evaluation batch must be at least 1, got {}", eval_batch));
-    if (data.features() != config.inputs)
+    if (data.features() != model.inputs())
         throw Error(fmt::format("{}: images have {} pixels ({}x{}), the model expects {}", data.name, data.features(),
-                                data.rows, data.cols, config.inputs));
+                                data.rows, data.cols, model.inputs()));
     for (int i = 0; i < data.n; ++i)
-        if (data.labels[i] >= config.classes)
+        if (data.labels[i] >= model.classes())
             throw Error(fmt::format("{}: sample {} has label {}, but the model has only {} classes", data.name, i,
-                                    data.labels[i], config.classes));
-    const int classes = config.classes;
+                                    data.labels[i], model.classes()));
+    const int classes = model.classes();
     ClassificationReport r;
     r.n = data.n;
     r.classes = classes;
@@ -39,8 +38,8 @@ ClassificationReport evaluate_classifier(Mlp& model, const Dataset& data, int ev
 
     const int batch = std::min(eval_batch, data.n);
     const ResidentData resident(data, dev);
-    MlpWorkspace ws(config, batch, dev);
-    Buffer<float> x(static_cast<std::size_t>(batch) * config.inputs, dev);
+    Workspace ws(model, batch);
+    Buffer<float> x(static_cast<std::size_t>(batch) * model.inputs(), dev);
     Buffer<uint8_t> y(static_cast<std::size_t>(batch), dev);
     Buffer<uint64_t> batch_index(1, dev);
     batch_index.zero();
@@ -49,7 +48,7 @@ ClassificationReport evaluate_classifier(Mlp& model, const Dataset& data, int ev
     int64_t correct = 0;
     for (int first = 0; first < data.n; first += batch) {
         const int rows = std::min(batch, data.n - first);
-        MatrixView<float> xv = x.view(rows, config.inputs);
+        MatrixView<float> xv = x.view(rows, model.inputs());
         MatrixView<uint8_t> yv = y.view(1, rows);
         // resident.order is the identity: batch b holds samples [b·batch, b·batch + rows).
         ops::gather_batch(xv, yv, resident.images.view(data.n, resident.features), resident.labels.view(1, data.n),

@@ -6,9 +6,8 @@
 
 namespace cumnist {
 
-std::vector<Prediction> predict(Mlp& model, const std::vector<uint8_t>& images, int n) {
-    const MlpConfig& config = model.config();
-    const int inputs = config.inputs, classes = config.classes;
+std::vector<Prediction> predict(Model& model, const std::vector<uint8_t>& images, int n) {
+    const int inputs = model.inputs(), classes = model.classes();
     if (n < 0 || images.size() != static_cast<std::size_t>(n) * inputs)
         throw Error(fmt::format("predict: {} bytes for {} images, the model expects {} pixels each", images.size(), n,
                                 inputs));
@@ -17,7 +16,7 @@ std::vector<Prediction> predict(Mlp& model, const std::vector<uint8_t>& images, 
     out.reserve(static_cast<std::size_t>(n));
     const Device dev = model.device();
     const int batch = std::min(n, 256);
-    MlpWorkspace ws(config, batch, dev);
+    Workspace ws(model, batch);
     Buffer<uint8_t> pixels(static_cast<std::size_t>(batch) * inputs, dev);
     Buffer<float> x(static_cast<std::size_t>(batch) * inputs, dev);
     for (int first = 0; first < n; first += batch) {

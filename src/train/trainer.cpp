@@ -124,7 +124,7 @@ struct Trainer::Streamed {
     int slot = 0;                      // the ring slot of the staged batch
 };
 
-Trainer::Trainer(const MlpConfig& model, const OptimizerConfig& optimizer, const TrainConfig& config,
+Trainer::Trainer(const ModelSpec& model, const OptimizerConfig& optimizer, const TrainConfig& config,
                  const Dataset& train)
     : m_config(config),
       m_placement(resolve_placement(config, train)),
@@ -132,16 +132,16 @@ Trainer::Trainer(const MlpConfig& model, const OptimizerConfig& optimizer, const
       m_features(train.features()),
       m_model(model, config.device),
       m_optimizer(optimizer, parameter_count(model), config.device),
-      m_ws(model, std::max(config.batch, config.eval_batch), config.device),
-      m_x(static_cast<std::size_t>(std::max(config.batch, config.eval_batch)) * model.inputs, config.device),
+      m_ws(m_model, std::max(config.batch, config.eval_batch)),
+      m_x(static_cast<std::size_t>(std::max(config.batch, config.eval_batch)) * model.inputs(), config.device),
       m_y(static_cast<std::size_t>(std::max(config.batch, config.eval_batch)), config.device),
       m_counters(2, config.device),
       m_totals(2, config.device),
       m_graph(std::make_unique<Graph>()) {
     m_config.placement = m_placement;
-    if (train.features() != model.inputs)
+    if (train.features() != model.inputs())
         throw Error(fmt::format("{}: images have {} pixels, the model expects {}", train.name, train.features(),
-                                model.inputs));
+                                model.inputs()));
     if (m_placement == DataPlacement::Resident)
         m_resident = std::make_unique<ResidentData>(train, config.device);
     else
@@ -178,7 +178,7 @@ void Trainer::run_step(int rows) {
     if (dev == Device::Cuda) math.emplace(m_config.tf32);
     const uint64_t* step = m_counters.data();
     uint64_t* batch_index = m_counters.data() + 1;
-    MatrixView<float> x = m_x.view(rows, m_model.config().inputs);
+    MatrixView<float> x = m_x.view(rows, m_model.inputs());
     MatrixView<uint8_t> y = m_y.view(1, rows);
     if (m_resident) {
         ResidentData& d = *m_resident;
@@ -192,7 +192,7 @@ void Trainer::run_step(int rows) {
     }
     const MatrixView<float> logits = m_model.forward(m_ws, x, true, m_config.seed, step);
     // The loss is the batch mean: its 1/rows is applied here, in the gradient, and nowhere else.
-    MatrixView<float> dlogits = m_ws.dh.back().view(rows, m_model.config().classes);
+    MatrixView<float> dlogits = m_ws.dlogits(rows);
     MatrixView<float> row_loss = m_ws.row_loss.view(1, rows), row_correct = m_ws.row_correct.view(1, rows);
     ops::softmax_xent(dlogits, row_loss, row_correct, logits, y, 1.0f / static_cast<float>(rows));
     ops::accumulate_metrics(m_totals.data(), row_loss, row_correct);
@@ -344,9 +344,9 @@ Evaluation Trainer::evaluate(const ResidentData& data) {
     if (dev == Device::Cuda) math.emplace(m_config.tf32);
     CUMNIST_CHECK(data.images.device() == dev, "evaluation data on {}, model on {}", to_string(data.images.device()),
                   to_string(dev));
-    if (data.features != m_model.config().inputs)
+    if (data.features != m_model.inputs())
         throw Error(fmt::format("evaluation images have {} pixels, the model expects {}", data.features,
-                                m_model.config().inputs));
+                                m_model.inputs()));
     const int eval_batch = m_ws.max_batch;
     Buffer<uint64_t> batch_index(1, dev);
     Buffer<double> totals(2, dev);

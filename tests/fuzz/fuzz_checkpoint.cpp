@@ -22,7 +22,7 @@
 
 #include "cumnist/checkpoint.h"
 #include "cumnist/error.h"
-#include "cumnist/mlp.h"
+#include "cumnist/model.h"
 #include "cumnist/optim.h"
 
 namespace {

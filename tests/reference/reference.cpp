@@ -70,6 +70,7 @@ double activate(double x, Act act) {
         case Act::None: return x;
         case Act::Relu: return x > 0.0 ? x : 0.0;
         case Act::Sigmoid: return 1.0 / (1.0 + std::exp(-x));
+        case Act::Tanh: return std::tanh(x);
     }
     return x;
 }
@@ -79,6 +80,7 @@ double activation_derivative_from_output(double a, Act act) {
         case Act::None: return 1.0;
         case Act::Relu: return a > 0.0 ? 1.0 : 0.0;
         case Act::Sigmoid: return a * (1.0 - a);
+        case Act::Tanh: return 1.0 - a * a;
     }
     return 1.0;
 }
@@ -239,6 +241,184 @@ RefGrads backward(const RefMlp& mlp, const Matrix& x, const std::vector<int>& la
         }
     }
     return g;
+}
+
+// ---- Convolution and max pooling -----------------------------------------------------------
+
+Tensor4::Tensor4(int n_, int c_, int h_, int w_, double fill) : n(n_), c(c_), h(h_), w(w_) {
+    require(n_ >= 0 && c_ >= 0 && h_ >= 0 && w_ >= 0, "Tensor4: negative dimension");
+    data.assign(static_cast<std::size_t>(n_) * c_ * h_ * w_, fill);
+}
+
+Tensor4 Tensor4::from_float(const std::vector<float>& values, int n, int c, int h, int w) {
+    Tensor4 t(n, c, h, w);
+    require(values.size() == t.data.size(), "Tensor4::from_float: size does not match the shape");
+    for (std::size_t i = 0; i < values.size(); ++i) t.data[i] = static_cast<double>(values[i]);
+    return t;
+}
+
+std::vector<float> Tensor4::to_float() const {
+    std::vector<float> out(data.size());
+    for (std::size_t i = 0; i < data.size(); ++i) out[i] = static_cast<float>(data[i]);
+    return out;
+}
+
+namespace {
+
+// floor(a / b) for b > 0 (C++ '/' truncates toward zero, which differs for negative a).
+int floor_div(int a, int b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+}  // namespace
+
+Pad1 pad_valid(int in, int k, int stride) {
+    require(in >= 0 && k >= 1 && stride >= 1, "pad_valid: needs in >= 0, k >= 1, stride >= 1");
+    Pad1 p;
+    p.out = floor_div(in - k, stride) + 1;  // ≤ 0 when k > in
+    return p;
+}
+
+Pad1 pad_same(int in, int k, int stride) {
+    require(in >= 0 && k >= 1 && stride >= 1, "pad_same: needs in >= 0, k >= 1, stride >= 1");
+    Pad1 p;
+    p.out = (in + stride - 1) / stride;  // ceil(in / stride)
+    const int total = std::max((p.out - 1) * stride + k - in, 0);
+    p.before = total / 2;
+    p.after = total - p.before;  // the odd element goes after (SAME_UPPER)
+    return p;
+}
+
+namespace {
+
+void require_conv_geometry(int stride_h, int stride_w, Pad1 pad_h, Pad1 pad_w, const char* what) {
+    require(stride_h >= 1 && stride_w >= 1, what);
+    require(pad_h.out >= 1 && pad_w.out >= 1, what);
+    require(pad_h.before >= 0 && pad_w.before >= 0, what);
+}
+
+}  // namespace
+
+Tensor4 conv2d(const Tensor4& x, const Tensor4& w, const std::vector<double>& bias, int stride_h, int stride_w,
+               Pad1 pad_h, Pad1 pad_w) {
+    require_conv_geometry(stride_h, stride_w, pad_h, pad_w, "conv2d: bad strides or padding (output size < 1?)");
+    require(w.c == x.c, "conv2d: filter in_c differs from the input's channels");
+    require(bias.empty() || bias.size() == static_cast<std::size_t>(w.n), "conv2d: bias size differs from out_c");
+    Tensor4 y(x.n, w.n, pad_h.out, pad_w.out);
+    for (int n = 0; n < x.n; ++n)
+        for (int o = 0; o < w.n; ++o)
+            for (int oy = 0; oy < pad_h.out; ++oy)
+                for (int ox = 0; ox < pad_w.out; ++ox) {
+                    double s = bias.empty() ? 0.0 : bias[o];
+                    for (int i = 0; i < w.c; ++i)
+                        for (int ky = 0; ky < w.h; ++ky)
+                            for (int kx = 0; kx < w.w; ++kx) {
+                                const int iy = oy * stride_h - pad_h.before + ky;
+                                const int ix = ox * stride_w - pad_w.before + kx;
+                                if (iy < 0 || iy >= x.h || ix < 0 || ix >= x.w) continue;  // zero padding
+                                s += x.at(n, i, iy, ix) * w.at(o, i, ky, kx);
+                            }
+                    y.at(n, o, oy, ox) = s;
+                }
+    return y;
+}
+
+Tensor4 conv2d_backward_data(const Tensor4& dy, const Tensor4& w, int x_h, int x_w, int stride_h, int stride_w,
+                             Pad1 pad_h, Pad1 pad_w) {
+    require_conv_geometry(stride_h, stride_w, pad_h, pad_w, "conv2d_backward_data: bad strides or padding");
+    require(dy.c == w.n, "conv2d_backward_data: dy channels differ from out_c");
+    require(dy.h == pad_h.out && dy.w == pad_w.out, "conv2d_backward_data: dy size differs from the padding's out");
+    Tensor4 dx(dy.n, w.c, x_h, x_w);
+    // The transpose of conv2d's sum: each term x[iy,ix]·w[ky,kx] of y[oy,ox] sends dy[oy,ox]·w[ky,kx] to x[iy,ix].
+    for (int n = 0; n < dy.n; ++n)
+        for (int o = 0; o < w.n; ++o)
+            for (int oy = 0; oy < dy.h; ++oy)
+                for (int ox = 0; ox < dy.w; ++ox)
+                    for (int i = 0; i < w.c; ++i)
+                        for (int ky = 0; ky < w.h; ++ky)
+                            for (int kx = 0; kx < w.w; ++kx) {
+                                const int iy = oy * stride_h - pad_h.before + ky;
+                                const int ix = ox * stride_w - pad_w.before + kx;
+                                if (iy < 0 || iy >= x_h || ix < 0 || ix >= x_w) continue;
+                                dx.at(n, i, iy, ix) += dy.at(n, o, oy, ox) * w.at(o, i, ky, kx);
+                            }
+    return dx;
+}
+
+Tensor4 conv2d_backward_filter(const Tensor4& dy, const Tensor4& x, int kh, int kw, int stride_h, int stride_w,
+                               Pad1 pad_h, Pad1 pad_w) {
+    require_conv_geometry(stride_h, stride_w, pad_h, pad_w, "conv2d_backward_filter: bad strides or padding");
+    require(kh >= 1 && kw >= 1, "conv2d_backward_filter: kernel size < 1");
+    require(dy.n == x.n, "conv2d_backward_filter: dy and x batch sizes differ");
+    require(dy.h == pad_h.out && dy.w == pad_w.out, "conv2d_backward_filter: dy size differs from the padding's out");
+    Tensor4 dw(dy.c, x.c, kh, kw);
+    for (int o = 0; o < dy.c; ++o)
+        for (int i = 0; i < x.c; ++i)
+            for (int ky = 0; ky < kh; ++ky)
+                for (int kx = 0; kx < kw; ++kx) {
+                    double s = 0.0;
+                    for (int n = 0; n < dy.n; ++n)
+                        for (int oy = 0; oy < dy.h; ++oy)
+                            for (int ox = 0; ox < dy.w; ++ox) {
+                                const int iy = oy * stride_h - pad_h.before + ky;
+                                const int ix = ox * stride_w - pad_w.before + kx;
+                                if (iy < 0 || iy >= x.h || ix < 0 || ix >= x.w) continue;
+                                s += dy.at(n, o, oy, ox) * x.at(n, i, iy, ix);
+                            }
+                    dw.at(o, i, ky, kx) = s;
+                }
+    return dw;
+}
+
+std::vector<double> conv2d_bias_grad(const Tensor4& dy) {
+    std::vector<double> db(dy.c, 0.0);
+    for (int n = 0; n < dy.n; ++n)
+        for (int o = 0; o < dy.c; ++o)
+            for (int oy = 0; oy < dy.h; ++oy)
+                for (int ox = 0; ox < dy.w; ++ox) db[o] += dy.at(n, o, oy, ox);
+    return db;
+}
+
+Tensor4 maxpool2d(const Tensor4& x, int kh, int kw, int sh, int sw, std::vector<int>* argmax) {
+    require(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1, "maxpool2d: window and strides must be >= 1");
+    require(x.h >= kh && x.w >= kw, "maxpool2d: window larger than the image");
+    const int oh = (x.h - kh) / sh + 1;
+    const int ow = (x.w - kw) / sw + 1;
+    Tensor4 y(x.n, x.c, oh, ow);
+    if (argmax) argmax->assign(y.size(), 0);
+    std::size_t k = 0;  // y's flat index: (n, c, oy, ox) in row-major order
+    for (int n = 0; n < x.n; ++n)
+        for (int c = 0; c < x.c; ++c)
+            for (int oy = 0; oy < oh; ++oy)
+                for (int ox = 0; ox < ow; ++ox, ++k) {
+                    // Start from the window's first element; only a strictly greater value replaces it.
+                    int best_y = oy * sh, best_x = ox * sw;
+                    for (int ky = 0; ky < kh; ++ky)
+                        for (int kx = 0; kx < kw; ++kx) {
+                            const int iy = oy * sh + ky, ix = ox * sw + kx;
+                            if (x.at(n, c, iy, ix) > x.at(n, c, best_y, best_x)) {
+                                best_y = iy;
+                                best_x = ix;
+                            }
+                        }
+                    y.data[k] = x.at(n, c, best_y, best_x);
+                    if (argmax) (*argmax)[k] = best_y * x.w + best_x;
+                }
+    return y;
+}
+
+Tensor4 maxpool2d_backward(const Tensor4& dy, const Tensor4& x, int kh, int kw, int sh, int sw) {
+    std::vector<int> argmax;
+    const Tensor4 y = maxpool2d(x, kh, kw, sh, sw, &argmax);
+    require(dy.n == y.n && dy.c == y.c && dy.h == y.h && dy.w == y.w, "maxpool2d_backward: dy shape differs from y");
+    Tensor4 dx(x.n, x.c, x.h, x.w);
+    std::size_t k = 0;
+    for (int n = 0; n < dy.n; ++n)
+        for (int c = 0; c < dy.c; ++c)
+            for (int oy = 0; oy < dy.h; ++oy)
+                for (int ox = 0; ox < dy.w; ++ox, ++k) {
+                    const int a = argmax[k];
+                    dx.at(n, c, a / x.w, a % x.w) += dy.data[k];  // overlapping windows accumulate
+                }
+    return dx;
 }
 
 // ---- Optimizer updates ---------------------------------------------------------------------

@@ -6,6 +6,7 @@
 // Not fast, not general: row-major matrices of double, sizes a few thousand at most per side.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -29,7 +30,7 @@ struct Matrix {
     std::vector<float> to_float() const;
 };
 
-enum class Act { None, Relu, Sigmoid };
+enum class Act { None, Relu, Sigmoid, Tanh };
 
 // ---- Single operations ---------------------------------------------------------------------
 
@@ -43,7 +44,7 @@ void gemm(Matrix& c, const Matrix& a, bool ta, const Matrix& b, bool tb, double 
 // act(x) for one value.
 double activate(double x, Act act);
 // act'(pre) expressed through the activation output a = act(pre):
-// none 1, relu (a > 0), sigmoid a (1 − a).
+// none 1, relu (a > 0), sigmoid a (1 − a), tanh 1 − a².
 double activation_derivative_from_output(double a, Act act);
 
 // a (n, cols) = act(z + bias), bias broadcast over rows (bias.size() == cols).
@@ -112,6 +113,79 @@ struct RefGrads {
 // Gradients of forward(...).loss with respect to every weight, bias and the input.
 RefGrads backward(const RefMlp& mlp, const Matrix& x, const std::vector<int>& labels, const RefForward& fwd,
                   const std::vector<std::vector<uint8_t>>& masks, double rate);
+
+// ---- Convolution and max pooling on NCHW tensors --------------------------------------------
+
+// An NCHW tensor of double: (n, c, h, w), row-major with w fastest:
+// element (in, ic, y, x) is data[((in · c + ic) · h + y) · w + x].
+struct Tensor4 {
+    int n = 0, c = 0, h = 0, w = 0;
+    std::vector<double> data;
+
+    Tensor4() = default;
+    Tensor4(int n, int c, int h, int w, double fill = 0.0);
+
+    // From NCHW float data (the backends' format), widened exactly.
+    static Tensor4 from_float(const std::vector<float>& values, int n, int c, int h, int w);
+
+    double& at(int in, int ic, int y, int x) { return data[index(in, ic, y, x)]; }
+    double at(int in, int ic, int y, int x) const { return data[index(in, ic, y, x)]; }
+    std::size_t size() const { return data.size(); }
+    std::vector<float> to_float() const;
+
+private:
+    std::size_t index(int in, int ic, int y, int x) const {
+        return ((static_cast<std::size_t>(in) * c + ic) * h + y) * w + x;
+    }
+};
+
+// Padding of one spatial dimension, Keras/TensorFlow/ONNX SAME_UPPER convention: the odd extra
+// padding element, if any, goes after (bottom/right).
+struct Pad1 {
+    int before = 0, after = 0, out = 0;
+};
+// valid: out = floor((in − k) / stride) + 1, no padding; out <= 0 when k > in (the caller checks).
+// same:  out = ceil(in / stride); total = max((out − 1)·stride + k − in, 0);
+//        before = total / 2 (floor), after = total − before.
+Pad1 pad_valid(int in, int k, int stride);
+Pad1 pad_same(int in, int k, int stride);
+
+// Convolution (cross-correlation, as PyTorch/ONNX/Keras; the kernel is NOT flipped):
+// w (out_c, in_c, kh, kw), bias (out_c), or empty for no bias.
+//   y[n,o,oy,ox] = b[o] + Σ_{i,ky,kx} x[n, i, oy·stride_h − pad_h.before + ky,
+//                                             ox·stride_w − pad_w.before + kx] · w[o,i,ky,kx]
+// where terms whose input index falls outside the image are zero. Output (n, out_c, pad_h.out, pad_w.out).
+Tensor4 conv2d(const Tensor4& x, const Tensor4& w, const std::vector<double>& bias, int stride_h, int stride_w,
+               Pad1 pad_h, Pad1 pad_w);
+
+// Gradients of L = Σ conv2d(x, w, b) · dy (dy of the output's shape):
+// dL/dx (n, in_c, x_h, x_w): dx[n,i,iy,ix] = Σ over (o, oy, ox, ky, kx) with
+//   oy·stride_h − pad_h.before + ky = iy and ox·stride_w − pad_w.before + kx = ix
+//   of dy[n,o,oy,ox] · w[o,i,ky,kx].
+Tensor4 conv2d_backward_data(const Tensor4& dy, const Tensor4& w, int x_h, int x_w, int stride_h, int stride_w,
+                             Pad1 pad_h, Pad1 pad_w);
+// dL/dw (out_c, in_c, kh, kw):
+//   dw[o,i,ky,kx] = Σ_{n,oy,ox} dy[n,o,oy,ox] · x[n, i, oy·stride_h − pad_h.before + ky,
+//                                                 ox·stride_w − pad_w.before + kx]
+// (outside the image: zero).
+Tensor4 conv2d_backward_filter(const Tensor4& dy, const Tensor4& x, int kh, int kw, int stride_h, int stride_w,
+                               Pad1 pad_h, Pad1 pad_w);
+// dL/db (out_c): db[o] = Σ_{n,oy,ox} dy[n,o,oy,ox].
+std::vector<double> conv2d_bias_grad(const Tensor4& dy);
+
+// Max pooling, window (kh, kw), strides (sh, sw), no padding ("valid"): out = (in − k) / s + 1,
+// which must be ≥ 1 in both dimensions.
+//   y[n,c,oy,ox] = max_{ky,kx} x[n, c, oy·sh + ky, ox·sw + kx]
+// Ties: the FIRST maximum in row-major window order (ky outer, kx inner) is THE argmax; a later
+// equal value does not replace it.
+// argmax (optional output, resized to y.size(), in y's order): the flat index iy·W + ix, within the
+// (n, c) input plane of width W = x.w, of the chosen element.
+Tensor4 maxpool2d(const Tensor4& x, int kh, int kw, int sh, int sw, std::vector<int>* argmax = nullptr);
+
+// Gradient of L = Σ maxpool2d(x) · dy with respect to x (shape of x): every dy[n,c,oy,ox] is added
+// to the element that is that window's argmax (as defined above), zero elsewhere; overlapping
+// windows (s < k) accumulate.
+Tensor4 maxpool2d_backward(const Tensor4& dy, const Tensor4& x, int kh, int kw, int sh, int sw);
 
 // ---- Optimizer updates of one scalar, in double, written from the formulas -----------------
 

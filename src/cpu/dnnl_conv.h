@@ -1,0 +1,16 @@
+// The CPU backend's convolutions through oneDNN: forward, backward-data and backward-weights
+// primitives over plain NCHW activations and OIHW weights, created once per geometry, direction
+// and thread count and cached per calling thread. Builds against oneDNN 2.x (Debian 12) and 3.x.
+#pragma once
+
+#include "cumnist/ops.h"
+
+namespace cumnist::cpu::onednn {
+
+// y = conv(x, w) + bias; dx = backward-data(dy, w); dw = backward-weights(dy, x). Overwrite
+// their outputs. Deterministic for a given thread count and instruction set.
+void conv_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g);
+void conv_backward_data(float* dx, const float* dy, const float* w, const Conv2dGeometry& g);
+void conv_backward_weights(float* dw, const float* dy, const float* x, const Conv2dGeometry& g);
+
+}  // namespace cumnist::cpu::onednn

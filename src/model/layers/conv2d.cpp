@@ -1,0 +1,42 @@
+// Conv2D: y = act(conv(x, w) + b) over NCHW images, weights (filters, channels, kh, kw). The
+// activation right after it in the spec runs in place on the convolution's output.
+#include "../layer.h"
+
+namespace cumnist::detail {
+namespace {
+
+class Conv2D final : public Layer {
+public:
+    Conv2D(const Conv2dGeometry& g, Activation act) : m_g(g), m_act(act) {}
+
+    int out_size() const override { return m_g.out_size(); }
+    bool has_parameters() const override { return true; }
+    std::size_t scratch_bytes(int max_batch, Device device) const override {
+        return ops::conv2d_workspace_bytes(m_g.with_batch(max_batch), device);
+    }
+
+    void forward(const Pass& pass, const LayerIO& io) override {
+        const Conv2dGeometry g = m_g.with_batch(pass.n);
+        ops::conv2d_forward(io.y, io.x, io.w, io.b, g, io.scratch);
+        if (m_act != Activation::None) ops::act_dropout_forward(io.y, io.y, m_act, {}, nullptr);
+    }
+
+    void backward(const Pass& pass, const LayerIO& io) override {
+        const Conv2dGeometry g = m_g.with_batch(pass.n);
+        MatrixView<float> dpre = io.dy;
+        if (m_act != Activation::None) ops::act_dropout_backward(dpre, dpre, io.y, m_act, {}, nullptr);
+        ops::channel_bias_grad(io.db, dpre, m_g.out_c);
+        ops::conv2d_backward_filter(io.dw, dpre, io.x, g, io.scratch);
+        if (io.dx.data != nullptr) ops::conv2d_backward_data(io.dx, dpre, io.w, g, io.scratch);
+    }
+
+private:
+    Conv2dGeometry m_g;  // n set per call
+    Activation m_act;
+};
+
+}  // namespace
+
+std::unique_ptr<Layer> make_conv2d(const Conv2dGeometry& g, Activation act) { return std::make_unique<Conv2D>(g, act); }
+
+}  // namespace cumnist::detail

@@ -1,0 +1,52 @@
+// Dense: y = act(x · wᵀ + b), then dropout when the spec has one right after, as one GEMM and
+// the fused epilogue (ops::bias_act_dropout_forward). Weights (out, in).
+#include "../layer.h"
+
+namespace cumnist::detail {
+namespace {
+
+class Dense final : public Layer {
+public:
+    Dense(int in, int out, Activation act, DropoutSpec dropout) : m_in(in), m_out(out), m_act(act), m_dropout(dropout) {}
+
+    int out_size() const override { return m_out; }
+    bool has_parameters() const override { return true; }
+    // The activation before dropout, kept apart from the output only when dropout is applied.
+    int aux_size() const override { return m_dropout.rate > 0.0f ? m_out : 0; }
+
+    void forward(const Pass& pass, const LayerIO& io) override {
+        const Dropout d = m_dropout.at(pass);
+        // a (n, out) = x (n, in) · wᵀ, then a ← act(a + b), y ← dropout(a) (or y is a)
+        MatrixView<float> a = d.active() ? io.aux : io.y;
+        ops::gemm(a, io.x, Trans::No, io.w, Trans::Yes);
+        ops::bias_act_dropout_forward(io.y, a, io.b, m_act, d, pass.step);
+    }
+
+    void backward(const Pass& pass, const LayerIO& io) override {
+        const Dropout d = m_dropout.at(pass);
+        MatrixView<float> dpre = io.dy;
+        if (m_act != Activation::None || d.active()) {
+            // ∂loss/∂pre = ∂loss/∂y · keep/(1 − rate) · act'(pre), in place. ReLU's backward reads the
+            // output y (after dropout), the others the activation before dropout (ops.h).
+            const bool from_output = m_act == Activation::Relu || !d.active();
+            ops::act_dropout_backward(dpre, dpre, from_output ? io.y : io.aux, m_act, d, pass.step);
+        }
+        // dw (out, in) = dpreᵀ (out, n) · x (n, in);  db = Σ_rows dpre;  dx (n, in) = dpre · w
+        ops::gemm(io.dw, dpre, Trans::Yes, io.x, Trans::No);
+        ops::bias_grad(io.db, dpre);
+        if (io.dx.data != nullptr) ops::gemm(io.dx, dpre, Trans::No, io.w, Trans::No);
+    }
+
+private:
+    int m_in, m_out;
+    Activation m_act;
+    DropoutSpec m_dropout;
+};
+
+}  // namespace
+
+std::unique_ptr<Layer> make_dense(int in, int out, Activation act, DropoutSpec dropout) {
+    return std::make_unique<Dense>(in, out, act, dropout);
+}
+
+}  // namespace cumnist::detail

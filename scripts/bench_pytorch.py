@@ -57,6 +57,17 @@ def blas_flavours():
 # (about 3x slower): wait passively. With the OpenMP OpenBLAS both share one libgomp pool, and
 # its default (spin briefly, then sleep) is faster: PASSIVE measured 1.2-1.7x slower here.
 # An OMP_WAIT_POLICY already in the environment is respected.
+# Debian's OpenBLAS 0.3.21 can compute wrong results or crash on processors newer than it knows
+# (Zen 5, recent Xeons): unless told otherwise, it runs its Haswell (AVX2) kernels, which every
+# x86-64 processor with AVX2 runs correctly.
+if "OPENBLAS_CORETYPE" not in os.environ and any(f.startswith("openblas") for f in blas_flavours()):
+    try:
+        with open("/proc/cpuinfo") as f:
+            has_avx2 = " avx2 " in f.read()
+    except OSError:
+        has_avx2 = False
+    if has_avx2:
+        os.environ["OPENBLAS_CORETYPE"] = "Haswell"
 if "OMP_WAIT_POLICY" not in os.environ and "openblas-pthread" in blas_flavours():
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.execv(sys.executable, [sys.executable] + sys.argv)

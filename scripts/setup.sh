@@ -9,6 +9,7 @@ packages=(
   npm dataset-fashion-mnist python3 python3-numpy
   python3-matplotlib  # scripts/plot_metrics.py
   python3-torch  # scripts/bench_pytorch.py and compare.sh (the PyTorch comparison) and their tests
+  libopenblas0-openmp  # PyTorch's BLAS for its dense layers (without it Debian's torch uses the slow reference BLAS)
   patchelf  # scripts/package.sh: the portable package's $ORIGIN-relative library paths
   clang libclang-rt-14-dev libomp-dev llvm  # scripts/fuzz.sh: libFuzzer + sanitizer runtimes, OpenMP for clang, llvm-symbolizer
 )

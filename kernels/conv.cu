@@ -37,19 +37,16 @@
 // Handle and descriptors. One cuDNN handle for the process, created on the first call of
 // conv2d_workspace_bytes() (which the caller makes before the first step: cudnnCreate allocates
 // and synchronises), bound once with cudnnSetStream to the Context's compute stream (which is never
-// destroyed, so the binding stays valid), and destroyed, after the descriptors, by the destructor
-// of a function-local static at exit. That static is constructed after the CUDA runtime and cuDNN
-// have initialised (and registered their own exit-time teardown), so it is destroyed before them;
-// cudnnDestroy's status is ignored, as in every RAII owner here. cudnnGetVersion() is checked
-// against CUDNN_VERSION when the handle is created.
+// destroyed, so the binding stays valid), and destroyed never (see Cudnn::get). cudnnGetVersion() is checked against CUDNN_VERSION when the handle is
+// created.
 // A descriptor set (x, y, w, convolution) and its three workspace sizes are cached per full
 // geometry (Conv2dGeometry::operator==); the batch size differs between the full batches and the
 // short last batch of an epoch, so a second set appears for the latter. Creating one is host-side
 // work: descriptors are host structures, and cudnnGetConvolution*WorkspaceSize computes a size
 // from them; none of these calls takes a stream, a device pointer or the workspace, so (as far as
 // cuDNN documents) they neither allocate device memory, launch, nor synchronise, and may run
-// inside a CUDA Graph capture. (Best practice is still to call conv2d_workspace_bytes() for every
-// batch size before capturing; the GPU check should confirm capture with a fresh short batch.)
+// inside a CUDA Graph capture. conv2d_workspace_bytes() sizes the workspace for every batch size up
+// to the largest, so no later plan can need more than the caller allocated.
 //
 // Graph capture. cudnnConvolution* enqueue their kernels on the handle's stream, the compute stream,
 // and use only the caller's workspace, so they are captured like any kernel launch. As with cuBLAS,
@@ -174,9 +171,13 @@ std::unique_ptr<ConvPlan> build_plan(cudnnHandle_t handle, const Conv2dGeometry&
 class Cudnn {
 public:
     // Created on first call (thread-safe; if the constructor throws, the next call tries again).
+    // Never destroyed: cuDNN 9 loads its engine libraries lazily, after this object exists, so their
+    // exit-time teardown would run before a static destructor of ours and cudnnDestroy would call
+    // into torn-down state (PyTorch leaks its cuDNN handles at exit for the same reason). The
+    // process's exit frees the host memory and the driver the device memory.
     static Cudnn& get() {
-        static Cudnn instance;
-        return instance;
+        static Cudnn* instance = new Cudnn;
+        return *instance;
     }
 
     std::mutex& mutex() { return m_mutex; }
@@ -198,10 +199,11 @@ private:
     Cudnn() {
         const cudaStream_t stream = context().stream();  // selects the device; throws without a usable GPU
         // cuDNN 9 keeps its ABI within a major version for libraries at least as new as the
-        // headers: require the same major version and a run-time library no older than CUDNN_VERSION.
+        // headers, patch levels compatible both ways: require the same major version and a
+        // run-time minor version no older than the headers'.
         const std::size_t runtime = cudnnGetVersion();
         const std::size_t compiled = CUDNN_VERSION;
-        if (runtime / 10000 != compiled / 10000 || runtime < compiled)
+        if (runtime / 10000 != compiled / 10000 || runtime / 100 < compiled / 100)
             throw Error(fmt::format("cuDNN version mismatch: cumnist was built against cuDNN {}.{}.{} but the cuDNN "
                                     "library loaded at run time is {}.{}.{}; install cuDNN {}.{} or newer {}.x (or "
                                     "put it first on the library path)",
@@ -215,7 +217,6 @@ private:
         // state of the handle's internal cuBLAS handle, and nothing here needs another stream.)
         CUDNN_CHECK(cudnnSetStream(raw, stream));
     }
-    ~Cudnn() = default;  // the plans (descriptors) first, then the handle: reverse declaration order
 
     CudnnHandle m_handle;
     std::vector<std::unique_ptr<ConvPlan>> m_plans;
@@ -287,7 +288,13 @@ std::size_t conv2d_workspace_bytes(const Conv2dGeometry& g) {
     if (g.n <= 0) return 0;  // no images: nothing runs
     Cudnn& cudnn = Cudnn::get();
     std::lock_guard<std::mutex> lock(cudnn.mutex());
-    return cudnn.plan(g).max_bytes();
+    // ops.h: enough for every batch of up to g.n images (the short last batch of an epoch, the
+    // evaluation batches). cuDNN sizes the workspace per exact shape and documents no rule that a
+    // smaller batch needs less, so every batch size is asked (host-only queries, microseconds each);
+    // only g.n's plan is kept, the others are built when their batch first runs.
+    std::size_t bytes = cudnn.plan(g).max_bytes();
+    for (int n = 1; n < g.n; ++n) bytes = std::max(bytes, build_plan(cudnn.handle(), g.with_batch(n))->max_bytes());
+    return bytes;
 }
 
 void conv2d_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g,

@@ -51,6 +51,9 @@ inline bool is_sticky(cudaError_t err) {
 }
 
 [[noreturn]] inline void throw_cudnn_error(cudnnStatus_t status, const char* expr, const char* file, int line) {
+    // A failed cuDNN kernel launch leaves the runtime's last error set: clear it, so a later,
+    // unrelated launch check does not report it again (as throw_cuda_error does).
+    (void)cudaGetLastError();
     // cuDNN 9 also keeps a message about the last error of this thread, which often names the
     // offending parameter; reported after the status.
     char detail[512] = {};

@@ -170,8 +170,12 @@ std::string device_description() {
     if (!reason.empty()) throw Error(reason);
     cudaDeviceProp prop{};
     CUDA_CHECK(cudaGetDeviceProperties(&prop, kDeviceIndex));
-    return fmt::format("{}, compute capability {}.{}, {:.1f} GiB", prop.name, prop.major, prop.minor,
-                       static_cast<double>(prop.totalGlobalMem) / kGiB);
+    // cuDNN as loaded at run time (it may differ from the headers cumnist was built with, which
+    // conv.cu checks when it first creates its handle) and the CUDA runtime it was built for.
+    const std::size_t cudnn = cudnnGetVersion(), cudnn_cudart = cudnnGetCudartVersion();
+    return fmt::format("{}, compute capability {}.{}, {:.1f} GiB, cuDNN {}.{}.{} (for CUDA {}.{})", prop.name,
+                       prop.major, prop.minor, static_cast<double>(prop.totalGlobalMem) / kGiB, cudnn / 10000,
+                       cudnn / 100 % 100, cudnn % 100, cudnn_cudart / 1000, cudnn_cudart / 10 % 100);
 }
 
 void* allocate(std::size_t bytes) {

@@ -38,6 +38,8 @@
 
 namespace {
 
+using cumnist_test::expect_rejected;
+
 using cumnist::Activation;
 using cumnist::Buffer;
 using cumnist::Conv2dGeometry;
@@ -97,21 +99,6 @@ std::vector<float> prefix(const std::vector<float>& v, std::size_t count) {
     return std::vector<float>(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(count));
 }
 
-// Runs `call`, which must throw cumnist::Error whose message contains `op` and `detail`.
-void expect_rejected(const std::function<void()>& call, const std::string& op, const std::string& detail = "") {
-    try {
-        call();
-        ADD_FAILURE() << op << ": accepted, expected a cumnist::Error";
-    } catch (const cumnist::Error& e) {
-        const std::string what = e.what();
-        EXPECT_NE(what.find(op), std::string::npos) << "message does not name the op '" << op << "': " << what;
-        if (!detail.empty()) {
-            EXPECT_NE(what.find(detail), std::string::npos) << "message does not mention '" << detail << "': " << what;
-        }
-    } catch (const std::exception& e) {
-        ADD_FAILURE() << op << ": threw " << typeid(e).name() << " instead of cumnist::Error: " << e.what();
-    }
-}
 
 // The convolution workspace of geometry g on `device`, allocated as the trainer does: once, with
 // conv2d_workspace_bytes(g), and an empty view when it is 0.

@@ -529,6 +529,35 @@ TEST_P(ConvNetTraining, SameSeedGivesBitIdenticalParametersAndTheLossFalls) {
     EXPECT_LT(first.back(), 0.5 * first.front()) << "loss did not fall: " << first.front() << " → " << first.back();
 }
 
+// The captured step of a convolutional model replays exactly what plain launches do, with a short
+// last batch (200 = 12·16 + 8, run as plain launches with its own cuDNN plan) and an evaluation of
+// another batch size between the epochs.
+TEST(ConvNetGraph, ReplayMatchesPlainLaunchesWithAShortBatchAndEvaluation) {
+    CUMNIST_SKIP_WITHOUT_GPU();
+    const cumnist::Dataset train = synthetic(200, 12), test = synthetic(50, 13);
+    const ModelSpec spec = parse("conv4k3same,relu,pool2,conv6k3s2,tanh,dropout0.2,flatten,dense10", {1, 12, 12});
+    cumnist::TrainConfig t;
+    t.device = Device::Cuda;
+    t.batch = 16;
+    t.eval_batch = 24;
+    std::vector<float> params[2];
+    double accuracy[2] = {};
+    for (const bool graph : {false, true}) {
+        t.use_graph = graph;
+        cumnist::Trainer trainer(spec, cumnist::OptimizerConfig{}, t, train);
+        const cumnist::ResidentData eval(test, Device::Cuda);
+        for (int e = 1; e <= 2; ++e) accuracy[graph] = trainer.train_epoch(e, &eval).test_accuracy;
+        params[graph] = trainer.model().parameters().to_host();
+        if (graph) {
+            EXPECT_GT(trainer.graph_nodes(), 0u) << "no graph was captured: " << trainer.graph_failure();
+            EXPECT_EQ(trainer.graph_failure(), "");
+        }
+    }
+    ASSERT_EQ(params[0].size(), params[1].size());
+    EXPECT_TRUE(std::equal(params[0].begin(), params[0].end(), params[1].begin())) << "graph replay differs";
+    EXPECT_EQ(accuracy[0], accuracy[1]);
+}
+
 INSTANTIATE_TEST_SUITE_P(Layers, ConvNetTraining, ::testing::Values(Device::Cpu, Device::Cuda),
                          [](const ::testing::TestParamInfo<Device>& i) { return cumnist_test::device_label(i.param); });
 

@@ -31,6 +31,8 @@
 
 namespace {
 
+using cumnist_test::expect_rejected;
+
 using cumnist::Activation;
 using cumnist::Buffer;
 using cumnist::Device;
@@ -856,21 +858,6 @@ TEST(OptimizerStepsOnTheGpu, EqualTheCpusBitForBit) {
 // ops.cpp rejects bad shapes, aliasing and mixed devices with a cumnist::Error naming the op
 // ================================================================================================
 
-// Runs `call`, which must throw cumnist::Error whose message contains `op` and `detail`.
-void expect_rejected(const std::function<void()>& call, const std::string& op, const std::string& detail = "") {
-    try {
-        call();
-        ADD_FAILURE() << op << ": accepted, expected a cumnist::Error";
-    } catch (const cumnist::Error& e) {
-        const std::string what = e.what();
-        EXPECT_NE(what.find(op), std::string::npos) << "message does not name the op '" << op << "': " << what;
-        if (!detail.empty()) {
-            EXPECT_NE(what.find(detail), std::string::npos) << "message does not mention '" << detail << "': " << what;
-        }
-    } catch (const std::exception& e) {
-        ADD_FAILURE() << op << ": threw " << typeid(e).name() << " instead of cumnist::Error: " << e.what();
-    }
-}
 
 // All validation happens before any backend runs, so these use host buffers throughout.
 class OpsValidation : public ::testing::Test {

@@ -7,15 +7,19 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
+#include <functional>
 #include <ostream>
 #include <random>
 #include <sstream>
 #include <string>
+#include <typeinfo>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "cumnist/device.h"
+#include "cumnist/error.h"
 
 // In a test fixture's SetUp (or a test body): skip, visibly and with the reason, when no GPU is
 // usable; but fail instead, with the reason, where a skip would hide that the GPU checks did not
@@ -42,6 +46,22 @@ inline void PrintTo(Device d, std::ostream* os) { *os << (d == Device::Cpu ? "Cp
 }  // namespace cumnist
 
 namespace cumnist_test {
+
+// Runs `call`, which must throw cumnist::Error whose message contains `op` and `detail`.
+inline void expect_rejected(const std::function<void()>& call, const std::string& op, const std::string& detail = "") {
+    try {
+        call();
+        ADD_FAILURE() << op << ": accepted, expected a cumnist::Error";
+    } catch (const cumnist::Error& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find(op), std::string::npos) << "message does not name the op '" << op << "': " << what;
+        if (!detail.empty()) {
+            EXPECT_NE(what.find(detail), std::string::npos) << "message does not mention '" << detail << "': " << what;
+        }
+    } catch (const std::exception& e) {
+        ADD_FAILURE() << op << ": threw " << typeid(e).name() << " instead of cumnist::Error: " << e.what();
+    }
+}
 
 // Why a GPU case must fail rather than skip when no GPU is usable, or empty when a skip is honest:
 //  - CUMNIST_REQUIRE_GPU=1 in the environment: the machine is meant to have a usable GPU (a GPU

@@ -19,7 +19,8 @@ std::string unavailable_reason();
 // True when the driver reports at least one CUDA device (usable by this build or not). Never throws.
 bool device_present();
 
-// "NVIDIA H100 80GB HBM3, compute capability 9.0, 79.1 GiB" for the current device.
+// "NVIDIA H100 80GB HBM3, compute capability 9.0, 79.1 GiB, cuDNN 9.19.0 (for CUDA 13.0)" for the
+// current device and the cuDNN library loaded.
 std::string device_description();
 
 // cudaMalloc / cudaFree. Out of memory throws cumnist::Error naming the bytes requested and the

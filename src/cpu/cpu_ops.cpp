@@ -67,6 +67,22 @@ inline float activation_derivative(Activation act, float a) {
     }
 }
 
+// Calls f(first, last, words) for each block of 32 elements of [0, total), the blocks spread over
+// the threads: words[e] is the Philox word of element first + e, the word dropout_keep() draws for
+// it (eight Philox groups at once, AVX2 where available, else one philox_group() per group).
+template <class F>
+void for_each_dropout_block(uint64_t seed, uint32_t stream, uint64_t t, std::size_t total, F&& f) {
+    const std::size_t n_blocks = (total + 31) / 32;
+    const bool avx2 = use_avx2();
+#pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
+    for (std::size_t blk = 0; blk < n_blocks; ++blk) {
+        uint32_t words[32];
+        block_words(seed, stream, t, blk, avx2, words);
+        const std::size_t first = 32 * blk, last = std::min(total, first + 32);
+        f(first, last, words);
+    }
+}
+
 // MXCSR bits: FTZ (15) flushes denormal results to zero, DAZ (6) reads denormal inputs as zero.
 void set_flush_denormals() {
 #if defined(__x86_64__)
@@ -113,19 +129,10 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
             }
             return;
         }
-        // With dropout, walk the elements in blocks of 32 (eight Philox groups): the block's words
-        // are drawn at once (AVX2 where available, else one philox_group() per group; the same words
-        // dropout_keep() would draw one by one), then each run of consecutive columns inside the
+        // With dropout, walk the elements in blocks of 32: each run of consecutive columns inside a
         // block is one vector loop.
         const float scale = 1.0f / (1.0f - rate);
-        const uint64_t t = *step;
-        const std::size_t n_blocks = (total + 31) / 32;
-        const bool avx2 = use_avx2();
-#pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
-        for (std::size_t blk = 0; blk < n_blocks; ++blk) {
-            uint32_t words[32];  // the word of element 32·blk + e is words[e]
-            block_words(seed, stream, t, blk, avx2, words);
-            const std::size_t first = 32 * blk, last = std::min(total, first + 32);
+        for_each_dropout_block(seed, stream, *step, total, [&](std::size_t first, std::size_t last, const uint32_t* words) {
             int c = static_cast<int>(first % static_cast<std::size_t>(cols));
             for (std::size_t i = first; i < last;) {
                 const int run = static_cast<int>(std::min<std::size_t>(last - i, static_cast<std::size_t>(cols - c)));
@@ -142,7 +149,7 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
                 i += static_cast<std::size_t>(run);
                 c = 0;
             }
-        }
+        });
     });
 }
 
@@ -167,19 +174,12 @@ void act_dropout_backward(float* dpre, const float* dh, const float* saved, int 
     // ∂loss/∂pre = ∂loss/∂h · act'(a) · keep / (1 − rate), the keep bits redrawn from Philox in
     // the forward's blocks of 32 elements.
     const float scale = 1.0f / (1.0f - rate);
-    const uint64_t t = *step;
-    const std::size_t n_blocks = (total + 31) / 32;
-    const bool avx2 = use_avx2();
-#pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
-    for (std::size_t blk = 0; blk < n_blocks; ++blk) {
-        uint32_t words[32];
-        block_words(seed, stream, t, blk, avx2, words);
-        const std::size_t first = 32 * blk, last = std::min(total, first + 32);
+    for_each_dropout_block(seed, stream, *step, total, [&](std::size_t first, std::size_t last, const uint32_t* words) {
         for (std::size_t i = first; i < last; ++i) {
             const float grad = dh[i] * activation_derivative(act, a[i]);
             dpre[i] = select_or_zero(words[i - first] < keep_threshold, grad * scale);
         }
-    }
+    });
 }
 
 void act_dropout_forward(float* y, const float* x, int n, int cols, Activation act, float rate, uint32_t keep_threshold,
@@ -195,18 +195,11 @@ void act_dropout_forward(float* y, const float* x, int n, int cols, Activation a
         }
         // The keep bits in bias_act_dropout_forward's blocks of 32 elements (the same masks).
         const float scale = 1.0f / (1.0f - rate);
-        const uint64_t t = *step;
-        const std::size_t n_blocks = (total + 31) / 32;
-        const bool avx2 = use_avx2();
-#pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
-        for (std::size_t blk = 0; blk < n_blocks; ++blk) {
-            uint32_t words[32];
-            block_words(seed, stream, t, blk, avx2, words);
-            const std::size_t first = 32 * blk, last = std::min(total, first + 32);
+        for_each_dropout_block(seed, stream, *step, total, [&](std::size_t first, std::size_t last, const uint32_t* words) {
 #pragma omp simd
             for (std::size_t i = first; i < last; ++i)
                 y[i] = select_or_zero(words[i - first] < keep_threshold, activate<kAct>(x[i]) * scale);
-        }
+        });
     });
 }
 

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -600,6 +601,49 @@ TEST_F(CorruptCheckpoint, ModelInTheMetadataDoesNotMatchTheTensors) {
                     "activation 'gelu' is not relu or sigmoid");
     expect_rejected(with_meta("model", R"({"inputs":4294967296,"hidden":[33,17],"classes":10,"activation":"relu","dropout":0.2})"),
                     "sizes must be integers, found 4294967296");
+}
+
+// A value of one tensor replaced, in the data section.
+std::string with_value(const Parts& parts, const std::string& tensor, std::size_t index, float value) {
+    Parts p = parts;
+    const std::size_t at = p.header.at(tensor).at("data_offsets")[0].get<std::size_t>() + 4 * index;
+    std::memcpy(&p.data[at], &value, sizeof value);
+    return join(p);
+}
+
+// Every value is checked when a checkpoint is read: finite everywhere, and the optimizer's running
+// squares not negative. (A NaN model would otherwise resume, train and save NaN with exit 0.)
+TEST_F(CorruptCheckpoint, NonFiniteOrNegativeStateValuesAreRefused) {
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    expect_rejected(with_value(parts, "layers.1.weight", 5, nan),
+                    "tensor 'layers.1.weight' holds NaN at index 5; a checkpoint's values must be finite");
+    expect_rejected(with_value(parts, "layers.0.bias", 0, -inf), "tensor 'layers.0.bias' holds -Inf at index 0");
+    expect_rejected(with_value(parts, "optimizer.adam.m.layers.2.weight", 3, inf),
+                    "tensor 'optimizer.adam.m.layers.2.weight' holds +Inf at index 3");
+    expect_rejected(with_value(parts, "optimizer.adam.v.layers.0.weight", 7, -0.5f),
+                    "tensor 'optimizer.adam.v.layers.0.weight' holds -0.5 at index 7; the optimizer's running mean "
+                    "of squared gradients cannot be negative");
+    // Adam's m may be negative; v may be zero.
+    EXPECT_NO_THROW(parse_checkpoint("ok", with_value(parts, "optimizer.adam.m.layers.0.weight", 7, -0.5f)));
+    EXPECT_NO_THROW(parse_checkpoint("ok", with_value(parts, "optimizer.adam.v.layers.0.weight", 7, 0.0f)));
+}
+
+// A repeated key anywhere in the header is refused (the JSON parser would keep the last one).
+TEST_F(CorruptCheckpoint, RepeatedKeysInTheHeaderAreRefused) {
+    const std::string header = parts.header.dump();
+    // A second copy of the first tensor's entry, and a second __metadata__, spliced in as text.
+    const std::string first = "\"layers.0.bias\":" + parts.header.at("layers.0.bias").dump();
+    const std::string twice = "{" + first + "," + header.substr(1);
+    expect_rejected(join(twice, parts.data), "the header names 'layers.0.bias' twice");
+    const std::string meta = "\"__metadata__\":" + parts.header.at("__metadata__").dump();
+    expect_rejected(join("{" + meta + "," + header.substr(1), parts.data), "the header names '__metadata__' twice");
+    // And inside the metadata.
+    json h = parts.header;
+    std::string m = h.at("__metadata__").dump();
+    m.insert(1, "\"epoch\":\"0\",");
+    h.erase("__metadata__");
+    const std::string rest = h.dump();
+    expect_rejected(join("{\"__metadata__\":" + m + "," + rest.substr(1), parts.data), "the header names 'epoch' twice");
 }
 
 // Format version 2's layer list: every field checked, the model rebuilt and compared with the tensors.

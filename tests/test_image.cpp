@@ -840,6 +840,41 @@ TEST(TrainCommand, EveryFlagReachesTheConfiguration) {
     EXPECT_TRUE(has_line(adam, "  schedule   1 epoch of 1 step (batch 64), seed 42")) << all(adam);
 }
 
+// Usage errors: one "cumnist: error:" line and exit status 2; no arguments print the usage; an
+// unknown command is named; values are taken exactly or refused.
+TEST(CommandLine, UsageErrorsExitTwoWithOneLine) {
+    const auto all = [](const CliRun& r) { return fmt::format("{}", fmt::join(r.lines, "\n")); };
+    const CliRun bare = run_cumnist("");
+    EXPECT_EQ(bare.status, 2) << all(bare);
+    EXPECT_NE(all(bare).find("Usage: cumnist [OPTIONS] SUBCOMMAND"), std::string::npos) << all(bare);
+    const std::vector<std::pair<std::string, std::string>> cases = {
+        {"frobnicate", "cumnist: error: unknown command 'frobnicate' (the commands: train, selftest, eval, bench, "
+                       "predict, show; see cumnist --help)"},
+        {"train --bogus", "cumnist: error: The following argument was not expected: --bogus (see cumnist train --help)"},
+        {"train --epochs", "cumnist: error: --epochs: 1 required INT missing (see cumnist train --help)"},
+        {"train --epochs 1 --epochs 2", "cumnist: error: --epochs is given 2 times; give it once (see cumnist train --help)"},
+        {"train --seed -1", "cumnist: error: --seed: '-1' is not an integer in [0, 18446744073709551615]"},
+        {"train --seed 1e23", "--seed: '1e23' is not an integer in [0, 18446744073709551615]"},
+        {"train --seed 18446744073709551616", "--seed: '18446744073709551616' is not an integer"},
+        {"bench --seed -5", "--seed: '-5' is not an integer"},
+        {"show --seed x", "--seed: 'x' is not an integer"},
+    };
+    for (const auto& [args, message] : cases) {
+        const CliRun r = run_cumnist(args);
+        EXPECT_EQ(r.status, 2) << args << ": " << all(r);
+        ASSERT_EQ(r.lines.size(), 1u) << args << ": " << all(r);
+        EXPECT_NE(r.lines[0].find(message), std::string::npos) << args << ": " << r.lines[0];
+    }
+    // The largest seed is a seed; help and the version still exit 0.
+    EXPECT_EQ(run_cumnist("train --seed 18446744073709551615 --help").status, 0);
+    EXPECT_EQ(run_cumnist("--version").status, 0);
+    // A flag the optimizer has no use for is refused (exit 1: a bad value, not a bad command line).
+    const CliRun momentum = run_cumnist("train --optimizer adam --momentum 0.9 --data /nonexistent");
+    EXPECT_EQ(momentum.status, 1) << all(momentum);
+    EXPECT_NE(all(momentum).find("--momentum applies to --optimizer sgd only; adam has no momentum"), std::string::npos)
+        << all(momentum);
+}
+
 // --model: a layer string trains, is saved as its layer list, evaluates and predicts; a bad one
 // and MLP flags beside another model fail before any data is read, with one line.
 TEST(TrainCommand, ModelFlag) {

@@ -26,6 +26,7 @@
 #include "cumnist/model.h"
 #include "cumnist/ops.h"
 #include "cumnist/philox.h"
+#include "cumnist/predict.h"
 #include "cumnist/trainer.h"
 #include "reference/reference.h"
 #include "test_support.h"
@@ -477,6 +478,22 @@ INSTANTIATE_TEST_SUITE_P(Layers, ConvNetVsReference,
                          ::testing::Combine(::testing::Values(Device::Cpu, Device::Cuda), ::testing::ValuesIn(kNets),
                                             ::testing::Values(1, 33)),
                          net_param_name);
+
+// predict() refuses outputs that are not finite rather than report "0 (nan%)": finite parameters
+// of 3e38 overflow the logits to Inf.
+TEST(Predict, NonFiniteOutputsAreAnError) {
+    Model model(parse("dense10", {1, 2, 2}), Device::Cpu);
+    const std::vector<float> huge(model.parameters().size(), 3e38f);
+    model.parameters().copy_from_host(huge.data(), huge.size());
+    try {
+        cumnist::predict(model, std::vector<uint8_t>(8, 255), 2);
+        ADD_FAILURE() << "predicted from infinite logits";
+    } catch (const cumnist::Error& e) {
+        EXPECT_NE(std::string(e.what()).find("predict: the model's outputs for image 1 are not finite"),
+                  std::string::npos)
+            << e.what();
+    }
+}
 
 // ---- A convolutional model in the trainer -------------------------------------------------------
 

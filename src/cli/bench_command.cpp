@@ -529,7 +529,7 @@ void add_bench_command(CLI::App& parent, std::vector<Command>& commands) {
     bench->add_option("--model", o->model_text, model_help())->capture_default_str();
     bench->add_option("--hidden", o->hidden, "MLP: hidden layer sizes, comma separated (or 'none')")->capture_default_str();
     bench->add_option("--dropout", o->mlp.dropout, "MLP: dropout rate after each hidden layer")->capture_default_str();
-    bench->add_option("--seed", o->seed, "Seed for initialisation and dropout")->capture_default_str();
+    bench->add_option("--seed", o->seed, "Seed for initialisation and dropout")->check(unsigned_64())->capture_default_str();
     bench->add_flag("--no-gemm-floor{false}", o->gemm_floor, "CPU: skip timing each step's GEMMs alone");
     bench->add_flag("--no-graph", o->no_graph,
                     "GPU: launch the step's kernels one by one instead of replaying a CUDA Graph");

@@ -4,6 +4,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <sstream>
 
 #include "cumnist/error.h"
@@ -37,6 +39,21 @@ Activation parse_activation(const std::string& name) {
     if (name == "sigmoid") return Activation::Sigmoid;
     if (name == "tanh") return Activation::Tanh;
     throw Error(fmt::format("--activation: unknown activation '{}' (expected relu, sigmoid or tanh)", name));
+}
+
+CLI::Validator unsigned_64() {
+    return CLI::Validator(
+        [](std::string& text) -> std::string {
+            const bool digits = !text.empty() && text.size() <= 20 &&
+                                std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
+            if (digits) {
+                errno = 0;
+                (void)std::strtoull(text.c_str(), nullptr, 10);
+                if (errno != ERANGE) return "";
+            }
+            return fmt::format("'{}' is not an integer in [0, 18446744073709551615]", text);
+        },
+        "UINT64");
 }
 
 std::string model_help() {

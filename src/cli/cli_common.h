@@ -30,6 +30,10 @@ void add_show_command(CLI::App& parent, std::vector<Command>& commands);
 std::vector<int> parse_hidden(const std::string& text);  // "512,256" | "none"
 Activation parse_activation(const std::string& name);     // "relu" | "sigmoid" | "tanh"
 
+// Checks a seed as typed: decimal digits of an integer in [0, 2^64). (Converted by CLI11 alone,
+// "-1" and "2^64" would wrap or saturate to 2^64 − 1 and "1e23" would be read as a float.)
+CLI::Validator unsigned_64();
+
 // The --model help text: the presets and the layer-string syntax (model.h).
 std::string model_help();
 

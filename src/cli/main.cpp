@@ -3,10 +3,12 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "cli_common.h"
 #include "cumnist/error.h"
@@ -27,12 +29,23 @@ void bound_openmp_spinning(char** argv) {
     execv("/proc/self/exe", argv);  // returns only on failure: then run with libgomp's default
 }
 
+// CLI11's messages, in the words of the rest of cumnist where they are not clear already.
+std::string readable(const std::string& message) {
+    // "--epochs: At Most 1 required but received 2"
+    const std::string repeated = ": At Most 1 required but received ";
+    const std::size_t at = message.find(repeated);
+    if (at != std::string::npos && message.rfind("--", 0) == 0)
+        return fmt::format("{} is given {} times; give it once", message.substr(0, at), message.substr(at + repeated.size()));
+    return message;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     using namespace cumnist;
     bound_openmp_spinning(argv);
     CLI::App app{"cumnist: train MNIST-format image classifiers on an NVIDIA GPU (CUDA + cuBLAS) or the CPU"};
+    app.name("cumnist");
     app.require_subcommand(1);
     app.set_version_flag("--version", "cumnist 0.1.0");
 
@@ -44,10 +57,32 @@ int main(int argc, char** argv) {
     cli::add_predict_command(app, commands);
     cli::add_show_command(app, commands);
 
+    // Usage errors: one "cumnist: error: ..." line and exit status 2, as every other error but with
+    // the status that tells a usage error apart; --help and --version print and exit 0; no
+    // arguments at all print the usage.
+    if (argc <= 1) {
+        fmt::print(stderr, "{}", app.help());
+        return 2;
+    }
     try {
         app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
+    } catch (const CLI::CallForHelp& e) {
         return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        std::vector<std::string> names;
+        for (const cli::Command& c : commands) names.push_back(c.app->get_name());
+        const std::string first = argv[1];
+        const bool known = std::find(names.begin(), names.end(), first) != names.end();
+        if (!known && !first.empty() && first[0] != '-')
+            fmt::print(stderr, "cumnist: error: unknown command '{}' (the commands: {}; see cumnist --help)\n", first,
+                       fmt::join(names, ", "));
+        else
+            fmt::print(stderr, "cumnist: error: {} (see cumnist {}--help)\n", readable(e.what()), known ? first + " " : "");
+        return 2;
     }
     int status = 0;
     try {

@@ -68,7 +68,8 @@ void add_show_command(CLI::App& parent, std::vector<Command>& commands) {
     cmd->add_option("--count,-n", o->count, "How many images")->capture_default_str();
     cmd->add_option("--columns", o->columns, "Images per row")->capture_default_str();
     cmd->add_option("--scale", o->scale, "Each pixel becomes scale x scale pixels")->capture_default_str();
-    o->seed_option = cmd->add_option("--seed", o->seed, "Seed for the choice of images (default: a fresh one, printed)");
+    o->seed_option = cmd->add_option("--seed", o->seed, "Seed for the choice of images (default: a fresh one, printed)")
+                        ->check(unsigned_64());
     commands.push_back({cmd, [o] { return run_show(*o); }});
 }
 

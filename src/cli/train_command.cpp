@@ -190,6 +190,9 @@ int run_train(TrainOptions& o) {
         if (o.save_dir.empty()) o.save_dir = std::filesystem::path(o.resume).parent_path().string();
         if (o.save_dir.empty()) o.save_dir = ".";
     }
+    // A flag the chosen optimizer has no use for is a mistake, not something to ignore.
+    if (o.app->count("--momentum") > 0 && opt.kind != OptimizerKind::Sgd)
+        throw Error(fmt::format("--momentum applies to --optimizer sgd only; {} has no momentum", to_string(opt.kind)));
     if (!o.save_dir.empty()) prepare_save_dir(o.save_dir);
     if (!o.metrics_out.empty()) require_writable(o.metrics_out, "--metrics-out");  // fail now, not after an epoch
     set_threads(o.threads);
@@ -336,7 +339,9 @@ void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
     train->add_option("--activation", o->activation, "MLP: hidden activation, relu, sigmoid or tanh")->capture_default_str();
     train->add_option("--dropout", o->mlp.dropout, "MLP: dropout rate after each hidden layer, in [0, 1)")
         ->capture_default_str();
-    train->add_option("--seed", o->train.seed, "Seed for initialisation, shuffling and dropout")->capture_default_str();
+    train->add_option("--seed", o->train.seed, "Seed for initialisation, shuffling and dropout")
+        ->check(unsigned_64())
+        ->capture_default_str();
     train->add_option("--device", o->device, "auto (the GPU when usable), cpu or gpu")->capture_default_str();
     train->add_option("--threads", o->threads, "CPU threads (0: all cores)")->capture_default_str();
     train->add_option("--eval-batch", o->train.eval_batch, "Batch size for evaluation")->capture_default_str();

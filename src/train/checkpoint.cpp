@@ -171,11 +171,30 @@ public:
     // Validates the JSON header against a data section of `data_size` bytes; fills meta and entries.
     void parse_header(std::string_view text, uint64_t data_size) {
         json header;
+        // JSON allows an object to repeat a key, and the parser keeps the last: two entries for one
+        // tensor, or two __metadata__ objects, would let one silently replace the other. Every
+        // object's keys are tracked while it is parsed and a repeat is refused.
+        std::vector<std::vector<std::string>> keys;  // per open object, its keys so far
+        std::string duplicate;
+        const json::parser_callback_t no_repeats = [&](int, json::parse_event_t event, json& parsed) {
+            if (event == json::parse_event_t::object_start) keys.emplace_back();
+            else if (event == json::parse_event_t::object_end && !keys.empty()) keys.pop_back();
+            else if (event == json::parse_event_t::key && !keys.empty() && duplicate.empty()) {
+                std::vector<std::string>& seen = keys.back();
+                const std::string key = parsed.get<std::string>();
+                if (std::find(seen.begin(), seen.end(), key) != seen.end()) duplicate = key;
+                seen.push_back(key);
+            }
+            return true;
+        };
         try {
-            header = json::parse(text.begin(), text.end());
+            header = json::parse(text.begin(), text.end(), no_repeats);
         } catch (const json::exception& e) {
             fail("the header is not valid JSON: {}", strip_json_prefix(e.what()));
         }
+        if (!duplicate.empty())
+            fail("the header names '{}' twice; each tensor, and __metadata__ and each of its entries, may appear once",
+                 duplicate);
         if (!header.is_object()) fail("the header is a JSON {}, expected an object of tensors", json_type(header));
         bool has_meta = false;
         for (auto it = header.begin(); it != header.end(); ++it) {
@@ -201,10 +220,25 @@ public:
         if (m_has_state)
             c.optimizer_state.assign(optimizer_state_names(m_meta.optimizer.kind).size(),
                                      std::vector<float>(c.parameters.size(), 0.0f));
+        const std::vector<std::string> state = optimizer_state_names(m_meta.optimizer.kind);
         for (const TensorSpec& s : m_specs) {
             const Entry& e = *m_by_name.at(s.name);
             float* dst = s.buffer == 0 ? c.parameters.data() : c.optimizer_state[s.buffer - 1].data();
             std::memcpy(dst + s.offset, data + e.begin, s.count * sizeof(float));
+            // Every value finite, and the optimizers' running squares (Adam's v, RMSprop's s) not
+            // negative: a model or state that would train into NaN is refused here, not later.
+            const bool squares = s.buffer > 0 && (state[s.buffer - 1] == "adam.v" || state[s.buffer - 1] == "rmsprop.s");
+            for (std::size_t i = 0; i < s.count; ++i) {
+                const float v = dst[s.offset + i];
+                if (!std::isfinite(v))
+                    fail("tensor '{}' holds {} at index {}; a checkpoint's values must be finite (the run that "
+                         "saved it diverged, or the file is damaged)",
+                         s.name, std::isnan(v) ? "NaN" : v > 0 ? "+Inf" : "-Inf", i);
+                if (squares && v < 0.0f)
+                    fail("tensor '{}' holds {} at index {}; the optimizer's running mean of squared gradients "
+                         "cannot be negative (the file is damaged)",
+                         s.name, v, i);
+            }
         }
         return c;
     }

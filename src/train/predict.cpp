@@ -2,6 +2,7 @@
 #include "cumnist/predict.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 namespace cumnist {
@@ -31,6 +32,11 @@ std::vector<Prediction> predict(Model& model, const std::vector<uint8_t>& images
         std::vector<float> p(static_cast<std::size_t>(rows) * classes);
         memory::copy(p.data(), Device::Cpu, logits.data, dev, p.size() * sizeof(float));
         for (int r = 0; r < rows; ++r) {
+            const auto row = p.begin() + static_cast<std::ptrdiff_t>(r) * classes;
+            if (!std::all_of(row, row + classes, [](float v) { return std::isfinite(v); }))
+                throw Error(fmt::format("predict: the model's outputs for image {} are not finite (NaN or Inf): its "
+                                        "parameters are too large or damaged",
+                                        first + r + 1));
             Prediction pr;
             pr.probabilities.assign(p.begin() + static_cast<std::ptrdiff_t>(r) * classes,
                                     p.begin() + static_cast<std::ptrdiff_t>(r + 1) * classes);

@@ -2,6 +2,7 @@
 #include "cumnist/file_io.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,9 +26,72 @@ void sync_folder_of(const std::string& path) {
     (void)::close(fd);
 }
 
+const char* kind_of(mode_t mode) {
+    if (S_ISDIR(mode)) return "a folder";
+    if (S_ISFIFO(mode)) return "a FIFO (a named pipe)";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "not a regular file";
+}
+
+// Where a chain of symbolic links ends (the path itself when it is no link): the file a write
+// through `path` must replace. A dangling link's target is where the new file goes.
+std::string link_target(const std::string& path) {
+    namespace fs = std::filesystem;
+    fs::path p = path;
+    std::error_code ec;
+    for (int hops = 0; hops < 40 && fs::is_symlink(fs::symlink_status(p, ec)); ++hops) {
+        const fs::path target = fs::read_symlink(p, ec);
+        if (ec) break;
+        p = target.is_absolute() ? target : p.parent_path() / target;
+    }
+    return p.string();
+}
+
+// Devices, FIFOs and sockets: opened for writing as they are and written through.
+void write_in_place(const std::string& path, std::string_view bytes, std::string_view what) {
+    // Non-blocking open: a FIFO without a reader fails with ENXIO instead of waiting for one.
+    const int fd = ::open(path.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        const int e = errno;
+        throw Error(fmt::format("cannot write {}'{}': {}", what, path,
+                                e == ENXIO ? "it is a FIFO that nothing reads" : std::strerror(e)));
+    }
+    const int flags = ::fcntl(fd, F_GETFL);
+    if (flags >= 0) (void)::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    int err = 0;
+    for (std::size_t done = 0; done < bytes.size() && err == 0;) {
+        const std::size_t chunk = std::min<std::size_t>(bytes.size() - done, std::size_t{1} << 30);
+        const ssize_t n = ::write(fd, bytes.data() + done, chunk);
+        if (n > 0)
+            done += static_cast<std::size_t>(n);
+        else if (n < 0 && errno != EINTR)
+            err = errno;
+        else if (n == 0)
+            err = EIO;
+    }
+    if (::close(fd) != 0 && err == 0) err = errno;
+    if (err != 0) throw Error(fmt::format("cannot write {}'{}': {}", what, path, std::strerror(err)));
+}
+
 }  // namespace
 
-void require_writable(const std::string& path, std::string_view option) {
+void require_regular_input(const std::string& path, std::string_view expected) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) throw Error(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
+    if (S_ISDIR(st.st_mode)) throw Error(fmt::format("'{}' is a folder, expected {}", path, expected));
+    if (!S_ISREG(st.st_mode))
+        throw Error(fmt::format("'{}' is {}, not a regular file; expected {}", path, kind_of(st.st_mode), expected));
+}
+
+void require_writable(const std::string& given, std::string_view option) {
+    struct stat st {};
+    if (::stat(given.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+        if (S_ISDIR(st.st_mode)) throw Error(fmt::format("{}: '{}' is a folder, expected a file", option, given));
+        return;  // a device, FIFO or socket: written in place
+    }
+    const std::string path = link_target(given);
     const std::string tmp = path + ".tmp";
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
     if (fd < 0) throw Error(fmt::format("{}: cannot write '{}': {}", option, tmp, std::strerror(errno)));
@@ -35,7 +99,14 @@ void require_writable(const std::string& path, std::string_view option) {
     ::unlink(tmp.c_str());
 }
 
-void write_file_atomically(const std::string& path, std::string_view bytes, std::string_view what) {
+void write_file_atomically(const std::string& given, std::string_view bytes, std::string_view what) {
+    struct stat st {};
+    if (::stat(given.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+        if (S_ISDIR(st.st_mode)) throw Error(fmt::format("cannot write {}'{}': it is a folder", what, given));
+        write_in_place(given, bytes, what);
+        return;
+    }
+    const std::string path = link_target(given);
     const std::string tmp = path + ".tmp";
     std::error_code ec;
     const bool existed = std::filesystem::exists(path, ec);

@@ -1,6 +1,8 @@
 // IDX reading and validation, gzip included; data folder layout; per-epoch shuffling.
 #include "cumnist/data.h"
 
+#include "cumnist/file_io.h"
+
 #include <sys/stat.h>
 #include <zlib.h>
 
@@ -29,6 +31,7 @@ std::vector<uint8_t> read_file(const std::string& path) {
     if (::stat(path.c_str(), &st) != 0)
         throw Error(fmt::format("cannot open '{}': {}", path, std::strerror(errno)));
     if (S_ISDIR(st.st_mode)) throw Error(fmt::format("'{}' is a directory, expected an IDX file", path));
+    require_regular_input(path, "an IDX file");  // a FIFO would block, /dev/zero pass as empty
     if (static_cast<uint64_t>(st.st_size) > kMaxIdxBytes)
         throw Error(fmt::format("'{}' is {} bytes, larger than the {} bytes supported", path, st.st_size, kMaxIdxBytes));
     std::ifstream in(path, std::ios::binary);

@@ -565,7 +565,9 @@ Checkpoint load_checkpoint(const std::string& path) {
     if (std::filesystem::is_directory(path, ec))
         throw Error(fmt::format("checkpoint '{}' is a folder, expected a .safetensors file (e.g. {}/last.safetensors)",
                                 path, path));
-    std::ifstream in(path, std::ios::binary);
+    std::ifstream in;
+    if (std::filesystem::exists(path, ec)) require_regular_input(path, "a .safetensors checkpoint");  // no FIFO, no device
+    in.open(path, std::ios::binary);
     if (!in) throw Error(fmt::format("cannot open checkpoint '{}': {}", path, std::strerror(errno)));
     const uint64_t size = std::filesystem::file_size(path, ec);
     if (ec) throw Error(fmt::format("cannot read checkpoint '{}': {}", path, ec.message()));

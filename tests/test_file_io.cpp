@@ -14,6 +14,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -157,6 +158,34 @@ TEST_F(FileIo, InputsMustBeRegularFiles) {
               "'" + fifo + "' is a FIFO (a named pipe), not a regular file; expected an IDX file");
     EXPECT_EQ(error_of([] { cumnist::load_idx_pair("/dev/zero", "/dev/zero"); }),
               "'/dev/zero' is a character device, not a regular file; expected an IDX file");
+}
+
+// An output that is one of the inputs (the same file under any name) or another output is refused
+// before anything runs; new files, devices and distinct files pass.
+TEST_F(FileIo, OutputsMustNotBeInputsOrEachOther) {
+    using cumnist::NamedPath;
+    const std::string model = path("best.safetensors"), data = path("t10k-images-idx3-ubyte");
+    cumnist::write_file_atomically(model, "model");
+    cumnist::write_file_atomically(data, "data");
+    fs::create_hard_link(model, path("hard.safetensors"));
+    fs::create_symlink("best.safetensors", path("soft.safetensors"));
+    const std::vector<NamedPath> inputs = {{"--model", model}, {"a data file (mnist)", data}};
+    auto clash = [&](const std::vector<NamedPath>& outputs) {
+        return error_of([&] { cumnist::require_distinct(outputs, inputs); });
+    };
+    EXPECT_EQ(clash({{"--json", model}}),
+              "--json '" + model + "' is the file given as --model; an output must not overwrite an input");
+    EXPECT_NE(clash({{"--json", path("hard.safetensors")}}).find("is the file given as --model"), std::string::npos);
+    EXPECT_NE(clash({{"--json", path("soft.safetensors")}}).find("is the file given as --model"), std::string::npos);
+    EXPECT_NE(clash({{"--json", dir.string() + "/./t10k-images-idx3-ubyte"}}).find("is the file given as a data file (mnist)"),
+              std::string::npos);
+    // Two outputs naming one file that does not exist yet.
+    EXPECT_EQ(clash({{"--save", path("run/last.safetensors")}, {"--metrics-out", path("run/../run/last.safetensors")}}),
+              "--save '" + path("run/last.safetensors") + "' and --metrics-out '" + path("run/../run/last.safetensors") +
+                  "' are the same file");
+    EXPECT_EQ(clash({{"--json", path("new.json")}, {"--misclassified", path("new.png")}, {"--out", "/dev/null"},
+                     {"--json", ""}}),
+              "");
 }
 
 }  // namespace

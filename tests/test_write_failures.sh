@@ -171,7 +171,7 @@ mkdir -p nobest/best.safetensors/keep
 rc=0
 "${train[@]}" --save nobest > out.log 2> err.log || rc=$?
 [ "$rc" -eq 1 ] || fail "an unreplaceable best.safetensors: exit $rc, $(cat err.log)"
-grep -qxF "cumnist: error: cannot replace checkpoint 'nobest/best.safetensors': Is a directory" err.log ||
+grep -qxF "cumnist: error: cannot write checkpoint 'nobest/best.safetensors': it is a folder" err.log ||
   fail "an unreplaceable best.safetensors: $(cat err.log)"
 [ -s nobest/last.safetensors ] && [ -e nobest/best.safetensors/keep ] || fail "nobest/ holds $(ls -R nobest)"
 if ls nobest/*.tmp 2> /dev/null; then fail "a temporary file was left behind in nobest/"; fi

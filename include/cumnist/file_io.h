@@ -4,6 +4,7 @@
 
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace cumnist {
 
@@ -32,5 +33,21 @@ void require_writable(const std::string& path, std::string_view option);
 // pipe), not a regular file; expected <expected>" (a character device, a block device, a socket),
 // or "cannot open '<path>': <reason>".
 void require_regular_input(const std::string& path, std::string_view expected);
+
+// A file a command reads or writes, and how the user named it: {"--json", "out.json"},
+// {"--model", "runs/a/best.safetensors"}.
+struct NamedPath {
+    std::string name, path;
+};
+
+// Throws cumnist::Error when an output is one of the inputs (the same device and inode, after
+// links; outputs that do not exist yet clash with nothing), or two outputs are the same file:
+// "--json 'a/best.safetensors' is the file given as --model; an output must not overwrite an
+// input". Called before any work starts.
+void require_distinct(const std::vector<NamedPath>& outputs, const std::vector<NamedPath>& inputs);
+
+// The IDX files of `dataset` under data_dir that exist (raw and .gz, train and test): the inputs
+// of a command that reads the data set, for require_distinct.
+std::vector<NamedPath> dataset_inputs(const std::string& data_dir, const std::string& dataset);
 
 }  // namespace cumnist

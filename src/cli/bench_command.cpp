@@ -360,6 +360,7 @@ int run_bench(BenchOptions& o) {
     if (o.gemm_size < 0) throw Error(fmt::format("--gemm-size must be 0 (skip) or more, got {}", o.gemm_size));
     const std::vector<int> batches = parse_batch_sizes(o.batch_sizes);
     if (!o.json_out.empty()) require_writable(o.json_out, "--json");  // fail now, not after the whole run
+    require_distinct({{"--json", o.json_out}}, dataset_inputs(o.data_dir, o.dataset));
     o.mlp.hidden = parse_hidden(o.hidden);
     o.mlp.validate();
     (void)parse_model(o.model_text, Shape{1, 28, 28}, 10, o.mlp);  // a bad --model fails before the data is read

@@ -99,6 +99,13 @@ int run_eval(EvalOptions& o) {
     const Checkpoint ckpt = load_checkpoint(o.model);  // before anything slow: a bad file fails at once
     const CheckpointMeta& meta = ckpt.meta;
     const std::string dataset = !o.dataset.empty() ? o.dataset : !meta.dataset.empty() ? meta.dataset : "mnist";
+    {
+        std::vector<NamedPath> inputs = dataset_inputs(o.data_dir, dataset);
+        inputs.push_back({"--model", o.model});
+        require_distinct({{"--json", o.json_out}, {"--misclassified", o.misclassified_out}}, inputs);
+        for (const auto& [flag, path] : {std::pair{"--json", o.json_out}, std::pair{"--misclassified", o.misclassified_out}})
+            if (!path.empty()) require_writable(path, flag);
+    }
     const Device device = choose_device(o.device);
     const Dataset test = load_dataset(o.data_dir, dataset, Split::Test);
     if (test.features() != meta.model.inputs())

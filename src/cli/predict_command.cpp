@@ -70,6 +70,14 @@ int run_predict(const PredictOptions& o) {
     const std::vector<std::string> names = class_names(checkpoint.meta.dataset);
     const Framing framing = framing_for(checkpoint.meta.dataset);  // a Fashion-MNIST model sees products framed its way
     const std::vector<std::string> save_to = preprocessed_paths(o.save_preprocessed, o.images);
+    {
+        // Nothing written over the model or an image that is still to be read.
+        std::vector<NamedPath> inputs = {{"--model", o.model}};
+        for (const std::string& image : o.images) inputs.push_back({fmt::format("the input image '{}'", image), image});
+        std::vector<NamedPath> outputs;
+        for (const std::string& path : save_to) outputs.push_back({"--save-preprocessed", path});
+        require_distinct(outputs, inputs);
+    }
     const int top = std::min(o.top, config.classes);
 
     // Every image prepared first; a failure is reported in the order of the inputs, after the

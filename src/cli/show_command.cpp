@@ -28,6 +28,8 @@ int run_show(const ShowOptions& o) {
     if (o.count < 1 || o.count > 1000) throw Error(fmt::format("--count must be in [1, 1000], got {}", o.count));
     if (o.columns < 1) throw Error(fmt::format("--columns must be at least 1, got {}", o.columns));
     if (o.scale < 1 || o.scale > 16) throw Error(fmt::format("--scale must be in [1, 16], got {}", o.scale));
+    require_distinct({{"--out", o.out}}, dataset_inputs(o.data_dir, o.dataset));
+    require_writable(o.out, "--out");
     const Dataset ds = load_dataset(o.data_dir, o.dataset, o.split == "train" ? Split::Train : Split::Test);
     if (o.count > ds.n) throw Error(fmt::format("--count {} is more than the {} images of {}", o.count, ds.n, ds.name));
     const uint64_t seed = o.seed_option->count() > 0 ? o.seed : (static_cast<uint64_t>(std::random_device{}()) << 32) | std::random_device{}();

@@ -195,6 +195,20 @@ int run_train(TrainOptions& o) {
         throw Error(fmt::format("--momentum applies to --optimizer sgd only; {} has no momentum", to_string(opt.kind)));
     if (!o.save_dir.empty()) prepare_save_dir(o.save_dir);
     if (!o.metrics_out.empty()) require_writable(o.metrics_out, "--metrics-out");  // fail now, not after an epoch
+    {
+        // No output over an input, and no two outputs in one file (the checkpoints a resumed run
+        // saves over are its own: --resume is an input of --metrics-out only).
+        std::vector<NamedPath> inputs = dataset_inputs(o.data_dir, o.dataset);
+        const std::vector<NamedPath> checkpoints =
+            o.save_dir.empty() ? std::vector<NamedPath>{}
+                               : std::vector<NamedPath>{{"--save", o.save_dir + "/last.safetensors"},
+                                                        {"--save", o.save_dir + "/best.safetensors"}};
+        require_distinct(checkpoints, inputs);
+        if (!o.resume.empty()) inputs.push_back({"--resume", o.resume});
+        std::vector<NamedPath> outputs = checkpoints;
+        outputs.insert(outputs.begin(), {"--metrics-out", o.metrics_out});
+        require_distinct(outputs, inputs);
+    }
     set_threads(o.threads);
     o.train.device = choose_device(o.device);
     if (o.train.device == Device::Cpu && (o.tf32 || o.no_graph))

@@ -141,4 +141,61 @@ void write_file_atomically(const std::string& given, std::string_view bytes, std
     sync_folder_of(path);
 }
 
+void require_distinct(const std::vector<NamedPath>& outputs, const std::vector<NamedPath>& inputs) {
+    // A file is the same as another when both exist with the same device and inode (hard links,
+    // links, different spellings), or, for outputs that do not exist yet, when their paths are the
+    // same after resolving what does exist (two flags naming one new file).
+    struct Key {
+        bool exists = false;
+        dev_t dev = 0;
+        ino_t ino = 0;
+        std::string path;
+        bool same(const Key& o) const { return exists && o.exists ? dev == o.dev && ino == o.ino : path == o.path; }
+    };
+    auto key_of = [](const std::string& path) {
+        Key k;
+        std::error_code ec;
+        k.path = std::filesystem::weakly_canonical(path, ec).string();
+        if (ec) k.path = path;
+        struct stat st {};
+        if (::stat(path.c_str(), &st) == 0) {
+            k.exists = true;
+            k.dev = st.st_dev;
+            k.ino = st.st_ino;
+            if (!S_ISREG(st.st_mode)) k.path.clear(), k.exists = false;  // a device or FIFO: nothing to overwrite
+        }
+        return k;
+    };
+    std::vector<std::pair<const NamedPath*, Key>> seen;  // the outputs checked so far
+    for (const NamedPath& out : outputs) {
+        if (out.path.empty()) continue;
+        const Key o = key_of(out.path);
+        if (o.path.empty() && !o.exists) continue;
+        for (const NamedPath& in : inputs) {
+            if (in.path.empty()) continue;
+            const Key i = key_of(in.path);
+            if (i.exists && o.same(i))
+                throw Error(fmt::format("{} '{}' is the file given as {}; an output must not overwrite an input",
+                                        out.name, out.path, in.name));
+        }
+        for (const auto& [other, k] : seen)
+            if (o.same(k))
+                throw Error(fmt::format("{} '{}' and {} '{}' are the same file", other->name, other->path, out.name,
+                                        out.path));
+        seen.emplace_back(&out, o);
+    }
+}
+
+std::vector<NamedPath> dataset_inputs(const std::string& data_dir, const std::string& dataset) {
+    std::vector<NamedPath> files;
+    for (const char* name : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                             "t10k-labels-idx1-ubyte"})
+        for (const char* suffix : {"", ".gz"}) {
+            const std::string path = data_dir + "/" + dataset + "/" + name + suffix;
+            struct stat st {};
+            if (::stat(path.c_str(), &st) == 0) files.push_back({"a data file (" + dataset + ")", path});
+        }
+    return files;
+}
+
 }  // namespace cumnist

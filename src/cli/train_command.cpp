@@ -203,11 +203,10 @@ int run_train(TrainOptions& o) {
             o.save_dir.empty() ? std::vector<NamedPath>{}
                                : std::vector<NamedPath>{{"--save", o.save_dir + "/last.safetensors"},
                                                         {"--save", o.save_dir + "/best.safetensors"}};
-        require_distinct(checkpoints, inputs);
-        if (!o.resume.empty()) inputs.push_back({"--resume", o.resume});
         std::vector<NamedPath> outputs = checkpoints;
         outputs.insert(outputs.begin(), {"--metrics-out", o.metrics_out});
-        require_distinct(outputs, inputs);
+        require_distinct(outputs, inputs);  // over the data, or one another
+        if (!o.resume.empty()) require_distinct({{"--metrics-out", o.metrics_out}}, {{"--resume", o.resume}});
     }
     set_threads(o.threads);
     o.train.device = choose_device(o.device);

@@ -78,10 +78,12 @@ void check_accepted(const cumnist::Checkpoint& c) {
 cumnist::Checkpoint tiny_checkpoint(cumnist::OptimizerKind kind, std::vector<int> hidden, bool with_state,
                                     int epochs_done) {
     cumnist::Checkpoint c;
-    c.meta.model.inputs = 4;
-    c.meta.model.hidden = std::move(hidden);
-    c.meta.model.classes = 3;
-    c.meta.model.dropout = 0.25f;
+    cumnist::MlpConfig mlp;
+    mlp.inputs = 4;
+    mlp.hidden = std::move(hidden);
+    mlp.classes = 3;
+    mlp.dropout = 0.25f;
+    c.meta.model = mlp;
     c.meta.optimizer.kind = kind;
     c.meta.optimizer.momentum = kind == cumnist::OptimizerKind::Sgd ? 0.9f : 0.0f;
     c.meta.epoch = epochs_done;
@@ -156,6 +158,13 @@ int write_corpus(const std::string& dir) {
     put("valid-sgd-4-5-2-3", cumnist::serialize_checkpoint(tiny_checkpoint(OptimizerKind::Sgd, {5, 2}, true, 1)));
     put("valid-rmsprop-4-3", cumnist::serialize_checkpoint(tiny_checkpoint(OptimizerKind::RmsProp, {}, true, 0)));
     put("valid-adam-no-state", cumnist::serialize_checkpoint(tiny_checkpoint(OptimizerKind::Adam, {6}, false, 1)));
+    {
+        // A convolutional model: the layer list of format version 2, 4-D weights.
+        cumnist::Checkpoint cnn = tiny_checkpoint(OptimizerKind::Adam, {}, false, 1);
+        cnn.meta.model = cumnist::parse_model("conv2k3same,relu,pool2,flatten,dropout0.5,dense3", {1, 4, 4}, 3);
+        cnn.parameters = cumnist::glorot_uniform_init(cnn.meta.model, 7);
+        put("valid-cnn", cumnist::serialize_checkpoint(cnn));
+    }
     // Damaged copies of the Adam checkpoint.
     const uint64_t len = header_length(adam);
     put("bad-truncated-data", adam.substr(0, adam.size() - 5));

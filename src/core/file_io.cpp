@@ -26,6 +26,21 @@ void sync_folder_of(const std::string& path) {
     (void)::close(fd);
 }
 
+// Writes all of `bytes` to fd, retrying short writes and EINTR: 0, or the errno of the failure.
+int write_all(int fd, std::string_view bytes) {
+    for (std::size_t done = 0; done < bytes.size();) {
+        const std::size_t chunk = std::min<std::size_t>(bytes.size() - done, std::size_t{1} << 30);
+        const ssize_t n = ::write(fd, bytes.data() + done, chunk);
+        if (n > 0)
+            done += static_cast<std::size_t>(n);
+        else if (n < 0 && errno != EINTR)
+            return errno;
+        else if (n == 0)
+            return EIO;
+    }
+    return 0;
+}
+
 const char* kind_of(mode_t mode) {
     if (S_ISDIR(mode)) return "a folder";
     if (S_ISFIFO(mode)) return "a FIFO (a named pipe)";
@@ -60,17 +75,7 @@ void write_in_place(const std::string& path, std::string_view bytes, std::string
     }
     const int flags = ::fcntl(fd, F_GETFL);
     if (flags >= 0) (void)::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
-    int err = 0;
-    for (std::size_t done = 0; done < bytes.size() && err == 0;) {
-        const std::size_t chunk = std::min<std::size_t>(bytes.size() - done, std::size_t{1} << 30);
-        const ssize_t n = ::write(fd, bytes.data() + done, chunk);
-        if (n > 0)
-            done += static_cast<std::size_t>(n);
-        else if (n < 0 && errno != EINTR)
-            err = errno;
-        else if (n == 0)
-            err = EIO;
-    }
+    int err = write_all(fd, bytes);
     if (::close(fd) != 0 && err == 0) err = errno;
     if (err != 0) throw Error(fmt::format("cannot write {}'{}': {}", what, path, std::strerror(err)));
 }
@@ -115,17 +120,7 @@ void write_file_atomically(const std::string& given, std::string_view bytes, std
         throw Error(fmt::format("cannot write {}'{}': cannot create '{}': {}", what, path, tmp, std::strerror(errno)));
     // A full disk or a file-size limit shows up as a short or failed write(), or only at fsync()
     // or close() (network and delayed-allocation file systems): each one is checked.
-    int err = 0;
-    for (std::size_t done = 0; done < bytes.size() && err == 0;) {
-        const std::size_t chunk = std::min<std::size_t>(bytes.size() - done, std::size_t{1} << 30);
-        const ssize_t n = ::write(fd, bytes.data() + done, chunk);
-        if (n > 0)
-            done += static_cast<std::size_t>(n);
-        else if (n < 0 && errno != EINTR)
-            err = errno;
-        else if (n == 0)
-            err = EIO;
-    }
+    int err = write_all(fd, bytes);
     if (err == 0 && ::fsync(fd) != 0) err = errno;
     if (::close(fd) != 0 && err == 0) err = errno;
     if (err != 0) {

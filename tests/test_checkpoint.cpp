@@ -176,6 +176,8 @@ void expect_same_meta(const CheckpointMeta& a, const CheckpointMeta& b) {
         EXPECT_EQ(a.history[i].test_accuracy, b.history[i].test_accuracy);
         EXPECT_EQ(a.history[i].seconds, b.history[i].seconds);
         EXPECT_EQ(a.history[i].samples_per_second, b.history[i].samples_per_second);
+        EXPECT_EQ(a.history[i].steps, b.history[i].steps);
+        EXPECT_EQ(a.history[i].first_step, b.history[i].first_step);
     }
 }
 
@@ -256,6 +258,14 @@ TEST(Checkpoint, ModelWithoutHiddenLayersAndWithoutOptimizerStateRoundTrips) {
     c.meta.optimizer.lr = 0.1f;
     c.meta.seed = ~uint64_t{0};  // the largest seed survives JSON
     c.meta.step = uint64_t{1} << 40;
+    c.meta.epochs = kMaxEpochs;  // the most epochs train accepts is read back
+    c.meta.epoch = kMaxEpochs - 1;
+    c.meta.epoch_step = 17;
+    EpochMetrics resumed;  // an epoch resumed at its step 1001 of 1875
+    resumed.epoch = 3;
+    resumed.first_step = 1000;
+    resumed.steps = 875;
+    c.meta.history = {resumed};
     for (std::size_t i = 0; i < parameter_count(c.meta.model); ++i) c.parameters.push_back(std::ldexp(1.0f + static_cast<float>(i), -130));
     const Checkpoint back = parse_checkpoint("mem", serialize_checkpoint(c));
     EXPECT_EQ(back.parameters, c.parameters);  // denormals included

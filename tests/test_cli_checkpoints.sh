@@ -91,10 +91,20 @@ expect_error "--save: cannot create folder 'a-file/run': Not a directory" "${tra
 grep -q "^Wrote wrong.png" eval.log || fail "eval --misclassified did not report the picture: $(cat eval.log)"
 [ "$(head -c 8 wrong.png | od -An -t x1 | tr -d ' ')" = "89504e470d0a1a0a" ] || fail "wrong.png is not a PNG"
 echo "eval --misclassified: $(grep '^Wrote' eval.log)"
+# --data as users type it: the folder that itself holds the IDX files is accepted; a file is named.
+"$cumnist" eval --device cpu --data "$data/mnist" --model straight/best.safetensors > eval-folder.log
+grep -qF "from $data/mnist" eval-folder.log || fail "eval --data DATA/mnist did not read DATA/mnist: $(cat eval-folder.log)"
+"$cumnist" eval --device cpu --data "$data" --model straight/best.safetensors > eval-parent.log
+[ "$(grep '^Test loss' eval-folder.log)" = "$(grep '^Test loss' eval-parent.log)" ] && grep -q "(10000 of 10000\|of 10000 correct)" eval-folder.log ||
+  fail "eval of DATA/mnist and of DATA differ: $(grep '^Test' eval-folder.log eval-parent.log)"
+expect_error "--data 'a-file' is not a folder" "$cumnist" eval --device cpu --data a-file --model straight/best.safetensors
+expect_error "does not exist" "$cumnist" eval --device cpu --data no-such-folder --model straight/best.safetensors
 
-# Interruption inside an epoch (the default model: an epoch takes seconds, not milliseconds).
-"${base[@]}" --epochs 1 --save whole > whole.log
-"${base[@]}" --epochs 1 --save cut > cut.log 2>&1 &
+# Interruption inside an epoch: a model and thread count that make an epoch take seconds (~8 s
+# here), so that the signal a second after the epoch starts lands inside it on any machine.
+slow=(--hidden 1024,1024 --threads 1)
+"${base[@]}" "${slow[@]}" --epochs 1 --save whole > whole.log
+"${base[@]}" "${slow[@]}" --epochs 1 --save cut > cut.log 2>&1 &
 pid=$!
 for _ in $(seq 1 600); do grep -q "^Epoch 1/1" cut.log && break; sleep 0.1; done
 sleep 1
@@ -105,8 +115,16 @@ wait "$pid" || rc=$?
 grep -q "Interrupted by SIGTERM in epoch 1 after step" cut.log || fail "no interruption message: $(cat cut.log)"
 grep -q "Saved cut/last.safetensors" cut.log || fail "the interrupted run did not save: $(cat cut.log)"
 echo "interrupted: $(grep Interrupted cut.log)"
-"${base[@]}" --resume cut/last.safetensors > resumed.log
-grep -q "continuing with epoch 1 at step" resumed.log || fail "the resumed run does not say where it continues"
+done_steps=$(sed -n 's/.*after step \([0-9]*\) of 1875.*/\1/p' cut.log)
+[ -n "$done_steps" ] || fail "no step count in the interruption message: $(cat cut.log)"
+"${base[@]}" --threads 1 --resume cut/last.safetensors --metrics-out resumed.jsonl > resumed.log
+grep -q "continuing with epoch 1 at step $((done_steps + 1))" resumed.log ||
+  fail "the resumed run does not say where it continues: $(cat resumed.log)"
+# The epoch's line and metrics say they cover only the steps run after the resume.
+grep -q "^1875/1875 .* (steps $((done_steps + 1))-1875 only: resumed inside the epoch)$" resumed.log ||
+  fail "the resumed epoch's line does not say which steps it covers: $(cat resumed.log)"
+grep -q "\"first_step\":$((done_steps + 1)),.*\"steps\":$((1875 - done_steps))\|\"steps\":$((1875 - done_steps)).*\"first_step\":$((done_steps + 1))" resumed.jsonl ||
+  fail "the resumed epoch's metrics do not say which steps they cover: $(cat resumed.jsonl)"
 same_tensors whole/last.safetensors cut/last.safetensors "an interrupted and resumed epoch against an uninterrupted one"
 echo "exact resume after SIGTERM: tensors bit-identical ($tensor_bytes bytes)"
 if ls whole/*.tmp cut/*.tmp 2>/dev/null; then fail "temporary files left behind"; fi

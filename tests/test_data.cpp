@@ -26,6 +26,7 @@
 #include <gtest/gtest.h>
 
 #include "cumnist/data.h"
+#include "cumnist/file_io.h"
 #include "cumnist/error.h"
 #include "test_support.h"
 
@@ -646,11 +647,40 @@ TEST_F(LoadDataset, UnknownDatasetName) {
 }
 
 TEST_F(LoadDataset, MissingFilesSayHowToFetch) {
-    // Both files are missing; which one the message names first is not specified.
-    EXPECT_CUMNIST_ERROR(cumnist::load_dataset(m_dir.path(), "mnist", cumnist::Split::Train), "'train-",
-                         "-ubyte' (or .gz)", m_dir.file("mnist"), "scripts/fetch_data.sh");
-    EXPECT_CUMNIST_ERROR(cumnist::load_dataset(m_dir.path(), "fashion", cumnist::Split::Test), "'t10k-",
-                         m_dir.file("fashion"), "scripts/fetch_data.sh");
+    // No data set in <dir>/mnist nor in <dir> itself: both places are named, with the fix.
+    EXPECT_CUMNIST_ERROR(cumnist::load_dataset(m_dir.path(), "mnist", cumnist::Split::Train), "missing data",
+                         m_dir.file("mnist"), "train-images-idx3-ubyte[.gz]", "scripts/fetch_data.sh mnist");
+    EXPECT_CUMNIST_ERROR(cumnist::load_dataset(m_dir.path(), "fashion", cumnist::Split::Test), m_dir.file("fashion"),
+                         "scripts/fetch_data.sh fashion");
+}
+
+// `--data ~/.cache/cumnist/mnist`: the folder that itself holds the four files is accepted.
+TEST_F(LoadDataset, FolderHoldingTheFilesIsAccepted) {
+    write_split("mnist", "train", 5, true, 25);
+    const std::string folder = m_dir.file("mnist");
+    EXPECT_EQ(cumnist::dataset_folder(folder, "mnist"), folder);
+    EXPECT_EQ(cumnist::dataset_folder(m_dir.path(), "mnist"), folder);
+    const cumnist::Dataset ds = cumnist::load_dataset(folder, "mnist", cumnist::Split::Train);
+    EXPECT_EQ(ds.n, 5);
+    EXPECT_EQ(ds.images, m_images);
+    EXPECT_EQ(ds.labels, m_labels);
+    // The same folder asked for another data set is used as it is: its files are what the user named.
+    EXPECT_EQ(cumnist::dataset_folder(folder, "fashion"), folder);
+    // The inputs the commands guard against overwriting are the files found there.
+    const std::vector<cumnist::NamedPath> inputs = cumnist::dataset_inputs(folder, "mnist");
+    ASSERT_EQ(inputs.size(), 2u);
+    EXPECT_EQ(inputs[0].path, folder + "/train-images-idx3-ubyte.gz");
+    EXPECT_EQ(inputs[1].path, folder + "/train-labels-idx1-ubyte.gz");
+}
+
+// A file, or a path that does not exist, is described as what it is.
+TEST_F(LoadDataset, DataPathThatIsNotAFolderIsNamed) {
+    write_bytes(m_dir.file("train-images-idx3-ubyte"), idx_file({1, 4, 4}, pixels(16, 26)));
+    EXPECT_CUMNIST_ERROR(cumnist::load_dataset(m_dir.file("train-images-idx3-ubyte"), "mnist", cumnist::Split::Train),
+                         "is not a folder", m_dir.file("train-images-idx3-ubyte"), "mnist/");
+    EXPECT_CUMNIST_ERROR(cumnist::load_dataset(m_dir.file("nowhere"), "mnist", cumnist::Split::Train),
+                         "does not exist", m_dir.file("nowhere"), "scripts/fetch_data.sh");
+    EXPECT_TRUE(cumnist::dataset_inputs(m_dir.file("nowhere"), "mnist").empty());
 }
 
 TEST_F(LoadDataset, MissingLabelsSayHowToFetch) {

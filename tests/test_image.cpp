@@ -91,6 +91,26 @@ std::vector<uint8_t> bmp_of(const Image& img) {
     return out;
 }
 
+// A bottom-up BMP with a BITMAPINFOHEADER rewritten top-down: rows reversed, height negated.
+std::vector<uint8_t> top_down_bmp(const std::vector<uint8_t>& bmp) {
+    auto le32 = [&](std::size_t at) {
+        return static_cast<uint32_t>(bmp[at]) | static_cast<uint32_t>(bmp[at + 1]) << 8 |
+               static_cast<uint32_t>(bmp[at + 2]) << 16 | static_cast<uint32_t>(bmp[at + 3]) << 24;
+    };
+    EXPECT_EQ(le32(14), 40u) << "a BITMAPINFOHEADER";
+    const uint32_t offset = le32(10), width = le32(18), height = le32(22);
+    const uint32_t bpp = static_cast<uint32_t>(bmp[28]) | static_cast<uint32_t>(bmp[29]) << 8;
+    const std::size_t row = (width * bpp + 31) / 32 * 4;
+    EXPECT_GE(bmp.size(), offset + row * height);
+    std::vector<uint8_t> out(bmp.begin(), bmp.begin() + offset);
+    for (uint32_t r = height; r-- > 0;)
+        out.insert(out.end(), bmp.begin() + static_cast<std::ptrdiff_t>(offset + r * row),
+                   bmp.begin() + static_cast<std::ptrdiff_t>(offset + (r + 1) * row));
+    const uint32_t negative = static_cast<uint32_t>(-static_cast<int32_t>(height));
+    for (int i = 0; i < 4; ++i) out[22 + i] = static_cast<uint8_t>(negative >> (8 * i));
+    return out;
+}
+
 // Expects `f` to throw cumnist::Error whose message is one line naming `name` and containing `what`.
 template <class F>
 void expect_error(F&& f, const std::string& name, const std::string& what) {
@@ -151,6 +171,13 @@ TEST(ImageIo, ReadsJpegAndBmp) {
     EXPECT_EQ(b.height, 5);
     EXPECT_EQ(b.channels, 3);
     EXPECT_EQ(b.pixels, rgb.pixels);
+
+    // The same picture stored top-down (negative height, first row first) reads the same.
+    const std::vector<uint8_t> top_down = top_down_bmp(bmp);
+    const Image t = decode_image("top-down.bmp", top_down.data(), top_down.size());
+    EXPECT_EQ(t.width, 7);
+    EXPECT_EQ(t.height, 5);
+    EXPECT_EQ(t.pixels, rgb.pixels);
 }
 
 TEST(ImageIo, ReadsEveryNetpbmVariant) {
@@ -200,7 +227,8 @@ TEST(ImageIo, RejectsBadFilesWithOneLineNamingTheFile) {
         {"huge.png", huge_png, "100000 x 100000 pixels, expected 1 to 64 megapixels"},
         {"half.bmp", {bmp.begin(), bmp.begin() + static_cast<std::ptrdiff_t>(bmp.size() / 2)}, "truncated BMP"},
         {"tiny.bmp", bytes_of("BM1234"), "truncated BMP"},
-        {"half.jpg", {jpg.begin(), jpg.begin() + static_cast<std::ptrdiff_t>(jpg.size() * 9 / 10)}, "corrupt, truncated"},
+        {"half.jpg", {jpg.begin(), jpg.begin() + static_cast<std::ptrdiff_t>(jpg.size() * 9 / 10)},
+         "truncated JPEG: "},
         {"short.pgm", bytes_of(std::string("P5\n10 10\n255\n") + std::string(20, '\0')), "truncated netpbm image"},
         {"short_ascii.pgm", bytes_of("P2\n5 5\n9\n0 0 0 0 0\n0 0 9\n"), "truncated netpbm image"},
         {"over.pgm", bytes_of("P2\n2 1\n9\n3 12\n"), "sample 2 is 12, above the maximum value 9"},
@@ -858,6 +886,7 @@ TEST(CommandLine, UsageErrorsExitTwoWithOneLine) {
         {"train --seed 18446744073709551616", "--seed: '18446744073709551616' is not an integer"},
         {"bench --seed -5", "--seed: '-5' is not an integer"},
         {"show --seed x", "--seed: 'x' is not an integer"},
+        {"predict --threads x -m m.safetensors a.png", "Could not convert: --threads = x (see cumnist predict --help)"},
     };
     for (const auto& [args, message] : cases) {
         const CliRun r = run_cumnist(args);
@@ -865,6 +894,23 @@ TEST(CommandLine, UsageErrorsExitTwoWithOneLine) {
         ASSERT_EQ(r.lines.size(), 1u) << args << ": " << all(r);
         EXPECT_NE(r.lines[0].find(message), std::string::npos) << args << ": " << r.lines[0];
     }
+    // Values train accepts are values a checkpoint holds: the epoch limit is the checkpoint's (exit 1).
+    const CliRun epochs = run_cumnist("train --epochs 1073741825 --data /nonexistent");
+    EXPECT_EQ(epochs.status, 1) << all(epochs);
+    EXPECT_EQ(all(epochs), "cumnist: error: --epochs must be in [1, 1073741824], got 1073741825");
+    // A GEMM that cannot fit is refused naming its size, not with a bare std::bad_alloc.
+    const CliRun gemm = run_cumnist("bench --device cpu --gemm-size 10000000 --data /nonexistent");
+    EXPECT_EQ(gemm.status, 1) << all(gemm);
+    EXPECT_NE(all(gemm).find("--gemm-size 10000000 needs three 10000000x10000000 float matrices"), std::string::npos)
+        << all(gemm);
+    // Help shows no CLI11 default markers such as "{false}".
+    const CliRun help = run_cumnist("bench --help");
+    EXPECT_EQ(help.status, 0);
+    EXPECT_EQ(all(help).find("{false}"), std::string::npos) << all(help);
+    EXPECT_NE(all(help).find("--no-gemm-floor"), std::string::npos) << all(help);
+    // predict takes --threads and --device auto like the other commands.
+    const CliRun predict_help = run_cumnist("predict --help");
+    EXPECT_NE(all(predict_help).find("--threads"), std::string::npos) << all(predict_help);
     // The largest seed is a seed; help and the version still exit 0.
     EXPECT_EQ(run_cumnist("train --seed 18446744073709551615 --help").status, 0);
     EXPECT_EQ(run_cumnist("--version").status, 0);

@@ -34,11 +34,20 @@ struct CheckpointMeta {
     std::vector<EpochMetrics> history;  // epochs 1..epoch
 };
 
+// The most epochs a run may ask for: what a checkpoint's "epoch" and "epochs" may hold, so that
+// every value train accepts is read back.
+constexpr int kMaxEpochs = 1 << 30;
+
 struct Checkpoint {
     CheckpointMeta meta;
     std::vector<float> parameters;                    // the flat buffer, layout of layer_layout(meta.model)
     std::vector<std::vector<float>> optimizer_state;  // Optimizer::state_names() order; empty: not stored
 };
+
+// One epoch's metrics as a JSON object (a line of --metrics-out, an entry of the checkpoint's
+// "metrics"): epoch, losses, accuracies, times, and "steps"/"first_step" (1-based), which say
+// which of the epoch's steps the numbers cover. Non-finite numbers are null.
+std::string metrics_json(const EpochMetrics& m);
 
 // The state buffer names of an optimizer kind (Optimizer::state_names() without an Optimizer).
 std::vector<std::string> optimizer_state_names(OptimizerKind kind);

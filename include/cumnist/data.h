@@ -35,9 +35,13 @@ Dataset load_idx_pair(const std::string& images_path, const std::string& labels_
 
 enum class Split { Train, Test };
 
-// The data folder holds one sub-folder per data set ("mnist", "fashion") with the four files
-// under their original names, raw or with ".gz". A missing file gives an error that says how to
-// fetch the data.
+// The folder that holds `dataset`'s four IDX files (under their original names, raw or with
+// ".gz"): data_dir/<dataset> (the layout scripts/fetch_data.sh writes), or data_dir itself when it
+// holds them (`--data ~/.cache/cumnist/mnist`). Anything else is an error that says what
+// data_dir is (missing, a file, a folder without the files) and how to fetch the data.
+std::string dataset_folder(const std::string& data_dir, const std::string& dataset);
+
+// Loads one split from dataset_folder(data_dir, dataset).
 Dataset load_dataset(const std::string& data_dir, const std::string& dataset, Split split);
 
 // $CUMNIST_DATA, else $XDG_CACHE_HOME/cumnist, else ~/.cache/cumnist.

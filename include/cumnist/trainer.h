@@ -48,7 +48,8 @@ struct EpochMetrics {
     double seconds = 0;        // training only, evaluation excluded
     double eval_seconds = 0;
     double samples_per_second = 0;
-    int steps = 0;           // steps run by this call
+    int steps = 0;           // steps run by this call: what the losses, accuracies and times cover
+    int first_step = 0;      // the epoch's step this call began at (0-based; > 0 after a resume inside it)
     bool completed = true;   // false when the stop flag ended the epoch early
 };
 

@@ -42,7 +42,7 @@ struct BenchOptions {
     uint64_t seed = 42;
     bool no_graph = false;
     bool tf32 = false;
-    bool gemm_floor = true;
+    bool no_gemm_floor = false;
     std::string model_text = "mlp";
     MlpConfig mlp;
     ModelSpec model;
@@ -245,7 +245,7 @@ TrainResult bench_training(const BenchOptions& o, const OptimizerConfig& opt, co
     if (!gpu && gemm.gflops > 0) r.gemm_fraction = r.gflops / gemm.gflops;
     const bool dense_only = std::none_of(o.model.layers.begin(), o.model.layers.end(),
                                          [](const LayerSpec& l) { return l.kind == LayerKind::Conv2D; });
-    if (!gpu && o.gemm_floor && dense_only) {  // (a convolution's step is not its GEMMs)
+    if (!gpu && !o.no_gemm_floor && dense_only) {  // (a convolution's step is not its GEMMs)
         progress.running(what + ": the step's GEMMs alone");
         const GemmFloor floor = measure_step_gemms(o.model, batch);
         r.floor_ms = floor.seconds_per_step * 1e3;
@@ -358,6 +358,15 @@ int run_bench(BenchOptions& o) {
     if (o.eval_batch <= 0) throw Error(fmt::format("--eval-batch must be at least 1, got {}", o.eval_batch));
     if (o.eval_repeats < 0) throw Error(fmt::format("--eval-repeats must be 0 (skip) or more, got {}", o.eval_repeats));
     if (o.gemm_size < 0) throw Error(fmt::format("--gemm-size must be 0 (skip) or more, got {}", o.gemm_size));
+    if (o.gemm_size > 0) {
+        // Three n x n float matrices; refused up front when they would not fit in half the memory.
+        const double bytes = 3.0 * 4.0 * static_cast<double>(o.gemm_size) * static_cast<double>(o.gemm_size);
+        const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGESIZE));
+        if (memory > 0 && bytes > memory / 2)
+            throw Error(fmt::format("--gemm-size {} needs three {}x{} float matrices, {:.1f} GiB, more than half of "
+                                    "this machine's {:.1f} GiB of memory",
+                                    o.gemm_size, o.gemm_size, o.gemm_size, bytes / (1 << 30), memory / (1 << 30)));
+    }
     const std::vector<int> batches = parse_batch_sizes(o.batch_sizes);
     if (!o.json_out.empty()) require_writable(o.json_out, "--json");  // fail now, not after the whole run
     require_distinct({{"--json", o.json_out}}, dataset_inputs(o.data_dir, o.dataset));
@@ -385,8 +394,8 @@ int run_bench(BenchOptions& o) {
     const int threads = omp_get_max_threads();
     fmt::print("cumnist bench: {} ({} parameters), {}\n", o.model.describe(),
                grouped(static_cast<double>(parameter_count(o.model))), opt.describe());
-    fmt::print("  data   {}: {} training, {} test images from {}/{}\n", o.dataset, train.n, test.n, o.data_dir,
-               o.dataset);
+    fmt::print("  data   {}: {} training, {} test images from {}\n", o.dataset, train.n, test.n,
+               dataset_folder(o.data_dir, o.dataset));
     fmt::print("  flops  {}\n", flops_by_kind(o.model));
     fmt::print("  steps  {} warm-up, then {} timed per configuration{}\n", o.warmup, o.steps,
                has_gpu ? fmt::format(" ({} on the GPU)", o.gpu_steps) : "");
@@ -449,7 +458,7 @@ int run_bench(BenchOptions& o) {
     if (gemm.gflops > 0)
         fmt::print("of GEMM: GFLOP/s over the best GEMM ({:.1f} GFLOP/s, {}³ {} through {}).\n", gemm.gflops,
                    gemm.size, gemm.transposes, cpu_gemm_library());
-    if (has_cpu && o.gemm_floor)
+    if (has_cpu && !o.no_gemm_floor)
         fmt::print("GEMM floor: samples/s if a CPU step were only its GEMMs (the same shapes timed alone, median "
                    "run); of floor: that median time over the median ms/step.\n");
     for (const TrainResult& r : results)
@@ -519,7 +528,7 @@ void add_bench_command(CLI::App& parent, std::vector<Command>& commands) {
     bench->add_option("--warmup", o->warmup, "Untimed training steps before timing")->capture_default_str();
     bench->add_option("--threads", o->threads, "CPU threads (0: all cores)")->capture_default_str();
     bench->add_option("--json", o->json_out, "Also write the results to this file as JSON");
-    bench->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files")
+    bench->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files, or the folder of the IDX files itself")
         ->capture_default_str();
     bench->add_option("--dataset", o->dataset, "Data set: mnist or fashion")->capture_default_str();
     bench->add_option("--eval-batch", o->eval_batch, "Batch size for inference")->capture_default_str();
@@ -531,7 +540,7 @@ void add_bench_command(CLI::App& parent, std::vector<Command>& commands) {
     bench->add_option("--hidden", o->hidden, "MLP: hidden layer sizes, comma separated (or 'none')")->capture_default_str();
     bench->add_option("--dropout", o->mlp.dropout, "MLP: dropout rate after each hidden layer")->capture_default_str();
     bench->add_option("--seed", o->seed, "Seed for initialisation and dropout")->check(unsigned_64())->capture_default_str();
-    bench->add_flag("--no-gemm-floor{false}", o->gemm_floor, "CPU: skip timing each step's GEMMs alone");
+    bench->add_flag("--no-gemm-floor", o->no_gemm_floor, "CPU: skip timing each step's GEMMs alone");
     bench->add_flag("--no-graph", o->no_graph,
                     "GPU: launch the step's kernels one by one instead of replaying a CUDA Graph");
     bench->add_flag("--tf32", o->tf32, "GPU: allow TF32 tensor-core GEMMs");

@@ -120,8 +120,8 @@ int run_eval(EvalOptions& o) {
     fmt::print("  trained    {} epoch{}, {} steps with {} (batch {}, seed {}){}\n", meta.epoch, meta.epoch == 1 ? "" : "s",
                meta.step, meta.optimizer.describe(), meta.batch, meta.seed,
                meta.dataset.empty() ? std::string() : fmt::format(" on {}", meta.dataset));
-    fmt::print("  data       {}: {} images of {}x{} from {}/{}\n", test.name, test.n, test.rows, test.cols, o.data_dir,
-               dataset);
+    fmt::print("  data       {}: {} images of {}x{} from {}\n", test.name, test.n, test.rows, test.cols,
+               dataset_folder(o.data_dir, dataset));
     fmt::print("  device     {}\n", gpu ? "the GPU (" + device_name(Device::Cuda) + ")"
                                        : fmt::format("the CPU ({}, {})", device_name(Device::Cpu),
                                                      count_of(omp_get_max_threads(), "thread")));
@@ -198,7 +198,7 @@ void add_eval_command(CLI::App& parent, std::vector<Command>& commands) {
     CLI::App* eval = parent.add_subcommand(
         "eval", "Evaluate a checkpoint on a test set: loss, accuracy, per-class accuracy, confusion matrix");
     eval->add_option("--model,-m", o->model, "Checkpoint (.safetensors) written by cumnist train --save")->required();
-    eval->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files")->capture_default_str();
+    eval->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files, or the folder of the IDX files itself")->capture_default_str();
     eval->add_option("--dataset", o->dataset, "Data set: mnist or fashion (default: the one the model was trained on)");
     eval->add_option("--device", o->device, "auto (the GPU when usable), cpu or gpu")->capture_default_str();
     eval->add_option("--threads", o->threads, "CPU threads (0: all cores)")->capture_default_str();

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 
 #include "cli_common.h"
@@ -91,6 +92,11 @@ int main(int argc, char** argv) {
                 status = c.run();
                 break;
             }
+    } catch (const std::bad_alloc&) {
+        std::fflush(stdout);
+        fmt::print(stderr, "cumnist: error: out of memory: an allocation failed (a smaller batch, model or data set "
+                           "needs less)\n");
+        return 1;
     } catch (const std::exception& e) {
         std::fflush(stdout);
         fmt::print(stderr, "cumnist: error: {}\n", e.what());

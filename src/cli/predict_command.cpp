@@ -23,6 +23,7 @@ struct PredictOptions {
     std::vector<std::string> images;
     std::string save_preprocessed;
     std::string device = "cpu";
+    int threads = 0;
     int top = 3;
     bool json = false;
 };
@@ -61,6 +62,7 @@ std::vector<std::string> preprocessed_paths(const std::string& target, const std
 
 int run_predict(const PredictOptions& o) {
     if (o.top < 1) throw Error(fmt::format("--top must be at least 1, got {}", o.top));
+    set_threads(o.threads);
     const Device device = choose_device(o.device);
     const Checkpoint checkpoint = load_checkpoint(o.model);
     const ModelSpec& config = checkpoint.meta.model;
@@ -163,7 +165,11 @@ void add_predict_command(CLI::App& parent, std::vector<Command>& commands) {
     cmd->add_option("--save-preprocessed", o->save_preprocessed,
                     "Write the 28x28 image each input became: this PNG file for a single image, else a folder of "
                     "<name>-28x28.png files");
-    cmd->add_option("--device", o->device, "cpu, gpu or auto")->capture_default_str();
+    cmd->add_option("--device", o->device,
+                    "cpu, gpu or auto (the GPU when usable); cpu by default, since a few images are classified "
+                    "before a GPU has started")
+        ->capture_default_str();
+    cmd->add_option("--threads", o->threads, "CPU threads (0: all cores)")->capture_default_str();
     commands.push_back({cmd, [o] { return run_predict(*o); }});
 }
 

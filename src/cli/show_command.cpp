@@ -64,7 +64,7 @@ void add_show_command(CLI::App& parent, std::vector<Command>& commands) {
     auto o = std::make_shared<ShowOptions>();
     CLI::App* cmd = parent.add_subcommand("show", "Write a PNG grid of random images from a data set with their labels");
     cmd->add_option("--out,-o", o->out, "PNG file to write")->capture_default_str();
-    cmd->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files")->capture_default_str();
+    cmd->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files, or the folder of the IDX files itself")->capture_default_str();
     cmd->add_option("--dataset", o->dataset, "Data set: mnist or fashion")->capture_default_str();
     cmd->add_option("--split", o->split, "train or test")->capture_default_str();
     cmd->add_option("--count,-n", o->count, "How many images")->capture_default_str();

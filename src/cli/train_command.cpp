@@ -14,7 +14,6 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <nlohmann/json.hpp>
 #include <optional>
 
 #include "cli_common.h"
@@ -91,13 +90,6 @@ private:
     std::chrono::steady_clock::time_point m_t0;
     double m_last = -1.0;
 };
-
-nlohmann::json to_json(const EpochMetrics& m) {
-    return {{"epoch", m.epoch},         {"train_loss", m.train_loss},
-            {"train_accuracy", m.train_accuracy}, {"test_loss", m.test_loss},
-            {"test_accuracy", m.test_accuracy},   {"seconds", m.seconds},
-            {"eval_seconds", m.eval_seconds},     {"samples_per_second", m.samples_per_second}};
-}
 
 // --save: the folder must exist (it is created) and be writable before any training is done.
 void prepare_save_dir(const std::string& dir) {
@@ -180,7 +172,8 @@ int run_train(TrainOptions& o) {
     o.train.use_graph = !o.no_graph;
     o.train.tf32 = o.tf32;
     o.train.placement = parse_data_placement(o.placement);
-    if (o.train.epochs <= 0) throw Error(fmt::format("--epochs must be at least 1, got {}", o.train.epochs));
+    if (o.train.epochs <= 0 || o.train.epochs > kMaxEpochs)
+        throw Error(fmt::format("--epochs must be in [1, {}], got {}", kMaxEpochs, o.train.epochs));
     if (o.train.batch <= 0) throw Error(fmt::format("--batch-size must be at least 1, got {}", o.train.batch));
     std::optional<Checkpoint> resumed;
     if (!o.resume.empty()) {
@@ -229,8 +222,8 @@ int run_train(TrainOptions& o) {
                gpu ? device_name(Device::Cuda) : fmt::format("{}, {}", device_name(Device::Cpu), count_of(omp_get_max_threads(), "thread")));
     fmt::print("  model      {} ({} parameters)\n", o.model.describe(), parameter_count(o.model));
     fmt::print("  optimizer  {}\n", opt.describe());
-    fmt::print("  data       {}: {} training, {} test images of {}x{} from {}/{}\n", o.dataset, train.n, test.n,
-               train.rows, train.cols, o.data_dir, o.dataset);
+    fmt::print("  data       {}: {} training, {} test images of {}x{} from {}\n", o.dataset, train.n, test.n,
+               train.rows, train.cols, dataset_folder(o.data_dir, o.dataset));
     fmt::print("  schedule   {} of {} (batch {}), seed {}{}\n", count_of(o.train.epochs, "epoch"),
                count_of((train.n + o.train.batch - 1) / o.train.batch, "step"), o.train.batch, o.train.seed,
                gpu ? fmt::format(", {}{}", o.train.use_graph ? "CUDA Graph" : "no graph", o.train.tf32 ? ", TF32" : ", FP32")
@@ -260,7 +253,7 @@ int run_train(TrainOptions& o) {
         resume_step = resumed->meta.epoch_step;
         for (const EpochMetrics& m : meta.history) {
             if (m.test_accuracy > best) best = m.test_accuracy, best_epoch = m.epoch;
-            metrics_text += to_json(m).dump() + "\n";
+            metrics_text += metrics_json(m) + "\n";
         }
         fmt::print("  resumed    from {}: epoch {} done ({} steps), continuing with epoch {}{}\n", o.resume,
                    resumed->meta.epoch, resumed->meta.step, first_epoch,
@@ -306,10 +299,13 @@ int run_train(TrainOptions& o) {
             graph_warned = true;
         }
         const int steps = trainer.steps_per_epoch();
+        // After a resume inside the epoch, loss, accuracy and speed cover only the steps run here.
+        const std::string covered =
+            m.first_step > 0 ? fmt::format(" (steps {}-{} only: resumed inside the epoch)", m.first_step + 1, steps) : "";
         fmt::print("{}/{} [==============================] - {} {:.0f}us/step - loss: {:.4f} - accuracy: {:.4f} - "
-                   "val_loss: {:.4f} - val_accuracy: {:.4f} - {:.0f} samples/s\n",
-                   steps, steps, format_duration(m.seconds), m.seconds / steps * 1e6, m.train_loss, m.train_accuracy,
-                   m.test_loss, m.test_accuracy, m.samples_per_second);
+                   "val_loss: {:.4f} - val_accuracy: {:.4f} - {:.0f} samples/s{}\n",
+                   steps, steps, format_duration(m.seconds), m.seconds / m.steps * 1e6, m.train_loss, m.train_accuracy,
+                   m.test_loss, m.test_accuracy, m.samples_per_second, covered);
         std::fflush(stdout);
         total_seconds += m.seconds + m.eval_seconds;
         const bool improved = m.test_accuracy > best;
@@ -324,7 +320,7 @@ int run_train(TrainOptions& o) {
             fmt::print("Saved {}/last.safetensors{}\n", o.save_dir, improved ? " and best.safetensors" : "");
         }
         if (!o.metrics_out.empty()) {
-            metrics_text += to_json(m).dump() + "\n";
+            metrics_text += metrics_json(m) + "\n";
             write_file_atomically(o.metrics_out, metrics_text);
         }
     }
@@ -340,7 +336,7 @@ int run_train(TrainOptions& o) {
 void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
     auto o = std::make_shared<TrainOptions>();
     CLI::App* train = parent.add_subcommand("train", "Train a model (the MLP by default) and evaluate it on the test set after every epoch");
-    train->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files")->capture_default_str();
+    train->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files, or the folder of the IDX files itself")->capture_default_str();
     train->add_option("--dataset", o->dataset, "Data set: mnist or fashion")->capture_default_str();
     train->add_option("--epochs", o->train.epochs, "Number of passes over the training set")->capture_default_str();
     train->add_option("--batch-size,-b", o->train.batch, "Samples per optimizer step")->capture_default_str();

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "cumnist/data.h"
 #include "cumnist/error.h"
 
 namespace cumnist {
@@ -183,10 +184,16 @@ void require_distinct(const std::vector<NamedPath>& outputs, const std::vector<N
 
 std::vector<NamedPath> dataset_inputs(const std::string& data_dir, const std::string& dataset) {
     std::vector<NamedPath> files;
+    std::string dir;
+    try {
+        dir = dataset_folder(data_dir, dataset);
+    } catch (const Error&) {
+        return files;  // no data set there: loading it reports that, with the reason
+    }
     for (const char* name : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                              "t10k-labels-idx1-ubyte"})
         for (const char* suffix : {"", ".gz"}) {
-            const std::string path = data_dir + "/" + dataset + "/" + name + suffix;
+            const std::string path = dir + "/" + name + suffix;
             struct stat st {};
             if (::stat(path.c_str(), &st) == 0) files.push_back({"a data file (" + dataset + ")", path});
         }

@@ -186,19 +186,53 @@ bool file_exists(const std::string& path) {
     return ::stat(path.c_str(), &st) == 0;
 }
 
+bool is_folder(const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+std::string fetch_hint(const std::string& dataset) {
+    return fmt::format("run scripts/fetch_data.sh {} to download it, or pass --data DIR", dataset);
+}
+
 std::string find_idx(const std::string& dir, const std::string& base, const std::string& dataset) {
     for (const std::string& candidate : {dir + "/" + base, dir + "/" + base + ".gz"})
         if (file_exists(candidate)) return candidate;
-    throw Error(fmt::format("missing data: no '{}' (or .gz) in '{}'; run scripts/fetch_data.sh to download {} there, "
-                            "or pass --data DIR",
-                            base, dir, dataset));
+    throw Error(fmt::format("missing data: no '{}' (or .gz) in '{}'; {}", base, dir, fetch_hint(dataset)));
+}
+
+// A folder holds a data set when any of its four files is there; a missing one is then named by
+// find_idx rather than sending the user to look elsewhere.
+bool holds_dataset(const std::string& dir) {
+    for (const char* base : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                             "t10k-labels-idx1-ubyte"})
+        if (file_exists(dir + "/" + base) || file_exists(dir + "/" + base + ".gz")) return true;
+    return false;
 }
 }  // namespace
 
-Dataset load_dataset(const std::string& data_dir, const std::string& dataset, Split split) {
+std::string dataset_folder(const std::string& data_dir, const std::string& dataset) {
     if (dataset != "mnist" && dataset != "fashion")
         throw Error(fmt::format("unknown dataset '{}' (expected mnist or fashion)", dataset));
-    const std::string dir = data_dir + "/" + dataset;
+    const std::string nested = data_dir + "/" + dataset;
+    if (is_folder(nested) && holds_dataset(nested)) return nested;
+    if (is_folder(data_dir) && holds_dataset(data_dir)) return data_dir;
+    const std::string fetch = fetch_hint(dataset);
+    struct stat st {};
+    if (::stat(data_dir.c_str(), &st) != 0)
+        throw Error(fmt::format("missing data: the data folder '{}' does not exist ({}); {}", data_dir,
+                                std::strerror(errno), fetch));
+    if (!S_ISDIR(st.st_mode))
+        throw Error(fmt::format("--data '{}' is not a folder: it takes the folder that holds {}/ or the folder with "
+                                "the four IDX files",
+                                data_dir, dataset));
+    throw Error(fmt::format("missing data: neither '{}' nor '{}' holds the {} IDX files "
+                            "(train-images-idx3-ubyte[.gz] and the other three); {}",
+                            nested, data_dir, dataset, fetch));
+}
+
+Dataset load_dataset(const std::string& data_dir, const std::string& dataset, Split split) {
+    const std::string dir = dataset_folder(data_dir, dataset);
     const std::string prefix = split == Split::Train ? "train" : "t10k";
     const std::string images = find_idx(dir, prefix + "-images-idx3-ubyte", dataset);
     const std::string labels = find_idx(dir, prefix + "-labels-idx1-ubyte", dataset);

@@ -112,11 +112,16 @@ Image decode_with_stb(const std::string& name, Format format, const uint8_t* byt
     // The header first, so no pixel memory is allocated for dimensions a corrupt file claims.
     if (!stbi_info_from_memory(bytes, len, &w, &h, &comp))
         throw Error(fmt::format("'{}': corrupt or unsupported {} header", name, format_name(format)));
-    check_pixel_count(name, format, w, h);
+    check_pixel_count(name, format, w, std::abs(h));  // stb's BMP header reports a top-down image's height negative
     stbi_uc* data = stbi_load_from_memory(bytes, len, &w, &h, &comp, 0);
-    if (!data)
+    if (!data) {
+        // A JPEG cut short (an interrupted download) ends without its end-of-image marker.
+        if (format == Format::Jpeg && !(size >= 2 && bytes[size - 2] == 0xFF && bytes[size - 1] == 0xD9))
+            throw Error(fmt::format("'{}': truncated JPEG: {} bytes and no end-of-image marker (stb_image: {})", name,
+                                    size, stbi_failure_reason()));
         throw Error(fmt::format("'{}': corrupt, truncated or unsupported {} image (stb_image: {})", name,
                                 format_name(format), stbi_failure_reason()));
+    }
     Image img;
     img.width = w;
     img.height = h;

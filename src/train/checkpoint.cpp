@@ -105,7 +105,9 @@ json metrics_to_json(const EpochMetrics& m) {
             {"test_accuracy", num(m.test_accuracy)},
             {"seconds", num(m.seconds)},
             {"eval_seconds", num(m.eval_seconds)},
-            {"samples_per_second", num(m.samples_per_second)}};
+            {"samples_per_second", num(m.samples_per_second)},
+            {"steps", m.steps},
+            {"first_step", m.first_step + 1}};
 }
 
 std::map<std::string, std::string> metadata_strings(const CheckpointMeta& meta) {
@@ -431,8 +433,8 @@ private:
         } catch (const Error& e) {
             fail("__metadata__ 'optimizer': {}", e.what());
         }
-        m_meta.epoch = meta_number<int>(meta, "epoch", 0, 1u << 30);
-        m_meta.epochs = meta_number<int>(meta, "epochs", 0, 1u << 30);
+        m_meta.epoch = meta_number<int>(meta, "epoch", 0, kMaxEpochs);
+        m_meta.epochs = meta_number<int>(meta, "epochs", 0, kMaxEpochs);
         m_meta.step = meta_number<uint64_t>(meta, "step", 0, std::numeric_limits<uint64_t>::max());
         // Written since interruption support: absent means the checkpoint is at an epoch boundary.
         m_meta.epoch_step = meta.contains("epoch_step") ? meta_number<int>(meta, "epoch_step", 0, 1u << 30) : 0;
@@ -460,6 +462,20 @@ private:
                 e.seconds = number_or_nan(h, "seconds");
                 e.eval_seconds = number_or_nan(h, "eval_seconds");
                 e.samples_per_second = number_or_nan(h, "samples_per_second");
+                // Written since the metrics say which steps they cover; absent: the whole epoch.
+                const double steps = number_or_nan(h, "steps"), first = number_or_nan(h, "first_step");
+                if (!std::isnan(steps)) {
+                    if (!(steps >= 0 && steps <= (1u << 30) && steps == std::floor(steps)))
+                        fail("__metadata__ 'metrics' holds {} steps in epoch {}, expected an integer in [0, {}]",
+                             steps, e.epoch, 1u << 30);
+                    e.steps = static_cast<int>(steps);
+                }
+                if (!std::isnan(first)) {
+                    if (!(first >= 1 && first <= (1u << 30) && first == std::floor(first)))
+                        fail("__metadata__ 'metrics' holds first_step {} in epoch {}, expected an integer in [1, {}]",
+                             first, e.epoch, 1u << 30);
+                    e.first_step = static_cast<int>(first) - 1;
+                }
                 m_meta.history.push_back(e);
             }
         } catch (const json::exception& e) {
@@ -507,6 +523,8 @@ private:
 };
 
 }  // namespace
+
+std::string metrics_json(const EpochMetrics& m) { return metrics_to_json(m).dump(); }
 
 std::vector<std::string> optimizer_state_names(OptimizerKind kind) {
     switch (kind) {

@@ -320,6 +320,7 @@ EpochMetrics Trainer::train_epoch(int epoch, const ResidentData* test, const Pro
     EpochMetrics m;
     m.epoch = epoch;
     m.steps = b - first_step;
+    m.first_step = first_step;
     m.completed = b == n_steps;
     const double samples = static_cast<double>(std::min(n, b * batch) - first_step * batch);
     m.train_loss = totals[0] / samples;

@@ -11,6 +11,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update && apt-get install -y --no-install-recommends \
         build-essential cmake git ca-certificates pkg-config \
         libfmt-dev libgtest-dev libdnnl-dev libcli11-dev nlohmann-json3-dev zlib1g-dev libstb-dev \
+        libonnx-dev libprotobuf-dev \
         python3 python3-numpy \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src

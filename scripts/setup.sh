@@ -10,6 +10,8 @@ packages=(
   python3-matplotlib  # scripts/plot_metrics.py
   python3-torch  # scripts/bench_pytorch.py and compare.sh (the PyTorch comparison) and their tests
   libopenblas0-openmp  # PyTorch's BLAS for its dense layers (without it Debian's torch uses the slow reference BLAS)
+  libonnx-dev libprotobuf-dev  # cumnist export (ONNX)
+  python3-onnx python3-opencv  # tests/test_onnx_export.sh: the ONNX checker and OpenCV's DNN module
   patchelf  # scripts/package.sh: the portable package's $ORIGIN-relative library paths
   clang libclang-rt-14-dev libomp-dev llvm  # scripts/fuzz.sh: libFuzzer + sanitizer runtimes, OpenMP for clang, llvm-symbolizer
 )

@@ -877,7 +877,7 @@ TEST(CommandLine, UsageErrorsExitTwoWithOneLine) {
     EXPECT_NE(all(bare).find("Usage: cumnist [OPTIONS] SUBCOMMAND"), std::string::npos) << all(bare);
     const std::vector<std::pair<std::string, std::string>> cases = {
         {"frobnicate", "cumnist: error: unknown command 'frobnicate' (the commands: train, selftest, eval, bench, "
-                       "predict, show; see cumnist --help)"},
+                       "predict, show, export; see cumnist --help)"},
         {"train --bogus", "cumnist: error: The following argument was not expected: --bogus (see cumnist train --help)"},
         {"train --epochs", "cumnist: error: --epochs: 1 required INT missing (see cumnist train --help)"},
         {"train --epochs 1 --epochs 2", "cumnist: error: --epochs is given 2 times; give it once (see cumnist train --help)"},

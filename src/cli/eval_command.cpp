@@ -23,6 +23,7 @@ struct EvalOptions {
     std::string device = "auto";
     std::string json_out;
     std::string misclassified_out;
+    std::string logits_out;
     int misclassified_max = 100;
     int threads = 0;
     int eval_batch = 1000;
@@ -102,8 +103,10 @@ int run_eval(EvalOptions& o) {
     {
         std::vector<NamedPath> inputs = dataset_inputs(o.data_dir, dataset);
         inputs.push_back({"--model", o.model});
-        require_distinct({{"--json", o.json_out}, {"--misclassified", o.misclassified_out}}, inputs);
-        for (const auto& [flag, path] : {std::pair{"--json", o.json_out}, std::pair{"--misclassified", o.misclassified_out}})
+        require_distinct(
+            {{"--json", o.json_out}, {"--misclassified", o.misclassified_out}, {"--logits", o.logits_out}}, inputs);
+        for (const auto& [flag, path] : {std::pair{"--json", o.json_out}, std::pair{"--misclassified", o.misclassified_out},
+                                         std::pair{"--logits", o.logits_out}})
             if (!path.empty()) require_writable(path, flag);
     }
     const Device device = choose_device(o.device);
@@ -188,6 +191,10 @@ int run_eval(EvalOptions& o) {
         write_file_atomically(o.json_out, out.dump() + "\n");
         fmt::print("Wrote {}\n", o.json_out);
     }
+    if (!o.logits_out.empty()) {
+        write_file_atomically(o.logits_out, npy_bytes(r.logits, r.n, r.classes));
+        fmt::print("Wrote {} ({} x {} float32 logits, in test-set order)\n", o.logits_out, r.n, r.classes);
+    }
     return 0;
 }
 
@@ -209,6 +216,8 @@ void add_eval_command(CLI::App& parent, std::vector<Command>& commands) {
         ->capture_default_str()
         ->check(CLI::Range(1, 10000));
     eval->add_option("--json", o->json_out, "Also write the results (and every prediction) to this JSON file");
+    eval->add_option("--logits", o->logits_out,
+                     "Also write every test image's logits to this NumPy .npy file (float32, images x classes)");
     commands.push_back({eval, [o] { return run_eval(*o); }});
 }
 

@@ -164,6 +164,7 @@ void expect_same_meta(const CheckpointMeta& a, const CheckpointMeta& b) {
     EXPECT_EQ(a.step, b.step);
     EXPECT_EQ(a.seed, b.seed);
     EXPECT_EQ(a.batch, b.batch);
+    EXPECT_EQ(a.validation_split, b.validation_split);
     EXPECT_EQ(a.dataset, b.dataset);
     EXPECT_EQ(a.device, b.device);
     ASSERT_EQ(a.history.size(), b.history.size());
@@ -178,6 +179,7 @@ void expect_same_meta(const CheckpointMeta& a, const CheckpointMeta& b) {
         EXPECT_EQ(a.history[i].samples_per_second, b.history[i].samples_per_second);
         EXPECT_EQ(a.history[i].steps, b.history[i].steps);
         EXPECT_EQ(a.history[i].first_step, b.history[i].first_step);
+        EXPECT_EQ(a.history[i].on_validation, b.history[i].on_validation);
     }
 }
 
@@ -265,6 +267,9 @@ TEST(Checkpoint, ModelWithoutHiddenLayersAndWithoutOptimizerStateRoundTrips) {
     resumed.epoch = 3;
     resumed.first_step = 1000;
     resumed.steps = 875;
+    resumed.on_validation = true;  // its numbers are a validation split's
+    resumed.test_accuracy = 0.5;
+    c.meta.validation_split = 0.1;
     c.meta.history = {resumed};
     for (std::size_t i = 0; i < parameter_count(c.meta.model); ++i) c.parameters.push_back(std::ldexp(1.0f + static_cast<float>(i), -130));
     const Checkpoint back = parse_checkpoint("mem", serialize_checkpoint(c));

@@ -62,6 +62,23 @@ echo "exact resume: 2 epochs == 1 epoch + resumed epoch, tensors bit-identical (
 [ -e straight/best.safetensors ] || fail "no best.safetensors"
 if ls straight/*.tmp split/*.tmp 2>/dev/null; then fail "temporary files left behind"; fi
 
+# --validation-split: 10 % held out (54,000 training images: 1,688 steps), per-epoch numbers and
+# best.safetensors on validation, the test set once at the end; a resumed run keeps the split.
+"${train[@]}" --epochs 2 --validation-split 0.1 --save vstraight --metrics-out vstraight.jsonl > vstraight.log
+grep -q "^  validation 6000 images (10 % of the training set, stratified by class, seed 42)" vstraight.log ||
+  fail "no validation line: $(cat vstraight.log)"
+grep -q "^1688/1688 " vstraight.log || fail "the training set is not 54000 images: $(cat vstraight.log)"
+grep -q "^Done: 2 epochs in .*; best validation accuracy" vstraight.log || fail "no best validation accuracy: $(cat vstraight.log)"
+grep -q "^Test (evaluated once, after the last epoch): loss [0-9.]* - accuracy 0\.9[0-9]* on 10000 images" vstraight.log ||
+  fail "no final test evaluation: $(cat vstraight.log)"
+[ "$(grep -c '"validation_accuracy"' vstraight.jsonl)" -eq 2 ] && ! grep -q '"test_accuracy"' vstraight.jsonl ||
+  fail "the metrics do not say they are validation numbers: $(cat vstraight.jsonl)"
+"${train[@]}" --epochs 1 --validation-split 0.1 --save vsplit > vsplit1.log
+"${base[@]}" --resume vsplit/last.safetensors --epochs 2 > vsplit2.log
+grep -q "^  validation 6000 images" vsplit2.log || fail "the resumed run lost its validation split: $(cat vsplit2.log)"
+same_tensors vstraight/last.safetensors vsplit/last.safetensors "2 epochs with a validation split against 1 + 1 resumed"
+echo "exact resume with --validation-split 0.1: tensors bit-identical ($tensor_bytes bytes)"
+
 # expect_error MESSAGE COMMAND...: the command fails (exit 1) with MESSAGE on stderr.
 expect_error() {
   local message="$1" rc=0

@@ -8,6 +8,8 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <cmath>
+#include <random>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -912,3 +914,91 @@ TEST(RealData, FashionTrain) {
 }
 
 }  // namespace
+
+// ----------------------------------------------------------------------------------------------
+// split_validation
+
+namespace {
+// n samples of 2 x 2 pixels; sample i has label labels[i] and every pixel equal to i % 256, so a
+// sample can be traced through the split.
+cumnist::Dataset labelled(const std::vector<uint8_t>& labels) {
+    cumnist::Dataset ds;
+    ds.name = "synthetic";
+    ds.n = static_cast<int>(labels.size());
+    ds.rows = ds.cols = 2;
+    ds.labels = labels;
+    for (std::size_t i = 0; i < labels.size(); ++i) ds.images.insert(ds.images.end(), 4, static_cast<uint8_t>(i % 256));
+    return ds;
+}
+}  // namespace
+
+TEST(ValidationSplit, StratifiedCountsPerClass) {
+    // Class c has 10·(c + 1) samples, interleaved.
+    std::vector<uint8_t> labels;
+    for (int c = 0; c < 10; ++c)
+        for (int k = 0; k < 10 * (c + 1); ++k) labels.push_back(static_cast<uint8_t>(c));
+    std::mt19937 shuffle(5);
+    std::shuffle(labels.begin(), labels.end(), shuffle);
+    const cumnist::Dataset ds = labelled(labels);
+    const cumnist::ValidationSplit s = cumnist::split_validation(ds, 0.25, 42);
+    std::vector<int> held(10, 0), kept(10, 0);
+    for (uint8_t l : s.validation.labels) ++held[l];
+    for (uint8_t l : s.train.labels) ++kept[l];
+    for (int c = 0; c < 10; ++c) {
+        const int count = 10 * (c + 1);
+        EXPECT_EQ(held[c], static_cast<int>(std::lround(0.25 * count))) << "class " << c;  // 2.5 rounds away: 3
+        EXPECT_EQ(held[c] + kept[c], count) << "class " << c;
+    }
+    EXPECT_EQ(s.validation.n + s.train.n, ds.n);
+    EXPECT_EQ(s.validation.n, static_cast<int>(s.validation_indices.size()));
+}
+
+TEST(ValidationSplit, DisjointCoveringInOrderAndCarryingTheirImages) {
+    std::vector<uint8_t> labels(300);
+    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<uint8_t>((i * 7) % 10);
+    const cumnist::Dataset ds = labelled(labels);
+    const cumnist::ValidationSplit s = cumnist::split_validation(ds, 0.1, 9);
+    // Every sample in exactly one part, each part in the data set's order, with its own pixels and label.
+    std::vector<int> seen(300, 0);
+    std::vector<int32_t> train_indices;
+    std::set<int32_t> held(s.validation_indices.begin(), s.validation_indices.end());
+    for (int i = 0; i < ds.n; ++i)
+        if (!held.count(i)) train_indices.push_back(i);
+    ASSERT_EQ(static_cast<int>(train_indices.size()), s.train.n);
+    for (int k = 0; k < s.validation.n; ++k) {
+        const int32_t i = s.validation_indices[k];
+        if (k > 0) EXPECT_LT(s.validation_indices[k - 1], i);
+        EXPECT_EQ(s.validation.labels[k], ds.labels[i]);
+        EXPECT_EQ(s.validation.images[4 * k], static_cast<uint8_t>(i % 256));
+        ++seen[i];
+    }
+    for (int k = 0; k < s.train.n; ++k) {
+        const int32_t i = train_indices[k];
+        EXPECT_EQ(s.train.labels[k], ds.labels[i]);
+        EXPECT_EQ(s.train.images[4 * k + 3], static_cast<uint8_t>(i % 256));
+        ++seen[i];
+    }
+    for (int i = 0; i < ds.n; ++i) EXPECT_EQ(seen[i], 1) << "sample " << i;
+    EXPECT_EQ(s.validation.n, 30);
+}
+
+TEST(ValidationSplit, SeededAndDeterministic) {
+    std::vector<uint8_t> labels(1000);
+    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<uint8_t>(i % 10);
+    const cumnist::Dataset ds = labelled(labels);
+    const auto a = cumnist::split_validation(ds, 0.2, 42).validation_indices;
+    EXPECT_EQ(cumnist::split_validation(ds, 0.2, 42).validation_indices, a);
+    EXPECT_NE(cumnist::split_validation(ds, 0.2, 43).validation_indices, a);
+    // Not simply the first samples of each class.
+    std::vector<int32_t> first;
+    for (int i = 0; i < 200; ++i) first.push_back(i);
+    EXPECT_NE(a, first);
+}
+
+TEST(ValidationSplit, RefusesBadFractionsAndEmptyParts) {
+    const cumnist::Dataset ds = labelled({0, 1, 2, 3});
+    for (double f : {0.0, 1.0, -0.1, 1.5, std::nan("")})
+        EXPECT_CUMNIST_ERROR(cumnist::split_validation(ds, f, 1), "--validation-split must be a fraction in (0, 1)");
+    // One sample per class: 10 % of each rounds to none.
+    EXPECT_CUMNIST_ERROR(cumnist::split_validation(ds, 0.1, 1), "leaves 0 for validation and 4 for training");
+}

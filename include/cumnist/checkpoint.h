@@ -29,6 +29,7 @@ struct CheckpointMeta {
     int epoch_step = 0;   // steps done in epoch `epoch` + 1 when the run was interrupted inside it (else 0)
     uint64_t seed = 42;
     int batch = 32;
+    double validation_split = 0.0;  // the fraction of the training set held out for validation (0: none)
     std::string dataset;  // "mnist", "fashion", or empty when unknown
     std::string device;   // where it was trained ("cpu", "cuda"): informational
     std::vector<EpochMetrics> history;  // epochs 1..epoch

@@ -47,6 +47,16 @@ Dataset load_dataset(const std::string& data_dir, const std::string& dataset, Sp
 // $CUMNIST_DATA, else $XDG_CACHE_HOME/cumnist, else ~/.cache/cumnist.
 std::string default_data_dir();
 
+// A validation split: `fraction` of each class of `ds` held out (round(fraction · its count),
+// chosen by Philox under `seed`, a stream of their own: the same on every platform), both parts in
+// the data set's order. `validation_indices` are the held-out samples' indices in `ds`. Throws
+// Error for a fraction outside (0, 1) or a part left empty.
+struct ValidationSplit {
+    Dataset train, validation;
+    std::vector<int32_t> validation_indices;
+};
+ValidationSplit split_validation(const Dataset& ds, double fraction, uint64_t seed, int classes = 10);
+
 // A permutation of 0..n-1 for `epoch`, from Philox under `seed` (Fisher–Yates): the same on every
 // platform and independent of how many epochs ran before.
 std::vector<int32_t> epoch_order(int n, uint64_t seed, uint64_t epoch);

@@ -9,7 +9,7 @@
 //   MaxPool2D MaxPool (floor: no partial windows); Flatten; Relu, Sigmoid, Tanh
 //   output  "logits" float [N, classes]; with `softmax` also "probabilities" = Softmax(logits, axis 1)
 // The model's metadata_props: "architecture" (the layer string), "model" (the checkpoint's layer
-// list as JSON), "dataset", "epochs" (completed), "test_accuracy" (the last epoch's), "class_names"
+// list as JSON), "dataset", "epochs" (completed), "test_accuracy" (the last epoch's; "validation_accuracy" for a run with a validation split), "class_names"
 // (a JSON array: the digits, or Fashion-MNIST's names), "input" and "output" (their meaning).
 #pragma once
 

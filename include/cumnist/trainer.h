@@ -44,7 +44,8 @@ struct TrainConfig {
 struct EpochMetrics {
     int epoch = 0;  // 1-based
     double train_loss = 0, train_accuracy = 0;
-    double test_loss = 0, test_accuracy = 0;
+    double test_loss = 0, test_accuracy = 0;  // the evaluation set's: the validation set's when on_validation
+    bool on_validation = false;               // evaluated on a validation split (--validation-split), not the test set
     double seconds = 0;        // training only, evaluation excluded
     double eval_seconds = 0;
     double samples_per_second = 0;

@@ -51,6 +51,7 @@ struct TrainOptions {
     int threads = 0;
     float lr = 1e-3f;
     float momentum = 0.0f;
+    double validation_split = 0.0;  // --validation-split
     bool no_graph = false;
     bool tf32 = false;
     std::string model_text = "mlp";  // --model
@@ -140,10 +141,15 @@ void apply_checkpoint_settings(TrainOptions& o, OptimizerConfig& opt, const Chec
         conflict("--batch-size", std::to_string(o.train.batch), fmt::format("batch size {}", meta.batch));
     if (given("--dataset") && !meta.dataset.empty() && o.dataset != meta.dataset)
         conflict("--dataset", o.dataset, fmt::format("data set {}", meta.dataset));
+    if (given("--validation-split") && o.validation_split != meta.validation_split)
+        conflict("--validation-split", fmt::format("{}", o.validation_split),
+                 meta.validation_split > 0 ? fmt::format("validation split {}", meta.validation_split)
+                                           : std::string("no validation split"));
     o.model = meta.model;
     opt = meta.optimizer;
     o.train.seed = meta.seed;
     o.train.batch = meta.batch;
+    o.validation_split = meta.validation_split;
     if (!meta.dataset.empty()) o.dataset = meta.dataset;
     if (!given("--epochs")) o.train.epochs = meta.epochs;
     if (o.train.epochs <= meta.epoch)
@@ -207,8 +213,18 @@ int run_train(TrainOptions& o) {
         fmt::print(stderr, "{}: GPU only, no effect on the CPU.\n",
                    o.tf32 && o.no_graph ? "--tf32 and --no-graph" : o.tf32 ? "--tf32" : "--no-graph");
 
-    const Dataset train = load_dataset(o.data_dir, o.dataset, Split::Train);
+    if (o.validation_split != 0.0 && !(o.validation_split > 0.0 && o.validation_split < 1.0))
+        throw Error(fmt::format("--validation-split must be a fraction in (0, 1), got {}", o.validation_split));
+    const Dataset full_train = load_dataset(o.data_dir, o.dataset, Split::Train);
     const Dataset test = load_dataset(o.data_dir, o.dataset, Split::Test);
+    // --validation-split: a stratified, seeded share of the training set is held out, evaluated
+    // after every epoch and used to choose the best checkpoint; the test set is evaluated once, at
+    // the end.
+    std::optional<ValidationSplit> split;
+    if (o.validation_split > 0) split = split_validation(full_train, o.validation_split, o.train.seed);
+    const Dataset& train = split ? split->train : full_train;
+    const bool validating = split.has_value();
+    const char* const eval_set = validating ? "validation" : "test";
     if (resumed && o.model.inputs() != train.features())
         throw Error(fmt::format("--resume '{}': the model takes {} pixels per image, but {} images are {}x{}", o.resume,
                                 o.model.inputs(), o.dataset, train.rows, train.cols));
@@ -224,6 +240,10 @@ int run_train(TrainOptions& o) {
     fmt::print("  optimizer  {}\n", opt.describe());
     fmt::print("  data       {}: {} training, {} test images of {}x{} from {}\n", o.dataset, train.n, test.n,
                train.rows, train.cols, dataset_folder(o.data_dir, o.dataset));
+    if (validating)
+        fmt::print("  validation {} images ({:g} % of the training set, stratified by class, seed {}) held out and "
+                   "evaluated after every epoch; the test set once, after the last\n",
+                   split->validation.n, 100.0 * o.validation_split, o.train.seed);
     fmt::print("  schedule   {} of {} (batch {}), seed {}{}\n", count_of(o.train.epochs, "epoch"),
                count_of((train.n + o.train.batch - 1) / o.train.batch, "step"), o.train.batch, o.train.seed,
                gpu ? fmt::format(", {}{}", o.train.use_graph ? "CUDA Graph" : "no graph", o.train.tf32 ? ", TF32" : ", FP32")
@@ -243,6 +263,7 @@ int run_train(TrainOptions& o) {
     CheckpointMeta meta;
     meta.epochs = o.train.epochs;
     meta.dataset = o.dataset;
+    meta.validation_split = o.validation_split;
     std::string metrics_text;
     double best = -1.0, total_seconds = 0.0;
     int best_epoch = 0, first_epoch = 1, resume_step = 0;
@@ -261,9 +282,12 @@ int run_train(TrainOptions& o) {
         resumed.reset();
     }
     if (!o.save_dir.empty())
-        fmt::print("  saving     {}/last.safetensors every epoch, {}/best.safetensors at the best test accuracy\n",
-                   o.save_dir, o.save_dir);
+        fmt::print("  saving     {}/last.safetensors every epoch, {}/best.safetensors at the best {} accuracy\n",
+                   o.save_dir, o.save_dir, eval_set);
     const ResidentData test_data(test, o.train.device);
+    std::optional<ResidentData> validation_data;
+    if (validating) validation_data.emplace(split->validation, o.train.device);
+    const ResidentData& epoch_data = validating ? *validation_data : test_data;
     ProgressBar bar(::isatty(STDOUT_FILENO) != 0);
     trainer.set_stop_flag(&g_stop_requested);
     std::signal(SIGINT, on_stop_signal);
@@ -274,8 +298,9 @@ int run_train(TrainOptions& o) {
         std::fflush(stdout);
         bar.start();
         const int first_step = std::exchange(resume_step, 0);
-        const EpochMetrics m = trainer.train_epoch(
-            epoch, &test_data, [&](int s, int n, double loss, double acc) { bar.update(s, n, loss, acc); }, first_step);
+        EpochMetrics m = trainer.train_epoch(
+            epoch, &epoch_data, [&](int s, int n, double loss, double acc) { bar.update(s, n, loss, acc); }, first_step);
+        m.on_validation = validating;
         bar.finish();
         if (!m.completed) {
             // Interrupted: the step in flight has finished; keep the state when --save is set.
@@ -325,8 +350,17 @@ int run_train(TrainOptions& o) {
         }
     }
     const int epochs_run = o.train.epochs - first_epoch + 1;
-    fmt::print("Done: {} epoch{} in {}; best test accuracy {:.4f} (epoch {})\n", epochs_run, epochs_run == 1 ? "" : "s",
-               format_duration(total_seconds), best, best_epoch);
+    fmt::print("Done: {} epoch{} in {}; best {} accuracy {:.4f} (epoch {})\n", epochs_run, epochs_run == 1 ? "" : "s",
+               format_duration(total_seconds), eval_set, best, best_epoch);
+    if (validating) {
+        // The test set, once, after selection: the last epoch's model here; the best checkpoint's
+        // with `cumnist eval --model .../best.safetensors`.
+        const Evaluation t = trainer.evaluate(test_data);
+        fmt::print("Test (evaluated once, after the last epoch): loss {:.4f} - accuracy {:.4f} on {} images{}\n", t.loss,
+                   t.accuracy, t.n,
+                   o.save_dir.empty() ? "" : fmt::format("; the best checkpoint: cumnist eval --model {}/best.safetensors",
+                                                         o.save_dir));
+    }
     if (gpu && trainer.graph_nodes() > 0) fmt::print("CUDA Graph: {} nodes per training step\n", trainer.graph_nodes());
     return 0;
 }
@@ -335,7 +369,7 @@ int run_train(TrainOptions& o) {
 
 void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
     auto o = std::make_shared<TrainOptions>();
-    CLI::App* train = parent.add_subcommand("train", "Train a model (the MLP by default) and evaluate it on the test set after every epoch");
+    CLI::App* train = parent.add_subcommand("train", "Train a model (the MLP by default) and evaluate it on the test set (or a validation split) after every epoch");
     train->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files, or the folder of the IDX files itself")->capture_default_str();
     train->add_option("--dataset", o->dataset, "Data set: mnist or fashion")->capture_default_str();
     train->add_option("--epochs", o->train.epochs, "Number of passes over the training set")->capture_default_str();
@@ -360,6 +394,10 @@ void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
                       "auto, resident (the training set uploaded to the device once) or stream (batches copied in as "
                       "they are needed, for data sets larger than device memory); auto: resident when it takes under "
                       "half of the free GPU memory")
+        ->capture_default_str();
+    train->add_option("--validation-split", o->validation_split,
+                      "Hold out this fraction of the training set (stratified by class, seeded) for per-epoch "
+                      "validation and the choice of best.safetensors; the test set is then evaluated once, at the end")
         ->capture_default_str();
     train->add_option("--metrics-out", o->metrics_out, "Write the per-epoch metrics to this file, one JSON object per line");
     train->add_option("--save", o->save_dir,

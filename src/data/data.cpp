@@ -6,7 +6,9 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -248,19 +250,78 @@ std::string default_data_dir() {
     return ".cache/cumnist";
 }
 
-std::vector<int32_t> epoch_order(int n, uint64_t seed, uint64_t epoch) {
-    constexpr uint32_t kShuffleStream = 0x2u;
+namespace {
+// A permutation of 0..n-1 from Philox under (seed, stream, counter): Fisher–Yates, swapping i with
+// j uniform in [0, i], j from a 64-bit draw (bias < 2^-32).
+std::vector<int32_t> philox_permutation(int n, uint64_t seed, uint32_t stream, uint64_t counter) {
     std::vector<int32_t> order(static_cast<std::size_t>(n));
     for (int i = 0; i < n; ++i) order[i] = i;
-    // Fisher–Yates: swap i with j uniform in [0, i], j from a 64-bit draw (bias < 2^-32).
     for (int i = n - 1; i > 0; --i) {
-        const uint64_t hi = philox_word(seed, kShuffleStream, epoch, 2 * static_cast<uint64_t>(i));
-        const uint64_t lo = philox_word(seed, kShuffleStream, epoch, 2 * static_cast<uint64_t>(i) + 1);
+        const uint64_t hi = philox_word(seed, stream, counter, 2 * static_cast<uint64_t>(i));
+        const uint64_t lo = philox_word(seed, stream, counter, 2 * static_cast<uint64_t>(i) + 1);
         const uint64_t r = (hi << 32) | lo;
         const int j = static_cast<int>(r % static_cast<uint64_t>(i + 1));
         std::swap(order[i], order[j]);
     }
     return order;
+}
+
+Dataset subset(const Dataset& ds, const std::vector<int32_t>& indices, const std::string& name) {
+    Dataset out;
+    out.name = name;
+    out.n = static_cast<int>(indices.size());
+    out.rows = ds.rows;
+    out.cols = ds.cols;
+    const std::size_t f = static_cast<std::size_t>(ds.features());
+    out.images.resize(indices.size() * f);
+    out.labels.resize(indices.size());
+    for (std::size_t k = 0; k < indices.size(); ++k) {
+        const std::size_t i = static_cast<std::size_t>(indices[k]);
+        std::copy(ds.images.begin() + static_cast<std::ptrdiff_t>(i * f),
+                  ds.images.begin() + static_cast<std::ptrdiff_t>((i + 1) * f),
+                  out.images.begin() + static_cast<std::ptrdiff_t>(k * f));
+        out.labels[k] = ds.labels[i];
+    }
+    return out;
+}
+}  // namespace
+
+std::vector<int32_t> epoch_order(int n, uint64_t seed, uint64_t epoch) {
+    constexpr uint32_t kShuffleStream = 0x2u;
+    return philox_permutation(n, seed, kShuffleStream, epoch);
+}
+
+ValidationSplit split_validation(const Dataset& ds, double fraction, uint64_t seed, int classes) {
+    if (!(fraction > 0.0 && fraction < 1.0))
+        throw Error(fmt::format("--validation-split must be a fraction in (0, 1), got {}", fraction));
+    constexpr uint32_t kSplitStream = 0x3u;
+    std::vector<std::vector<int32_t>> by_class(static_cast<std::size_t>(classes));
+    for (int i = 0; i < ds.n; ++i) {
+        CUMNIST_CHECK(ds.labels[i] < classes, "label {} of sample {} is not below {}", ds.labels[i], i, classes);
+        by_class[ds.labels[i]].push_back(i);
+    }
+    std::vector<int32_t> train, validation;
+    for (int c = 0; c < classes; ++c) {
+        const std::vector<int32_t>& members = by_class[static_cast<std::size_t>(c)];
+        const int count = static_cast<int>(members.size());
+        const int held = static_cast<int>(std::lround(fraction * count));
+        // The class's members in a seeded order (a stream of its own per class); the first `held`
+        // are held out.
+        const std::vector<int32_t> order = philox_permutation(count, seed, kSplitStream, static_cast<uint64_t>(c));
+        for (int k = 0; k < count; ++k) (k < held ? validation : train).push_back(members[order[k]]);
+    }
+    if (validation.empty() || train.empty())
+        throw Error(fmt::format("--validation-split {} of {} images leaves {} for validation and {} for training; "
+                                "both need at least one",
+                                fraction, ds.n, validation.size(), train.size()));
+    // In data-set order: the training epochs shuffle them as they would the whole set.
+    std::sort(train.begin(), train.end());
+    std::sort(validation.begin(), validation.end());
+    ValidationSplit s;
+    s.train = subset(ds, train, ds.name);
+    s.validation = subset(ds, validation, ds.name + " (validation)");
+    s.validation_indices = std::move(validation);
+    return s;
 }
 
 }  // namespace cumnist

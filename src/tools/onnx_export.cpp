@@ -234,7 +234,8 @@ std::string export_onnx(const Checkpoint& checkpoint, const OnnxExportOptions& o
     add_metadata(m, "dataset", meta.dataset);
     add_metadata(m, "epochs", std::to_string(meta.epoch));
     if (!meta.history.empty() && std::isfinite(meta.history.back().test_accuracy))
-        add_metadata(m, "test_accuracy", fmt::format("{:.4f}", meta.history.back().test_accuracy));
+        add_metadata(m, meta.history.back().on_validation ? "validation_accuracy" : "test_accuracy",
+                     fmt::format("{:.4f}", meta.history.back().test_accuracy));
     add_metadata(m, "class_names", class_names_json(meta.dataset, spec.classes));
     add_metadata(m, "input", fmt::format("float [N, {}, {}, {}]: pixels / 255 in [0, 1], light ink on black", input.c,
                                          input.h, input.w));

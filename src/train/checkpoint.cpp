@@ -101,8 +101,8 @@ json metrics_to_json(const EpochMetrics& m) {
     return {{"epoch", m.epoch},
             {"train_loss", num(m.train_loss)},
             {"train_accuracy", num(m.train_accuracy)},
-            {"test_loss", num(m.test_loss)},
-            {"test_accuracy", num(m.test_accuracy)},
+            {m.on_validation ? "validation_loss" : "test_loss", num(m.test_loss)},
+            {m.on_validation ? "validation_accuracy" : "test_accuracy", num(m.test_accuracy)},
             {"seconds", num(m.seconds)},
             {"eval_seconds", num(m.eval_seconds)},
             {"samples_per_second", num(m.samples_per_second)},
@@ -119,7 +119,7 @@ std::map<std::string, std::string> metadata_strings(const CheckpointMeta& meta) 
                             {"beta2", readable(o.beta2)}, {"epsilon", readable(o.epsilon)}, {"momentum", readable(o.momentum)},
                             {"rho", readable(o.rho)}};
     // safetensors metadata maps strings to strings: every value but "format" is JSON text.
-    return {{"format", kFormat},
+    std::map<std::string, std::string> strings = {{"format", kFormat},
             {"format_version", json(kFormatVersion).dump()},
             {"model", model.dump()},
             {"optimizer", optimizer.dump()},
@@ -132,6 +132,8 @@ std::map<std::string, std::string> metadata_strings(const CheckpointMeta& meta) 
             {"dataset", json(meta.dataset).dump()},
             {"device", json(meta.device).dump()},
             {"metrics", history.dump()}};
+    if (meta.validation_split > 0) strings["validation_split"] = json(meta.validation_split).dump();
+    return strings;
 }
 
 bool same_optimizer(const OptimizerConfig& a, const OptimizerConfig& b) {
@@ -440,6 +442,12 @@ private:
         m_meta.epoch_step = meta.contains("epoch_step") ? meta_number<int>(meta, "epoch_step", 0, 1u << 30) : 0;
         m_meta.seed = meta_number<uint64_t>(meta, "seed", 0, std::numeric_limits<uint64_t>::max());
         m_meta.batch = meta_number<int>(meta, "batch_size", 1, 1u << 30);
+        if (meta.contains("validation_split")) {
+            const json v = meta_json(meta, "validation_split");
+            if (!v.is_number() || !(v.get<double>() > 0.0 && v.get<double>() < 1.0))
+                fail("__metadata__ 'validation_split' is {}, expected a fraction in (0, 1)", v.dump());
+            m_meta.validation_split = v.get<double>();
+        }
         for (const char* key : {"dataset", "device"}) {
             const json v = meta_json(meta, key);
             if (!v.is_string()) fail("__metadata__ '{}' is {}, expected a JSON string", key, v.dump());
@@ -457,8 +465,9 @@ private:
                 e.epoch = static_cast<int>(ep.get<uint64_t>());
                 e.train_loss = number_or_nan(h, "train_loss");
                 e.train_accuracy = number_or_nan(h, "train_accuracy");
-                e.test_loss = number_or_nan(h, "test_loss");
-                e.test_accuracy = number_or_nan(h, "test_accuracy");
+                e.on_validation = h.contains("validation_accuracy");
+                e.test_loss = number_or_nan(h, e.on_validation ? "validation_loss" : "test_loss");
+                e.test_accuracy = number_or_nan(h, e.on_validation ? "validation_accuracy" : "test_accuracy");
                 e.seconds = number_or_nan(h, "seconds");
                 e.eval_seconds = number_or_nan(h, "eval_seconds");
                 e.samples_per_second = number_or_nan(h, "samples_per_second");

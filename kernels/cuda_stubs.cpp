@@ -65,13 +65,14 @@ void u8_to_float(float*, const uint8_t*, std::size_t) { no_cuda(); }
 
 void increment(uint64_t*) { no_cuda(); }
 
-void adam_step(float*, float*, float*, const float*, std::size_t, float, float, float, float, const uint64_t*) {
+void adam_step(float*, float*, float*, const float*, std::size_t, float, const float*, float, float, float,
+               const uint64_t*) {
     no_cuda();
 }
 
-void sgd_step(float*, float*, const float*, std::size_t, float, float) { no_cuda(); }
+void sgd_step(float*, float*, const float*, std::size_t, float, const float*, float) { no_cuda(); }
 
-void rmsprop_step(float*, float*, const float*, std::size_t, float, float, float) { no_cuda(); }
+void rmsprop_step(float*, float*, const float*, std::size_t, float, const float*, float, float) { no_cuda(); }
 
 void fill_zero(float*, std::size_t) { no_cuda(); }
 

@@ -12,10 +12,11 @@ namespace {
 //   α = lr · √(1 − β2ᵗ) / (1 − β1ᵗ)          once per block, by thread 0 (adam_alpha)
 //   m ← m + (1 − β1)(g − m);  v ← v + (1 − β2)(g² − v);  w ← w − α · m / (√v + ε)   per element
 static __global__ void adam_kernel(float* __restrict__ w, float* __restrict__ m, float* __restrict__ v,
-                                   const float* __restrict__ g, std::size_t count, float lr, float beta1, float beta2,
-                                   float epsilon, const uint64_t* __restrict__ step) {
+                                   const float* __restrict__ g, std::size_t count, float lr,
+                                   const float* __restrict__ lr_scale, float beta1, float beta2, float epsilon,
+                                   const uint64_t* __restrict__ step) {
     __shared__ float s_alpha;
-    if (threadIdx.x == 0) s_alpha = adam_alpha(lr, beta1, beta2, *step + 1);
+    if (threadIdx.x == 0) s_alpha = adam_alpha(scaled_rate(lr, lr_scale), beta1, beta2, *step + 1);
     __syncthreads();
     const float alpha = s_alpha;
     for (std::size_t i = grid_thread_index(); i < count; i += grid_stride()) {
@@ -29,10 +30,11 @@ static __global__ void adam_kernel(float* __restrict__ w, float* __restrict__ m,
 
 // SGD with momentum μ: velocity ← μ · velocity − lr · g;  w ← w + velocity.
 static __global__ void sgd_kernel(float* __restrict__ w, float* __restrict__ velocity, const float* __restrict__ g,
-                                  std::size_t count, float lr, float momentum) {
+                                  std::size_t count, float lr, const float* __restrict__ lr_scale, float momentum) {
+    const float rate = scaled_rate(lr, lr_scale);
     for (std::size_t i = grid_thread_index(); i < count; i += grid_stride()) {
         float wi = w[i], vel = velocity[i];
-        sgd_update(wi, vel, g[i], lr, momentum);
+        sgd_update(wi, vel, g[i], rate, momentum);
         w[i] = wi;
         velocity[i] = vel;
     }
@@ -40,10 +42,12 @@ static __global__ void sgd_kernel(float* __restrict__ w, float* __restrict__ vel
 
 // RMSprop: s ← ρ s + (1 − ρ) g²;  w ← w − lr · g / (√s + ε).
 static __global__ void rmsprop_kernel(float* __restrict__ w, float* __restrict__ s, const float* __restrict__ g,
-                                      std::size_t count, float lr, float rho, float epsilon) {
+                                      std::size_t count, float lr, const float* __restrict__ lr_scale, float rho,
+                                      float epsilon) {
+    const float rate = scaled_rate(lr, lr_scale);
     for (std::size_t i = grid_thread_index(); i < count; i += grid_stride()) {
         float wi = w[i], si = s[i];
-        rmsprop_update(wi, si, g[i], lr, rho, epsilon);
+        rmsprop_update(wi, si, g[i], rate, rho, epsilon);
         w[i] = wi;
         s[i] = si;
     }
@@ -51,23 +55,25 @@ static __global__ void rmsprop_kernel(float* __restrict__ w, float* __restrict__
 
 }  // namespace
 
-void adam_step(float* w, float* m, float* v, const float* g, std::size_t count, float lr, float beta1, float beta2,
-               float epsilon, const uint64_t* step) {
+void adam_step(float* w, float* m, float* v, const float* g, std::size_t count, float lr, const float* lr_scale,
+               float beta1, float beta2, float epsilon, const uint64_t* step) {
     if (count == 0) return;
-    adam_kernel<<<grid_for(count), kBlockSize, 0, context().stream()>>>(w, m, v, g, count, lr, beta1, beta2, epsilon,
-                                                                          step);
+    adam_kernel<<<grid_for(count), kBlockSize, 0, context().stream()>>>(w, m, v, g, count, lr, lr_scale, beta1, beta2,
+                                                                          epsilon, step);
     CUMNIST_CHECK_LAUNCH();
 }
 
-void sgd_step(float* w, float* velocity, const float* g, std::size_t count, float lr, float momentum) {
+void sgd_step(float* w, float* velocity, const float* g, std::size_t count, float lr, const float* lr_scale,
+              float momentum) {
     if (count == 0) return;
-    sgd_kernel<<<grid_for(count), kBlockSize, 0, context().stream()>>>(w, velocity, g, count, lr, momentum);
+    sgd_kernel<<<grid_for(count), kBlockSize, 0, context().stream()>>>(w, velocity, g, count, lr, lr_scale, momentum);
     CUMNIST_CHECK_LAUNCH();
 }
 
-void rmsprop_step(float* w, float* s, const float* g, std::size_t count, float lr, float rho, float epsilon) {
+void rmsprop_step(float* w, float* s, const float* g, std::size_t count, float lr, const float* lr_scale, float rho,
+                  float epsilon) {
     if (count == 0) return;
-    rmsprop_kernel<<<grid_for(count), kBlockSize, 0, context().stream()>>>(w, s, g, count, lr, rho, epsilon);
+    rmsprop_kernel<<<grid_for(count), kBlockSize, 0, context().stream()>>>(w, s, g, count, lr, lr_scale, rho, epsilon);
     CUMNIST_CHECK_LAUNCH();
 }
 

@@ -379,8 +379,8 @@ void adam_step(MatrixView<float> w, MatrixView<float> m, MatrixView<float> v, Ma
     CUMNIST_CHECK(!overlaps(m, v), "{}: m overlaps v", op);
     CUMNIST_CHECK(step != nullptr, "{}: no step counter", op);
     if (w.size() == 0) return;
-    CUMNIST_DISPATCH(w.device, adam_step, w.data, m.data, v.data, g.data, w.size(), cfg.lr, cfg.beta1, cfg.beta2,
-                     cfg.epsilon, step);
+    CUMNIST_DISPATCH(w.device, adam_step, w.data, m.data, v.data, g.data, w.size(), cfg.lr, cfg.lr_scale, cfg.beta1,
+                     cfg.beta2, cfg.epsilon, step);
 }
 
 void sgd_step(MatrixView<float> w, MatrixView<float> velocity, MatrixView<const float> g, const SgdConfig& cfg) {
@@ -388,7 +388,7 @@ void sgd_step(MatrixView<float> w, MatrixView<float> velocity, MatrixView<const 
     check_update(op, w, g);
     check_state(op, "velocity", velocity, w);
     if (w.size() == 0) return;
-    CUMNIST_DISPATCH(w.device, sgd_step, w.data, velocity.data, g.data, w.size(), cfg.lr, cfg.momentum);
+    CUMNIST_DISPATCH(w.device, sgd_step, w.data, velocity.data, g.data, w.size(), cfg.lr, cfg.lr_scale, cfg.momentum);
 }
 
 void rmsprop_step(MatrixView<float> w, MatrixView<float> s, MatrixView<const float> g, const RmsPropConfig& cfg) {
@@ -396,7 +396,8 @@ void rmsprop_step(MatrixView<float> w, MatrixView<float> s, MatrixView<const flo
     check_update(op, w, g);
     check_state(op, "s", s, w);
     if (w.size() == 0) return;
-    CUMNIST_DISPATCH(w.device, rmsprop_step, w.data, s.data, g.data, w.size(), cfg.lr, cfg.rho, cfg.epsilon);
+    CUMNIST_DISPATCH(w.device, rmsprop_step, w.data, s.data, g.data, w.size(), cfg.lr, cfg.lr_scale, cfg.rho,
+                     cfg.epsilon);
 }
 
 void fill_zero(MatrixView<float> x) {

@@ -79,6 +79,20 @@ grep -q "^  validation 6000 images" vsplit2.log || fail "the resumed run lost it
 same_tensors vstraight/last.safetensors vsplit/last.safetensors "2 epochs with a validation split against 1 + 1 resumed"
 echo "exact resume with --validation-split 0.1: tensors bit-identical ($tensor_bytes bytes)"
 
+# A learning-rate schedule: the rate of each epoch in its line and its metrics, kept across resume.
+sched=(--lr-schedule step --lr-step-epochs 1 --lr-gamma 0.5)
+"${train[@]}" --epochs 3 "${sched[@]}" --save sstraight --metrics-out sstraight.jsonl > sstraight.log
+grep -q "^  optimizer  adam .*, learning rate step (x0.5 every epoch)" sstraight.log || fail "no schedule line: $(cat sstraight.log)"
+[ "$(grep -o ' - lr: [0-9.e-]*' sstraight.log | tr '\n' ' ')" = " - lr: 0.001  - lr: 0.0005  - lr: 0.00025 " ] ||
+  fail "the epochs' rates are not 1e-3, 5e-4, 2.5e-4: $(grep -o ' - lr: [0-9.e-]*' sstraight.log)"
+[ "$(grep -c '"lr":' sstraight.jsonl)" -eq 3 ] && grep -q '"lr":0.00025' sstraight.jsonl ||
+  fail "the metrics do not carry the rate: $(cat sstraight.jsonl)"
+"${train[@]}" --epochs 1 "${sched[@]}" --save ssplit > ssplit1.log
+"${base[@]}" --resume ssplit/last.safetensors --epochs 3 > ssplit2.log
+grep -q " - lr: 0.00025" ssplit2.log || fail "the resumed run lost its schedule: $(cat ssplit2.log)"
+same_tensors sstraight/last.safetensors ssplit/last.safetensors "3 epochs of a step schedule against 1 + 2 resumed"
+echo "exact resume with a step schedule: tensors bit-identical ($tensor_bytes bytes)"
+
 # expect_error MESSAGE COMMAND...: the command fails (exit 1) with MESSAGE on stderr.
 expect_error() {
   local message="$1" rc=0
@@ -103,6 +117,10 @@ expect_error "the file is truncated" "$cumnist" eval --device cpu --model trunca
 expect_error "is a folder, expected a .safetensors file" "$cumnist" eval --device cpu --model split
 touch a-file
 expect_error "--save: cannot create folder 'a-file/run': Not a directory" "${train[@]}" --epochs 1 --save a-file/run
+expect_error "--lr-schedule plateau watches the validation loss: give --validation-split F too" "${train[@]}" --lr-schedule plateau
+expect_error "--early-stopping watches the validation loss" "${train[@]}" --early-stopping 3
+expect_error "--resume 'sstraight/last.safetensors': --lr-schedule cosine (down to x0) contradicts the checkpoint, which has the learning-rate schedule step (x0.5 every epoch)" \
+  "${base[@]}" --resume sstraight/last.safetensors --epochs 4 --lr-schedule cosine
 # eval --misclassified writes a PNG grid of the test images the model gets wrong.
 "$cumnist" eval --device cpu --data "$data" --model straight/best.safetensors --misclassified wrong.png > eval.log
 grep -q "^Wrote wrong.png" eval.log || fail "eval --misclassified did not report the picture: $(cat eval.log)"

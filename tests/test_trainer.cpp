@@ -454,6 +454,38 @@ TEST_P(TrainerTest, StreamingMatchesResidentBitForBit) {
     }
 }
 
+// The learning-rate factor lives in device memory and every step reads it: a run whose factor
+// changes between epochs (the captured step kept, on the GPU) equals one that starts from the
+// halved rate and halves it again, bit for bit (the factors are powers of two: exact products).
+TEST_P(TrainerTest, LearningRateFactorIsReadAtEveryStep) {
+    const Dataset train = synthetic_dataset(200, 13);
+    for (OptimizerKind kind : {OptimizerKind::Adam, OptimizerKind::Sgd, OptimizerKind::RmsProp}) {
+        SCOPED_TRACE(to_string(kind));
+        OptimizerConfig base;
+        base.kind = kind;
+        base.lr = kind == OptimizerKind::Sgd ? 0.05f : 1e-3f;
+        base.momentum = kind == OptimizerKind::Sgd ? 0.9f : 0.0f;
+        OptimizerConfig halved = base;
+        halved.lr = base.lr * 0.5f;
+        Trainer a(small_model(), base, small_train(GetParam()), train);
+        Trainer b(small_model(), halved, small_train(GetParam()), train);
+        a.set_lr_scale(0.5f);
+        (void)a.train_epoch(1, nullptr);
+        (void)b.train_epoch(1, nullptr);
+        EXPECT_EQ(a.model().parameters().to_host(), b.model().parameters().to_host()) << "epoch 1";
+        a.set_lr_scale(0.25f);
+        b.set_lr_scale(0.5f);
+        (void)a.train_epoch(2, nullptr);
+        (void)b.train_epoch(2, nullptr);
+        EXPECT_EQ(a.model().parameters().to_host(), b.model().parameters().to_host()) << "epoch 2";
+        // A different factor gives a different run: the factor is not ignored.
+        Trainer c(small_model(), base, small_train(GetParam()), train);
+        (void)c.train_epoch(1, nullptr);
+        EXPECT_NE(c.model().parameters().to_host(), b.model().parameters().to_host());
+        EXPECT_EQ(a.optimizer().lr_scale(), 0.25f);
+    }
+}
+
 // Auto keeps a small data set resident (always on the CPU; on the GPU when it fits easily).
 TEST_P(TrainerTest, AutoPlacementKeepsASmallDataSetResident) {
     const Dataset train = synthetic_dataset(50, 12);

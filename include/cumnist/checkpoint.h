@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cumnist/model.h"
+#include "cumnist/schedule.h"
 #include "cumnist/optim.h"
 #include "cumnist/trainer.h"
 
@@ -30,6 +31,8 @@ struct CheckpointMeta {
     uint64_t seed = 42;
     int batch = 32;
     double validation_split = 0.0;  // the fraction of the training set held out for validation (0: none)
+    LrSchedule schedule;            // the learning-rate schedule (schedule.h)
+    int early_stopping = 0;         // patience on the validation loss (0: none)
     std::string dataset;  // "mnist", "fashion", or empty when unknown
     std::string device;   // where it was trained ("cpu", "cuda"): informational
     std::vector<EpochMetrics> history;  // epochs 1..epoch

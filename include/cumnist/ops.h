@@ -175,19 +175,25 @@ void increment(uint64_t* counter, Device device);
 
 // Optimizer steps over the whole flat parameter buffer, one launch each. w, g and the state views
 // are (1, n) and alias nothing. `step` is the 0-based index of this step (bias correction uses t = *step + 1).
+// `lr_scale`, when set, is one value on the parameters' device, read at every step: the rate used
+// is lr · *lr_scale (a learning-rate schedule's factor; a captured step follows it without being
+// captured again). A scale of 1 gives exactly lr.
 struct AdamConfig {
     float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, epsilon = 1e-7f;
+    const float* lr_scale = nullptr;
 };
 void adam_step(MatrixView<float> w, MatrixView<float> m, MatrixView<float> v, MatrixView<const float> g,
                const AdamConfig& cfg, const uint64_t* step);
 
 struct SgdConfig {
     float lr = 1e-2f, momentum = 0.0f;
+    const float* lr_scale = nullptr;
 };
 void sgd_step(MatrixView<float> w, MatrixView<float> velocity, MatrixView<const float> g, const SgdConfig& cfg);
 
 struct RmsPropConfig {
     float lr = 1e-3f, rho = 0.9f, epsilon = 1e-7f;
+    const float* lr_scale = nullptr;
 };
 void rmsprop_step(MatrixView<float> w, MatrixView<float> s, MatrixView<const float> g, const RmsPropConfig& cfg);
 

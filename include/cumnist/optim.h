@@ -38,9 +38,17 @@ public:
     std::vector<Buffer<float>>& state() { return m_state; }
     std::vector<std::string> state_names() const;
 
+    // The learning-rate schedule's factor: every step uses lr · scale, read from device memory so
+    // that a captured step follows it (1 until set; exactly lr then). The caller makes sure no
+    // step that reads it is still running (Trainer::set_lr_scale synchronizes).
+    void set_lr_scale(float scale);
+    float lr_scale() const { return m_lr_scale_host; }
+
 private:
     OptimizerConfig m_config;
     std::vector<Buffer<float>> m_state;
+    Buffer<float> m_lr_scale;  // one value on the device
+    float m_lr_scale_host = 1.0f;
 };
 
 }  // namespace cumnist

@@ -76,6 +76,10 @@ CUMNIST_HD bool dropout_keep(uint64_t seed, uint32_t stream, uint64_t step, uint
 
 // --- Optimizer updates of one scalar (w, its gradient g, and the optimizer's state). ----------
 
+// The learning rate a step uses: lr · *lr_scale when a schedule's factor is set, else lr (both
+// backends: the same single rounding).
+CUMNIST_HD float scaled_rate(float lr, const float* lr_scale) { return lr_scale ? lr * *lr_scale : lr; }
+
 struct AdamScalars {
     float lr, beta1, beta2, epsilon;
 };

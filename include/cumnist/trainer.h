@@ -46,6 +46,7 @@ struct EpochMetrics {
     double train_loss = 0, train_accuracy = 0;
     double test_loss = 0, test_accuracy = 0;  // the evaluation set's: the validation set's when on_validation
     bool on_validation = false;               // evaluated on a validation split (--validation-split), not the test set
+    double lr = 0;                            // the learning rate of the epoch's steps (lr · the schedule's factor)
     double seconds = 0;        // training only, evaluation excluded
     double eval_seconds = 0;
     double samples_per_second = 0;
@@ -95,6 +96,9 @@ public:
     void train_steps(int n);
     // Waits until all queued device work has finished.
     void synchronize();
+    // The learning-rate schedule's factor for the steps that follow (Optimizer::set_lr_scale),
+    // after the queued steps have finished.
+    void set_lr_scale(float scale);
 
     Model& model() { return m_model; }
     Optimizer& optimizer() { return m_optimizer; }

@@ -14,11 +14,13 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <algorithm>
 #include <optional>
 
 #include "cli_common.h"
 #include "cumnist/checkpoint.h"
 #include "cumnist/data.h"
+#include "cumnist/schedule.h"
 #include "cumnist/trainer.h"
 
 namespace cumnist::cli {
@@ -52,6 +54,9 @@ struct TrainOptions {
     float lr = 1e-3f;
     float momentum = 0.0f;
     double validation_split = 0.0;  // --validation-split
+    std::string schedule_name = "constant";  // --lr-schedule
+    LrSchedule schedule;                     // its settings (--lr-step-epochs, --lr-gamma, ...)
+    int early_stopping = 0;                  // --early-stopping PATIENCE
     bool no_graph = false;
     bool tf32 = false;
     std::string model_text = "mlp";  // --model
@@ -141,6 +146,15 @@ void apply_checkpoint_settings(TrainOptions& o, OptimizerConfig& opt, const Chec
         conflict("--batch-size", std::to_string(o.train.batch), fmt::format("batch size {}", meta.batch));
     if (given("--dataset") && !meta.dataset.empty() && o.dataset != meta.dataset)
         conflict("--dataset", o.dataset, fmt::format("data set {}", meta.dataset));
+    const char* const schedule_flags[] = {"--lr-schedule",      "--lr-step-epochs", "--lr-gamma",    "--lr-warmup-epochs",
+                                          "--lr-min-factor",    "--lr-patience",    "--lr-min-delta"};
+    for (const char* flag : schedule_flags)
+        if (given(flag) && o.schedule != meta.schedule)
+            conflict(flag, o.schedule.describe(), fmt::format("the learning-rate schedule {}", meta.schedule.describe()));
+    if (given("--early-stopping") && o.early_stopping != meta.early_stopping)
+        conflict("--early-stopping", std::to_string(o.early_stopping),
+                 meta.early_stopping > 0 ? fmt::format("early stopping after {} epochs", meta.early_stopping)
+                                         : std::string("no early stopping"));
     if (given("--validation-split") && o.validation_split != meta.validation_split)
         conflict("--validation-split", fmt::format("{}", o.validation_split),
                  meta.validation_split > 0 ? fmt::format("validation split {}", meta.validation_split)
@@ -150,6 +164,8 @@ void apply_checkpoint_settings(TrainOptions& o, OptimizerConfig& opt, const Chec
     o.train.seed = meta.seed;
     o.train.batch = meta.batch;
     o.validation_split = meta.validation_split;
+    o.schedule = meta.schedule;
+    o.early_stopping = meta.early_stopping;
     if (!meta.dataset.empty()) o.dataset = meta.dataset;
     if (!given("--epochs")) o.train.epochs = meta.epochs;
     if (o.train.epochs <= meta.epoch)
@@ -175,6 +191,9 @@ int run_train(TrainOptions& o) {
     opt.lr = o.lr;
     opt.momentum = o.momentum;
     opt.validate();
+    o.schedule.kind = parse_schedule_kind(o.schedule_name);
+    o.schedule.validate();
+    if (o.early_stopping < 0) throw Error(fmt::format("--early-stopping must be 0 (off) or more, got {}", o.early_stopping));
     o.train.use_graph = !o.no_graph;
     o.train.tf32 = o.tf32;
     o.train.placement = parse_data_placement(o.placement);
@@ -213,6 +232,10 @@ int run_train(TrainOptions& o) {
         fmt::print(stderr, "{}: GPU only, no effect on the CPU.\n",
                    o.tf32 && o.no_graph ? "--tf32 and --no-graph" : o.tf32 ? "--tf32" : "--no-graph");
 
+    // What watches the validation loss needs one: choosing on the test set is what a split avoids.
+    if (o.validation_split == 0.0 && (o.schedule.kind == ScheduleKind::Plateau || o.early_stopping > 0))
+        throw Error(fmt::format("{} watches the validation loss: give --validation-split F too (e.g. 0.1)",
+                                o.early_stopping > 0 ? "--early-stopping" : "--lr-schedule plateau"));
     if (o.validation_split != 0.0 && !(o.validation_split > 0.0 && o.validation_split < 1.0))
         throw Error(fmt::format("--validation-split must be a fraction in (0, 1), got {}", o.validation_split));
     const Dataset full_train = load_dataset(o.data_dir, o.dataset, Split::Train);
@@ -237,7 +260,11 @@ int run_train(TrainOptions& o) {
     fmt::print("cumnist: training on {} ({})\n", gpu ? "the GPU" : "the CPU",
                gpu ? device_name(Device::Cuda) : fmt::format("{}, {}", device_name(Device::Cpu), count_of(omp_get_max_threads(), "thread")));
     fmt::print("  model      {} ({} parameters)\n", o.model.describe(), parameter_count(o.model));
-    fmt::print("  optimizer  {}\n", opt.describe());
+    fmt::print("  optimizer  {}{}\n", opt.describe(),
+               o.schedule.kind == ScheduleKind::Constant ? "" : ", learning rate " + o.schedule.describe());
+    if (o.early_stopping > 0)
+        fmt::print("  stopping   early once the validation loss has not improved for {}\n",
+                   count_of(o.early_stopping, "epoch"));
     fmt::print("  data       {}: {} training, {} test images of {}x{} from {}\n", o.dataset, train.n, test.n,
                train.rows, train.cols, dataset_folder(o.data_dir, o.dataset));
     if (validating)
@@ -264,6 +291,9 @@ int run_train(TrainOptions& o) {
     meta.epochs = o.train.epochs;
     meta.dataset = o.dataset;
     meta.validation_split = o.validation_split;
+    meta.schedule = o.schedule;
+    meta.early_stopping = o.early_stopping;
+    std::vector<double> eval_losses;  // per epoch done: the evaluation set's loss (the schedule's and early stopping's input)
     std::string metrics_text;
     double best = -1.0, total_seconds = 0.0;
     int best_epoch = 0, first_epoch = 1, resume_step = 0;
@@ -273,6 +303,7 @@ int run_train(TrainOptions& o) {
         first_epoch = resumed->meta.epoch + 1;
         resume_step = resumed->meta.epoch_step;
         for (const EpochMetrics& m : meta.history) {
+            eval_losses.push_back(m.test_loss);
             if (m.test_accuracy > best) best = m.test_accuracy, best_epoch = m.epoch;
             metrics_text += metrics_json(m) + "\n";
         }
@@ -293,14 +324,26 @@ int run_train(TrainOptions& o) {
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGTERM, on_stop_signal);
     bool graph_warned = false;  // a failed CUDA Graph capture is reported once
+    int last_epoch = first_epoch - 1;
     for (int epoch = first_epoch; epoch <= o.train.epochs; ++epoch) {
+        if (should_stop_early(eval_losses, o.early_stopping)) {
+            const auto best_loss = std::min_element(eval_losses.begin(), eval_losses.end());
+            fmt::print("Early stopping after epoch {}: the validation loss has not improved for {} (best {:.4f}, epoch "
+                       "{})\n",
+                       epoch - 1, count_of(o.early_stopping, "epoch"), *best_loss, best_loss - eval_losses.begin() + 1);
+            break;
+        }
+        last_epoch = epoch;
         fmt::print("Epoch {}/{}\n", epoch, o.train.epochs);
         std::fflush(stdout);
         bar.start();
         const int first_step = std::exchange(resume_step, 0);
+        const float lr_factor = static_cast<float>(o.schedule.factor(epoch, o.train.epochs, eval_losses));
+        trainer.set_lr_scale(lr_factor);
         EpochMetrics m = trainer.train_epoch(
             epoch, &epoch_data, [&](int s, int n, double loss, double acc) { bar.update(s, n, loss, acc); }, first_step);
         m.on_validation = validating;
+        m.lr = static_cast<double>(opt.lr * lr_factor);  // as the steps compute it
         bar.finish();
         if (!m.completed) {
             // Interrupted: the step in flight has finished; keep the state when --save is set.
@@ -328,11 +371,14 @@ int run_train(TrainOptions& o) {
         const std::string covered =
             m.first_step > 0 ? fmt::format(" (steps {}-{} only: resumed inside the epoch)", m.first_step + 1, steps) : "";
         fmt::print("{}/{} [==============================] - {} {:.0f}us/step - loss: {:.4f} - accuracy: {:.4f} - "
-                   "val_loss: {:.4f} - val_accuracy: {:.4f} - {:.0f} samples/s{}\n",
+                   "val_loss: {:.4f} - val_accuracy: {:.4f}{} - {:.0f} samples/s{}\n",
                    steps, steps, format_duration(m.seconds), m.seconds / m.steps * 1e6, m.train_loss, m.train_accuracy,
-                   m.test_loss, m.test_accuracy, m.samples_per_second, covered);
+                   m.test_loss, m.test_accuracy,
+                   o.schedule.kind == ScheduleKind::Constant ? "" : fmt::format(" - lr: {:.4g}", m.lr),
+                   m.samples_per_second, covered);
         std::fflush(stdout);
         total_seconds += m.seconds + m.eval_seconds;
+        eval_losses.push_back(m.test_loss);
         const bool improved = m.test_accuracy > best;
         if (improved) best = m.test_accuracy, best_epoch = epoch;
         if (!o.save_dir.empty()) {
@@ -349,7 +395,7 @@ int run_train(TrainOptions& o) {
             write_file_atomically(o.metrics_out, metrics_text);
         }
     }
-    const int epochs_run = o.train.epochs - first_epoch + 1;
+    const int epochs_run = last_epoch - first_epoch + 1;
     fmt::print("Done: {} epoch{} in {}; best {} accuracy {:.4f} (epoch {})\n", epochs_run, epochs_run == 1 ? "" : "s",
                format_duration(total_seconds), eval_set, best, best_epoch);
     if (validating) {
@@ -398,6 +444,26 @@ void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
     train->add_option("--validation-split", o->validation_split,
                       "Hold out this fraction of the training set (stratified by class, seeded) for per-epoch "
                       "validation and the choice of best.safetensors; the test set is then evaluated once, at the end")
+        ->capture_default_str();
+    train->add_option("--lr-schedule", o->schedule_name,
+                      "Learning-rate schedule, per epoch: constant, step (x gamma every --lr-step-epochs), cosine "
+                      "(optional linear warm-up, down to --lr-min-factor) or plateau (x gamma after --lr-patience epochs "
+                      "without a better validation loss; needs --validation-split)")
+        ->capture_default_str();
+    train->add_option("--lr-step-epochs", o->schedule.step_epochs, "step: epochs between decays")->capture_default_str();
+    train->add_option("--lr-gamma", o->schedule.gamma, "step, plateau: the factor of each decay, in (0, 1)")
+        ->capture_default_str();
+    train->add_option("--lr-warmup-epochs", o->schedule.warmup_epochs, "cosine: epochs of linear warm-up")
+        ->capture_default_str();
+    train->add_option("--lr-min-factor", o->schedule.min_factor, "cosine: the last epoch's rate as a fraction of --lr")
+        ->capture_default_str();
+    train->add_option("--lr-patience", o->schedule.patience, "plateau: epochs without improvement before a decay")
+        ->capture_default_str();
+    train->add_option("--lr-min-delta", o->schedule.min_delta, "plateau: the fall in validation loss that counts")
+        ->capture_default_str();
+    train->add_option("--early-stopping", o->early_stopping,
+                      "Stop once the validation loss has not improved for this many epochs (0: never; needs "
+                      "--validation-split); best.safetensors keeps the best model")
         ->capture_default_str();
     train->add_option("--metrics-out", o->metrics_out, "Write the per-epoch metrics to this file, one JSON object per line");
     train->add_option("--save", o->save_dir,

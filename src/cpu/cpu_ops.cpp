@@ -388,21 +388,25 @@ void u8_to_float(float* x, const uint8_t* pixels, std::size_t count) {
 
 void increment(uint64_t* counter) { ++*counter; }
 
-void adam_step(float* w, float* m, float* v, const float* g, std::size_t count, float lr, float beta1, float beta2,
-               float epsilon, const uint64_t* step) {
-    const float alpha = adam_alpha(lr, beta1, beta2, *step + 1);
+void adam_step(float* w, float* m, float* v, const float* g, std::size_t count, float lr, const float* lr_scale,
+               float beta1, float beta2, float epsilon, const uint64_t* step) {
+    const float alpha = adam_alpha(scaled_rate(lr, lr_scale), beta1, beta2, *step + 1);
 #pragma omp parallel for schedule(static) if (count >= kParallelThreshold)
     for (std::size_t i = 0; i < count; ++i) adam_update(w[i], m[i], v[i], g[i], alpha, beta1, beta2, epsilon);
 }
 
-void sgd_step(float* w, float* velocity, const float* g, std::size_t count, float lr, float momentum) {
+void sgd_step(float* w, float* velocity, const float* g, std::size_t count, float lr, const float* lr_scale,
+              float momentum) {
+    const float rate = scaled_rate(lr, lr_scale);
 #pragma omp parallel for schedule(static) if (count >= kParallelThreshold)
-    for (std::size_t i = 0; i < count; ++i) sgd_update(w[i], velocity[i], g[i], lr, momentum);
+    for (std::size_t i = 0; i < count; ++i) sgd_update(w[i], velocity[i], g[i], rate, momentum);
 }
 
-void rmsprop_step(float* w, float* s, const float* g, std::size_t count, float lr, float rho, float epsilon) {
+void rmsprop_step(float* w, float* s, const float* g, std::size_t count, float lr, const float* lr_scale, float rho,
+                  float epsilon) {
+    const float rate = scaled_rate(lr, lr_scale);
 #pragma omp parallel for schedule(static) if (count >= kParallelThreshold)
-    for (std::size_t i = 0; i < count; ++i) rmsprop_update(w[i], s[i], g[i], lr, rho, epsilon);
+    for (std::size_t i = 0; i < count; ++i) rmsprop_update(w[i], s[i], g[i], rate, rho, epsilon);
 }
 
 void fill_zero(float* x, std::size_t count) { std::memset(x, 0, count * sizeof(float)); }

@@ -41,7 +41,9 @@ void OptimizerConfig::validate() const {
         throw Error(fmt::format("epsilon must be a positive number, got {}", epsilon));
 }
 
-Optimizer::Optimizer(OptimizerConfig config, std::size_t n_params, Device device) : m_config(config) {
+Optimizer::Optimizer(OptimizerConfig config, std::size_t n_params, Device device)
+    : m_config(config), m_lr_scale(1, device) {
+    m_lr_scale.copy_from_host(&m_lr_scale_host, 1);
     m_config.validate();
     const std::size_t n_state = m_config.kind == OptimizerKind::Adam ? 2 : 1;
     for (std::size_t i = 0; i < n_state; ++i) {
@@ -59,17 +61,26 @@ std::vector<std::string> Optimizer::state_names() const {
     return {};
 }
 
+void Optimizer::set_lr_scale(float scale) {
+    if (!(std::isfinite(scale) && scale > 0.0f))
+        throw Error(fmt::format("learning-rate factor must be a positive number, got {}", scale));
+    m_lr_scale_host = scale;
+    m_lr_scale.copy_from_host(&m_lr_scale_host, 1);
+}
+
 void Optimizer::step(Buffer<float>& params, const Buffer<float>& grads, const uint64_t* step) {
     switch (m_config.kind) {
         case OptimizerKind::Adam:
             ops::adam_step(params.flat(), m_state[0].flat(), m_state[1].flat(), grads.flat(),
-                           {m_config.lr, m_config.beta1, m_config.beta2, m_config.epsilon}, step);
+                           {m_config.lr, m_config.beta1, m_config.beta2, m_config.epsilon, m_lr_scale.data()}, step);
             break;
         case OptimizerKind::Sgd:
-            ops::sgd_step(params.flat(), m_state[0].flat(), grads.flat(), {m_config.lr, m_config.momentum});
+            ops::sgd_step(params.flat(), m_state[0].flat(), grads.flat(),
+                          {m_config.lr, m_config.momentum, m_lr_scale.data()});
             break;
         case OptimizerKind::RmsProp:
-            ops::rmsprop_step(params.flat(), m_state[0].flat(), grads.flat(), {m_config.lr, m_config.rho, m_config.epsilon});
+            ops::rmsprop_step(params.flat(), m_state[0].flat(), grads.flat(),
+                              {m_config.lr, m_config.rho, m_config.epsilon, m_lr_scale.data()});
             break;
     }
 }

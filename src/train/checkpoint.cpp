@@ -107,7 +107,8 @@ json metrics_to_json(const EpochMetrics& m) {
             {"eval_seconds", num(m.eval_seconds)},
             {"samples_per_second", num(m.samples_per_second)},
             {"steps", m.steps},
-            {"first_step", m.first_step + 1}};
+            {"first_step", m.first_step + 1},
+            {"lr", num(m.lr)}};
 }
 
 std::map<std::string, std::string> metadata_strings(const CheckpointMeta& meta) {
@@ -133,6 +134,8 @@ std::map<std::string, std::string> metadata_strings(const CheckpointMeta& meta) 
             {"device", json(meta.device).dump()},
             {"metrics", history.dump()}};
     if (meta.validation_split > 0) strings["validation_split"] = json(meta.validation_split).dump();
+    if (meta.schedule.kind != ScheduleKind::Constant) strings["lr_schedule"] = schedule_to_json(meta.schedule).dump();
+    if (meta.early_stopping > 0) strings["early_stopping"] = json(meta.early_stopping).dump();
     return strings;
 }
 
@@ -448,6 +451,15 @@ private:
                 fail("__metadata__ 'validation_split' is {}, expected a fraction in (0, 1)", v.dump());
             m_meta.validation_split = v.get<double>();
         }
+        if (meta.contains("lr_schedule")) {
+            try {
+                m_meta.schedule = schedule_from_json(meta_json(meta, "lr_schedule"));
+            } catch (const Error& e) {
+                fail("__metadata__ 'lr_schedule': {}", e.what());
+            }
+        }
+        if (meta.contains("early_stopping"))
+            m_meta.early_stopping = meta_number<int>(meta, "early_stopping", 1, 1u << 30);
         for (const char* key : {"dataset", "device"}) {
             const json v = meta_json(meta, key);
             if (!v.is_string()) fail("__metadata__ '{}' is {}, expected a JSON string", key, v.dump());
@@ -471,6 +483,7 @@ private:
                 e.seconds = number_or_nan(h, "seconds");
                 e.eval_seconds = number_or_nan(h, "eval_seconds");
                 e.samples_per_second = number_or_nan(h, "samples_per_second");
+                e.lr = number_or_nan(h, "lr");
                 // Written since the metrics say which steps they cover; absent: the whole epoch.
                 const double steps = number_or_nan(h, "steps"), first = number_or_nan(h, "first_step");
                 if (!std::isnan(steps)) {

@@ -269,6 +269,11 @@ void Trainer::train_steps(int n) {
     }
 }
 
+void Trainer::set_lr_scale(float scale) {
+    synchronize();
+    m_optimizer.set_lr_scale(scale);
+}
+
 void Trainer::synchronize() {
     if (m_config.device == Device::Cuda) cuda::synchronize();
 }

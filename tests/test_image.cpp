@@ -921,6 +921,34 @@ TEST(CommandLine, UsageErrorsExitTwoWithOneLine) {
         << all(momentum);
 }
 
+// --early-stopping: a model fitting random labels sees its validation loss rise within a few
+// epochs; the run stops there, says why, and counts only the epochs it ran.
+TEST(TrainCommand, EarlyStoppingEndsTheRunWhenTheValidationLossStopsImproving) {
+    const std::string data = temp().file("early-stop");
+    fs::create_directories(data + "/mnist");
+    std::vector<uint8_t> labels = cumnist_test::uniform_bytes(200, 0, 9, 41);  // noise: nothing to learn
+    write_idx(data + "/mnist/train-images-idx3-ubyte", {200, 28, 28}, cumnist_test::uniform_bytes(200 * 784, 0, 255, 42));
+    write_idx(data + "/mnist/train-labels-idx1-ubyte", {200}, labels);
+    write_idx(data + "/mnist/t10k-images-idx3-ubyte", {20, 28, 28}, cumnist_test::uniform_bytes(20 * 784, 0, 255, 43));
+    write_idx(data + "/mnist/t10k-labels-idx1-ubyte", {20}, std::vector<uint8_t>(labels.begin(), labels.begin() + 20));
+    const auto all = [](const CliRun& r) { return fmt::format("{}", fmt::join(r.lines, "\n")); };
+    const CliRun r = run_cumnist(fmt::format("train --data '{}' --device cpu --threads 1 --hidden 128 --dropout 0 --lr 0.01 "
+                                             "--epochs 30 --validation-split 0.2 --early-stopping 2",
+                                             data));
+    ASSERT_EQ(r.status, 0) << all(r);
+    int epochs = 0, stopped_after = 0;
+    for (const std::string& line : r.lines) {
+        if (line.rfind("Epoch ", 0) == 0) ++epochs;
+        if (line.rfind("Early stopping after epoch ", 0) == 0) stopped_after = std::atoi(line.c_str() + 27);
+    }
+    ASSERT_GT(stopped_after, 2) << all(r);
+    EXPECT_LT(stopped_after, 30) << all(r);
+    EXPECT_EQ(epochs, stopped_after) << "no epoch runs after the stop";
+    EXPECT_NE(all(r).find(fmt::format("Done: {} epochs in", stopped_after)), std::string::npos) << all(r);
+    EXPECT_NE(all(r).find("the validation loss has not improved for 2 epochs"), std::string::npos) << all(r);
+    EXPECT_NE(all(r).find("Test (evaluated once, after the last epoch)"), std::string::npos) << all(r);
+}
+
 // --model: a layer string trains, is saved as its layer list, evaluates and predicts; a bad one
 // and MLP flags beside another model fail before any data is read, with one line.
 TEST(TrainCommand, ModelFlag) {

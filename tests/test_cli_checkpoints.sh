@@ -13,13 +13,13 @@ cumnist="$1"
 work="$2"
 
 source "$(dirname "${BASH_SOURCE[0]}")/require_mnist.sh"  # sets $data
+source "$(dirname "${BASH_SOURCE[0]}")/expect_error.sh"  # fail, expect_error
 
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
 base=("$cumnist" train --device cpu --data "$data")
 train=("${base[@]}" --hidden 32)
-fail() { echo "FAILED: $*"; exit 1; }
 
 # The tensor bytes of a checkpoint: everything after the 8-byte length and the JSON header (the
 # header itself differs between runs: it records timings). Returns non-zero, with the reason on
@@ -93,16 +93,6 @@ grep -q " - lr: 0.00025" ssplit2.log || fail "the resumed run lost its schedule:
 same_tensors sstraight/last.safetensors ssplit/last.safetensors "3 epochs of a step schedule against 1 + 2 resumed"
 echo "exact resume with a step schedule: tensors bit-identical ($tensor_bytes bytes)"
 
-# expect_error MESSAGE COMMAND...: the command fails (exit 1) with MESSAGE on stderr.
-expect_error() {
-  local message="$1" rc=0
-  shift
-  "$@" > out.log 2> err.log || rc=$?
-  [ "$rc" -eq 1 ] || fail "'$*' exited $rc, expected 1 (stderr: $(cat err.log))"
-  grep -qF -- "$message" err.log || fail "'$*': expected '$message' in: $(cat err.log)"
-  [ "$(wc -l < err.log)" -eq 1 ] || fail "'$*': more than one line on stderr: $(cat err.log)"
-  echo "ok: $(cat err.log)"
-}
 expect_error "--hidden 64 contradicts the checkpoint, which has the model 784-32-10 relu, dropout 0.2" \
   "${base[@]}" --resume split/last.safetensors --hidden 64 --epochs 3
 expect_error "--model cnn contradicts the checkpoint, which has the model 784-32-10 relu, dropout 0.2" \

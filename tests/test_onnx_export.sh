@@ -17,6 +17,7 @@ cumnist="$1"
 work="$2"
 
 source "$(dirname "${BASH_SOURCE[0]}")/require_mnist.sh"  # sets $data
+source "$(dirname "${BASH_SOURCE[0]}")/expect_error.sh"  # fail, expect_error
 
 python=""
 for candidate in "${PYTHON:-}" python3 /usr/bin/python3; do
@@ -34,7 +35,6 @@ fi
 rm -rf "$work"
 mkdir -p "$work"
 cd "$work"
-fail() { echo "FAILED: $*"; exit 1; }
 
 # Without ONNX support the command says what to install, and the test has nothing to check.
 "$cumnist" export --help > /dev/null
@@ -128,15 +128,6 @@ every=conv4k3s2same,tanh,pool2,conv6k3,sigmoid,flatten,dropout0.1,dense32,relu,d
 check every every/last.safetensors "$every"
 
 # Refusals: one line, exit 1, nothing written.
-expect_error() {
-  local message="$1" rc=0
-  shift
-  "$@" > out.log 2> err.log || rc=$?
-  [ "$rc" -eq 1 ] || fail "'$*' exited $rc, expected 1 (stderr: $(cat err.log))"
-  grep -qF -- "$message" err.log || fail "'$*': expected '$message' in: $(cat err.log)"
-  [ "$(wc -l < err.log)" -eq 1 ] || fail "'$*': more than one line on stderr: $(cat err.log)"
-  echo "ok: $(cat err.log)"
-}
 cp mlp/last.safetensors keep.safetensors
 expect_error "is the file given as --model" "$cumnist" export --model keep.safetensors --onnx keep.safetensors
 cmp keep.safetensors mlp/last.safetensors || fail "export --onnx over its --model changed the checkpoint"

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """Plots the per-epoch metrics that `cumnist train --metrics-out FILE` writes (one JSON object per
-line: epoch, train_loss, train_accuracy, test_loss, test_accuracy, ...) as a PNG with two panels,
-loss and accuracy, each with the training and the test curve.
+line: epoch, train_loss, train_accuracy, test_loss, test_accuracy, ...; validation_loss and
+validation_accuracy instead for a run with --validation-split) as a PNG with two panels, loss and
+accuracy, each with the training and the test (or validation) curve.
 
     scripts/plot_metrics.py metrics.jsonl                 # writes metrics.png
     scripts/plot_metrics.py cpu.jsonl gpu.jsonl -o runs.png --title "CPU and GPU"
@@ -17,7 +18,7 @@ import math
 import os
 import sys
 
-FIELDS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy")
+FIELDS = ("epoch", "train_loss", "train_accuracy")
 
 
 def fail(message):
@@ -42,13 +43,17 @@ def read_metrics(path):
             fail(f"'{path}' line {number}: not JSON ({e.msg}); expected the file cumnist train --metrics-out writes")
         if not isinstance(record, dict):
             fail(f"'{path}' line {number}: a JSON {type(record).__name__}, expected an object")
-        missing = [k for k in FIELDS if k not in record]
+        # The evaluation set of the epoch: the validation split when the run had one, else the test set.
+        which = "validation" if "validation_accuracy" in record else "test"
+        fields = FIELDS + (f"{which}_loss", f"{which}_accuracy")
+        missing = [k for k in fields if k not in record]
         if missing:
             fail(f"'{path}' line {number}: missing {', '.join(missing)}")
-        for k in FIELDS:
+        for k in fields:
             v = record[k]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 fail(f"'{path}' line {number}: {k} is {v!r}, expected a finite number")
+        record["set"], record["eval_loss"], record["eval_accuracy"] = which, record[fields[3]], record[fields[4]]
         epochs[int(record["epoch"])] = record
     if not epochs:
         fail(f"'{path}' holds no epochs")
@@ -82,17 +87,18 @@ def main():
         prefix = f"{name} " if several else ""
         epochs = [r["epoch"] for r in rows]
         train_colour, test_colour = (colours[i % len(colours)],) * 2 if several else (colours[0], colours[1])
-        best = max(rows, key=lambda r: r["test_accuracy"])
+        best = max(rows, key=lambda r: r["eval_accuracy"])
+        which = rows[-1]["set"]
         for ax, key in ((ax_loss, "loss"), (ax_acc, "accuracy")):
             ax.plot(epochs, [r[f"train_{key}"] for r in rows], "--" if several else "-", marker="o", markersize=3,
                     color=train_colour, label=f"{prefix}train")
-            test_label = f"{prefix}test"
+            test_label = f"{prefix}{which}"
             if key == "accuracy":
-                test_label += f" (best {100 * best['test_accuracy']:.2f}%, epoch {best['epoch']})"
-            ax.plot(epochs, [r[f"test_{key}"] for r in rows], "-", marker="o", markersize=3, color=test_colour,
+                test_label += f" (best {100 * best['eval_accuracy']:.2f}%, epoch {best['epoch']})"
+            ax.plot(epochs, [r[f"eval_{key}"] for r in rows], "-", marker="o", markersize=3, color=test_colour,
                     label=test_label)
-        # The best test accuracy: a ring around its point.
-        ax_acc.plot([best["epoch"]], [best["test_accuracy"]], "o", markersize=9, markerfacecolor="none",
+        # The best test (or validation) accuracy: a ring around its point.
+        ax_acc.plot([best["epoch"]], [best["eval_accuracy"]], "o", markersize=9, markerfacecolor="none",
                     markeredgecolor=test_colour)
 
     for ax, title, ylabel in ((ax_loss, "Loss", "cross-entropy"), (ax_acc, "Accuracy", "fraction correct")):
@@ -111,7 +117,7 @@ def main():
         fail(f"cannot write '{out}': {e.strerror}")
     last = runs[0][1][-1]
     print(f"Wrote {out}: {sum(len(r) for _, r in runs)} epochs from {len(runs)} file(s); "
-          f"last test accuracy {last['test_accuracy']:.4f}")
+          f"last {last['set']} accuracy {last['eval_accuracy']:.4f}")
 
 
 if __name__ == "__main__":

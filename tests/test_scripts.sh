@@ -90,6 +90,15 @@ EOF
   [ "$size" = "550x210" ] || fail "plot/both.png is $size, expected 550x210 (11 x 4.2 inches at 50 dpi)"
   echo "ok: $(cat plot/out.log) ($size)"
 
+  # A run with --validation-split: its numbers are the validation set's, and say so.
+  printf '%s\n' '{"epoch": 1, "train_loss": 0.5, "train_accuracy": 0.8, "validation_loss": 0.4, "validation_accuracy": 0.85}' \
+    '{"epoch": 2, "train_loss": 0.3, "train_accuracy": 0.9, "validation_loss": 0.3, "validation_accuracy": 0.905}' > plot/val.jsonl
+  "$python" "$root/scripts/plot_metrics.py" plot/val.jsonl > plot/out.log 2> plot/err.log ||
+    fail "plot_metrics.py plot/val.jsonl exited $?: $(cat plot/err.log)"
+  grep -qxF "Wrote plot/val.png: 2 epochs from 1 file(s); last validation accuracy 0.9050" plot/out.log ||
+    fail "plot_metrics.py on validation metrics: unexpected output: $(cat plot/out.log)"
+  echo "ok: $(cat plot/out.log)"
+
   # Not the file cumnist writes: exit 1, one message, no picture.
   echo "epoch,loss" > plot/bad.jsonl
   local rc=0

@@ -109,7 +109,9 @@ touch a-file
 expect_error "--save: cannot create folder 'a-file/run': Not a directory" "${train[@]}" --epochs 1 --save a-file/run
 expect_error "--lr-schedule plateau watches the validation loss: give --validation-split F too" "${train[@]}" --lr-schedule plateau
 expect_error "--early-stopping watches the validation loss" "${train[@]}" --early-stopping 3
-expect_error "--resume 'sstraight/last.safetensors': --lr-schedule cosine (down to x0) contradicts the checkpoint, which has the learning-rate schedule step (x0.5 every epoch)" \
+expect_error "--lr-gamma applies to --lr-schedule step or plateau only; the schedule is constant" "${train[@]}" --lr-gamma 0.5
+expect_error "--lr-warmup-epochs 3 leaves no epoch of the 3 for the cosine" "${train[@]}" --epochs 3 --lr-schedule cosine --lr-warmup-epochs 3
+expect_error "--resume 'sstraight/last.safetensors': --lr-schedule cosine (falling towards x0) contradicts the checkpoint, which has the learning-rate schedule step (x0.5 every epoch)" \
   "${base[@]}" --resume sstraight/last.safetensors --epochs 4 --lr-schedule cosine
 # eval --misclassified writes a PNG grid of the test images the model gets wrong.
 "$cumnist" eval --device cpu --data "$data" --model straight/best.safetensors --misclassified wrong.png > eval.log

@@ -666,8 +666,14 @@ TEST_F(LoadDataset, FolderHoldingTheFilesIsAccepted) {
     EXPECT_EQ(ds.n, 5);
     EXPECT_EQ(ds.images, m_images);
     EXPECT_EQ(ds.labels, m_labels);
-    // The same folder asked for another data set is used as it is: its files are what the user named.
-    EXPECT_EQ(cumnist::dataset_folder(folder, "fashion"), folder);
+    // A folder named after one data set is not taken for the other (it would mislabel the model);
+    // a folder of another name is what the user says it is.
+    EXPECT_CUMNIST_ERROR(cumnist::dataset_folder(folder, "fashion"), "holds the mnist data set, not fashion",
+                         "pass --dataset mnist");
+    EXPECT_CUMNIST_ERROR(cumnist::dataset_folder(folder + "/", "fashion"), "holds the mnist data set");
+    fs::rename(folder, m_dir.file("digits"));
+    EXPECT_EQ(cumnist::dataset_folder(m_dir.file("digits"), "fashion"), m_dir.file("digits"));
+    fs::rename(m_dir.file("digits"), folder);
     // The inputs the commands guard against overwriting are the files found there.
     const std::vector<cumnist::NamedPath> inputs = cumnist::dataset_inputs(folder, "mnist");
     ASSERT_EQ(inputs.size(), 2u);

@@ -42,9 +42,9 @@ TEST(LrSchedule, CosineWithWarmUp) {
     s.kind = ScheduleKind::Cosine;
     s.warmup_epochs = 2;
     s.min_factor = 0.1;
-    // 2 warm-up epochs (1/2, 1), then 4 epochs at progress 0, 1/4, 2/4, 3/4.
+    // 2 warm-up epochs (1/3, 2/3), then 4 epochs at progress 0, 1/4, 2/4, 3/4.
     const double pi = std::acos(-1.0);
-    const double want[] = {0.5, 1.0, 1.0, 0.1 + 0.9 * (1 + std::cos(pi / 4)) / 2, 0.1 + 0.9 * 0.5,
+    const double want[] = {1.0 / 3, 2.0 / 3, 1.0, 0.1 + 0.9 * (1 + std::cos(pi / 4)) / 2, 0.1 + 0.9 * 0.5,
                            0.1 + 0.9 * (1 + std::cos(3 * pi / 4)) / 2};
     for (int e = 1; e <= 6; ++e) EXPECT_NEAR(s.factor(e, 6, {}), want[e - 1], 1e-15) << "epoch " << e;
     // Without warm-up the first epoch has the full rate and no epoch reaches min (or 0).

@@ -37,7 +37,8 @@ enum class Split { Train, Test };
 
 // The folder that holds `dataset`'s four IDX files (under their original names, raw or with
 // ".gz"): data_dir/<dataset> (the layout scripts/fetch_data.sh writes), or data_dir itself when it
-// holds them (`--data ~/.cache/cumnist/mnist`). Anything else is an error that says what
+// holds them (`--data ~/.cache/cumnist/mnist`; a folder named after the other data set, "mnist" or
+// "fashion", is refused as holding that one). Anything else is an error that says what
 // data_dir is (missing, a file, a folder without the files) and how to fetch the data.
 std::string dataset_folder(const std::string& data_dir, const std::string& dataset);
 

@@ -38,7 +38,8 @@ public:
     std::vector<Buffer<float>>& state() { return m_state; }
     std::vector<std::string> state_names() const;
 
-    // The learning-rate schedule's factor: every step uses lr · scale, read from device memory so
+    // The learning-rate schedule's factor (≥ 0; a decayed rate may underflow to 0, which stops the
+    // updates): every step uses lr · scale, read from device memory so
     // that a captured step follows it (1 until set; exactly lr then). The caller makes sure no
     // step that reads it is still running (Trainer::set_lr_scale synchronizes).
     void set_lr_scale(float scale);

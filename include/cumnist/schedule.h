@@ -2,7 +2,7 @@
 // lr · factor(e), the factor held in device memory for the steps to read (Optimizer::set_lr_scale):
 //   constant  1
 //   step      gamma ^ floor((e − 1) / step_epochs)
-//   cosine    e / warmup for e ≤ warmup (linear warm-up), then
+//   cosine    e / (warmup + 1) for e ≤ warmup (a linear warm-up towards the full rate), then
 //             min + (1 − min) · (1 + cos(π · (e − warmup − 1) / (E − warmup))) / 2,
 //             1 at the first epoch after the warm-up, falling towards `min`, which the epoch after
 //             the last would reach (PyTorch's CosineAnnealingLR with T_max = E − warmup)
@@ -27,7 +27,7 @@ struct LrSchedule {
     int step_epochs = 10;     // step: epochs between decays
     double gamma = 0.1;       // step, plateau: the factor each decay multiplies by
     int warmup_epochs = 0;    // cosine: linear warm-up epochs
-    double min_factor = 0.0;  // cosine: the last epoch's factor
+    double min_factor = 0.0;  // cosine: the factor the curve falls towards (reached after the last epoch)
     int patience = 2;         // plateau: epochs without improvement before a decay
     double min_delta = 1e-4;  // plateau: the improvement that counts
 

@@ -167,6 +167,10 @@ void apply_checkpoint_settings(TrainOptions& o, OptimizerConfig& opt, const Chec
     o.schedule = meta.schedule;
     o.early_stopping = meta.early_stopping;
     if (!meta.dataset.empty()) o.dataset = meta.dataset;
+    // A cosine schedule is laid out over the run's epochs: another total would change its rates.
+    if (meta.schedule.kind == ScheduleKind::Cosine && given("--epochs") && o.train.epochs != meta.epochs)
+        conflict("--epochs", std::to_string(o.train.epochs),
+                 fmt::format("a cosine learning-rate schedule over {} epochs", meta.epochs));
     if (!given("--epochs")) o.train.epochs = meta.epochs;
     if (o.train.epochs <= meta.epoch)
         throw Error(fmt::format("--resume '{}': the checkpoint has finished epoch {} of {}; pass --epochs N with N > {} "
@@ -193,6 +197,23 @@ int run_train(TrainOptions& o) {
     opt.validate();
     o.schedule.kind = parse_schedule_kind(o.schedule_name);
     o.schedule.validate();
+    {
+        // A schedule setting the chosen schedule has no use for is a mistake, as --momentum with adam.
+        using K = ScheduleKind;
+        const std::pair<const char*, std::vector<K>> settings[] = {{"--lr-step-epochs", {K::Step}},
+                                                                   {"--lr-gamma", {K::Step, K::Plateau}},
+                                                                   {"--lr-warmup-epochs", {K::Cosine}},
+                                                                   {"--lr-min-factor", {K::Cosine}},
+                                                                   {"--lr-patience", {K::Plateau}},
+                                                                   {"--lr-min-delta", {K::Plateau}}};
+        for (const auto& [flag, kinds] : settings)
+            if (o.app->count(flag) > 0 && std::find(kinds.begin(), kinds.end(), o.schedule.kind) == kinds.end()) {
+                std::vector<std::string> names;
+                for (K k : kinds) names.emplace_back(to_string(k));
+                throw Error(fmt::format("{} applies to --lr-schedule {} only; the schedule is {}", flag,
+                                        fmt::join(names, " or "), to_string(o.schedule.kind)));
+            }
+    }
     if (o.early_stopping < 0) throw Error(fmt::format("--early-stopping must be 0 (off) or more, got {}", o.early_stopping));
     o.train.use_graph = !o.no_graph;
     o.train.tf32 = o.tf32;
@@ -232,6 +253,9 @@ int run_train(TrainOptions& o) {
         fmt::print(stderr, "{}: GPU only, no effect on the CPU.\n",
                    o.tf32 && o.no_graph ? "--tf32 and --no-graph" : o.tf32 ? "--tf32" : "--no-graph");
 
+    if (o.schedule.kind == ScheduleKind::Cosine && o.schedule.warmup_epochs >= o.train.epochs)
+        throw Error(fmt::format("--lr-warmup-epochs {} leaves no epoch of the {} for the cosine", o.schedule.warmup_epochs,
+                                o.train.epochs));
     // What watches the validation loss needs one: choosing on the test set is what a split avoids.
     if (o.validation_split == 0.0 && (o.schedule.kind == ScheduleKind::Plateau || o.early_stopping > 0))
         throw Error(fmt::format("{} watches the validation loss: give --validation-split F too (e.g. 0.1)",
@@ -447,15 +471,15 @@ void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
         ->capture_default_str();
     train->add_option("--lr-schedule", o->schedule_name,
                       "Learning-rate schedule, per epoch: constant, step (x gamma every --lr-step-epochs), cosine "
-                      "(optional linear warm-up, down to --lr-min-factor) or plateau (x gamma after --lr-patience epochs "
+                      "(optional linear warm-up, then falling towards --lr-min-factor) or plateau (x gamma after --lr-patience epochs "
                       "without a better validation loss; needs --validation-split)")
         ->capture_default_str();
     train->add_option("--lr-step-epochs", o->schedule.step_epochs, "step: epochs between decays")->capture_default_str();
     train->add_option("--lr-gamma", o->schedule.gamma, "step, plateau: the factor of each decay, in (0, 1)")
         ->capture_default_str();
-    train->add_option("--lr-warmup-epochs", o->schedule.warmup_epochs, "cosine: epochs of linear warm-up")
+    train->add_option("--lr-warmup-epochs", o->schedule.warmup_epochs, "cosine: epochs of linear warm-up (epoch e of w at e/(w+1) of the rate)")
         ->capture_default_str();
-    train->add_option("--lr-min-factor", o->schedule.min_factor, "cosine: the last epoch's rate as a fraction of --lr")
+    train->add_option("--lr-min-factor", o->schedule.min_factor, "cosine: the fraction of --lr the curve falls towards (reached after the last epoch)")
         ->capture_default_str();
     train->add_option("--lr-patience", o->schedule.patience, "plateau: epochs without improvement before a decay")
         ->capture_default_str();
@@ -463,7 +487,7 @@ void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
         ->capture_default_str();
     train->add_option("--early-stopping", o->early_stopping,
                       "Stop once the validation loss has not improved for this many epochs (0: never; needs "
-                      "--validation-split); best.safetensors keeps the best model")
+                      "--validation-split); best.safetensors keeps the model of the best validation accuracy")
         ->capture_default_str();
     train->add_option("--metrics-out", o->metrics_out, "Write the per-epoch metrics to this file, one JSON object per line");
     train->add_option("--save", o->save_dir,

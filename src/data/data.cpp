@@ -218,7 +218,19 @@ std::string dataset_folder(const std::string& data_dir, const std::string& datas
         throw Error(fmt::format("unknown dataset '{}' (expected mnist or fashion)", dataset));
     const std::string nested = data_dir + "/" + dataset;
     if (is_folder(nested) && holds_dataset(nested)) return nested;
-    if (is_folder(data_dir) && holds_dataset(data_dir)) return data_dir;
+    if (is_folder(data_dir) && holds_dataset(data_dir)) {
+        // A folder named after the other data set holds that one's files: training or evaluating on
+        // them under this data set's name would mislabel the model and its classes.
+        std::string name = data_dir;
+        while (name.size() > 1 && name.back() == '/') name.pop_back();
+        name = name.substr(name.find_last_of('/') == std::string::npos ? 0 : name.find_last_of('/') + 1);
+        for (const char* other : {"mnist", "fashion"})
+            if (name == other && name != dataset)
+                throw Error(fmt::format("--data '{}' holds the {} data set, not {}; pass --dataset {} (or --data at the "
+                                        "{} files)",
+                                        data_dir, other, dataset, other, dataset));
+        return data_dir;
+    }
     const std::string fetch = fetch_hint(dataset);
     struct stat st {};
     if (::stat(data_dir.c_str(), &st) != 0)

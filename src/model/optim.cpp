@@ -62,8 +62,8 @@ std::vector<std::string> Optimizer::state_names() const {
 }
 
 void Optimizer::set_lr_scale(float scale) {
-    if (!(std::isfinite(scale) && scale > 0.0f))
-        throw Error(fmt::format("learning-rate factor must be a positive number, got {}", scale));
+    if (!(std::isfinite(scale) && scale >= 0.0f))
+        throw Error(fmt::format("learning-rate factor must be a number of 0 or more, got {}", scale));
     m_lr_scale_host = scale;
     m_lr_scale.copy_from_host(&m_lr_scale_host, 1);
 }

@@ -27,7 +27,10 @@ using nlohmann::json;
 
 constexpr const char* kFormat = "cumnist";
 // 1: the MLP's inputs/hidden/classes/activation/dropout; 2: the layer list (model_to_json).
-constexpr int kFormatVersion = 2;
+// Version 3 adds the training settings an older reader would silently drop (validation_split,
+// lr_schedule, early_stopping); a checkpoint without them is written as version 2, which every
+// reader since the layered models reads.
+constexpr int kFormatVersion = 3;
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // 100 MB: safetensors' own limit
 constexpr std::size_t kMaxLayers = 64;
 constexpr int kMaxInputs = 1 << 24;
@@ -98,7 +101,7 @@ double number_or_nan(const json& j, const char* key) {
 
 json metrics_to_json(const EpochMetrics& m) {
     auto num = [](double v) { return std::isfinite(v) ? json(v) : json(nullptr); };
-    return {{"epoch", m.epoch},
+    json j = {{"epoch", m.epoch},
             {"train_loss", num(m.train_loss)},
             {"train_accuracy", num(m.train_accuracy)},
             {m.on_validation ? "validation_loss" : "test_loss", num(m.test_loss)},
@@ -106,9 +109,9 @@ json metrics_to_json(const EpochMetrics& m) {
             {"seconds", num(m.seconds)},
             {"eval_seconds", num(m.eval_seconds)},
             {"samples_per_second", num(m.samples_per_second)},
-            {"steps", m.steps},
-            {"first_step", m.first_step + 1},
             {"lr", num(m.lr)}};
+    if (m.steps > 0) j["steps"] = m.steps, j["first_step"] = m.first_step + 1;  // unknown in older checkpoints
+    return j;
 }
 
 std::map<std::string, std::string> metadata_strings(const CheckpointMeta& meta) {
@@ -121,7 +124,11 @@ std::map<std::string, std::string> metadata_strings(const CheckpointMeta& meta) 
                             {"rho", readable(o.rho)}};
     // safetensors metadata maps strings to strings: every value but "format" is JSON text.
     std::map<std::string, std::string> strings = {{"format", kFormat},
-            {"format_version", json(kFormatVersion).dump()},
+            {"format_version", json(meta.validation_split > 0 || meta.schedule.kind != ScheduleKind::Constant ||
+                                            meta.early_stopping > 0
+                                        ? kFormatVersion
+                                        : 2)
+                                   .dump()},
             {"model", model.dump()},
             {"optimizer", optimizer.dump()},
             {"epoch", json(meta.epoch).dump()},

@@ -60,7 +60,7 @@ std::string LrSchedule::describe() const {
             return step_epochs == 1 ? fmt::format("step (x{} every epoch)", gamma)
                                     : fmt::format("step (x{} every {} epochs)", gamma, step_epochs);
         case ScheduleKind::Cosine:
-            return fmt::format("cosine ({}down to x{})",
+            return fmt::format("cosine ({}falling towards x{})",
                                warmup_epochs > 0 ? fmt::format("linear warm-up over {} epoch{}, ", warmup_epochs,
                                                                warmup_epochs == 1 ? "" : "s")
                                                  : "",
@@ -77,7 +77,7 @@ double LrSchedule::factor(int epoch, int epochs, const std::vector<double>& loss
         case ScheduleKind::Constant: return 1.0;
         case ScheduleKind::Step: return std::pow(gamma, (epoch - 1) / step_epochs);
         case ScheduleKind::Cosine: {
-            if (epoch <= warmup_epochs) return static_cast<double>(epoch) / warmup_epochs;
+            if (epoch <= warmup_epochs) return static_cast<double>(epoch) / (warmup_epochs + 1);
             const int span = epochs - warmup_epochs;  // the epochs after the warm-up
             const double progress = std::min(1.0, static_cast<double>(epoch - warmup_epochs - 1) / span);
             return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + std::cos(kPi * progress));

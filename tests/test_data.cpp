@@ -973,7 +973,9 @@ TEST(ValidationSplit, DisjointCoveringInOrderAndCarryingTheirImages) {
     ASSERT_EQ(static_cast<int>(train_indices.size()), s.train.n);
     for (int k = 0; k < s.validation.n; ++k) {
         const int32_t i = s.validation_indices[k];
-        if (k > 0) EXPECT_LT(s.validation_indices[k - 1], i);
+        if (k > 0) {
+            EXPECT_LT(s.validation_indices[k - 1], i);
+        }
         EXPECT_EQ(s.validation.labels[k], ds.labels[i]);
         EXPECT_EQ(s.validation.images[4 * k], static_cast<uint8_t>(i % 256));
         ++seen[i];

@@ -142,6 +142,6 @@ TEST_P(LrScaleOps, ScaledStepEqualsTheStepAtTheScaledRate) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Devices, LrScaleOps, ::testing::Values(Device::Cpu, Device::Cuda),
-                         [](const auto& info) { return info.param == Device::Cpu ? "Cpu" : "Cuda"; });
+                         [](const auto& param_info) { return param_info.param == Device::Cpu ? "Cpu" : "Cuda"; });
 
 }  // namespace

@@ -877,7 +877,7 @@ TEST(CommandLine, UsageErrorsExitTwoWithOneLine) {
     EXPECT_NE(all(bare).find("Usage: cumnist [OPTIONS] SUBCOMMAND"), std::string::npos) << all(bare);
     const std::vector<std::pair<std::string, std::string>> cases = {
         {"frobnicate", "cumnist: error: unknown command 'frobnicate' (the commands: train, selftest, eval, bench, "
-                       "predict, show, export; see cumnist --help)"},
+                       "predict, show, export, sweep; see cumnist --help)"},
         {"train --bogus", "cumnist: error: The following argument was not expected: --bogus (see cumnist train --help)"},
         {"train --epochs", "cumnist: error: --epochs: 1 required INT missing (see cumnist train --help)"},
         {"train --epochs 1 --epochs 2", "cumnist: error: --epochs is given 2 times; give it once (see cumnist train --help)"},
@@ -947,6 +947,58 @@ TEST(TrainCommand, EarlyStoppingEndsTheRunWhenTheValidationLossStopsImproving) {
     EXPECT_NE(all(r).find(fmt::format("Done: {} epochs in", stopped_after)), std::string::npos) << all(r);
     EXPECT_NE(all(r).find("the validation loss has not improved for 2 epochs"), std::string::npos) << all(r);
     EXPECT_NE(all(r).find("Test (evaluated once, after the last epoch)"), std::string::npos) << all(r);
+}
+
+// cumnist sweep: every trial of a grid runs as its own train process; a failing one is recorded and
+// the sweep goes on; the results file gets a line per trial; the same command again runs nothing.
+TEST(SweepCommand, RunsRecordsRanksAndResumes) {
+    const std::string data = temp().file("sweep-data");
+    fs::create_directories(data + "/mnist");
+    std::vector<uint8_t> labels(120);
+    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<uint8_t>(i % 10);
+    write_idx(data + "/mnist/train-images-idx3-ubyte", {120, 28, 28}, cumnist_test::uniform_bytes(120 * 784, 0, 255, 51));
+    write_idx(data + "/mnist/train-labels-idx1-ubyte", {120}, labels);
+    write_idx(data + "/mnist/t10k-images-idx3-ubyte", {30, 28, 28}, cumnist_test::uniform_bytes(30 * 784, 0, 255, 52));
+    write_idx(data + "/mnist/t10k-labels-idx1-ubyte", {30}, std::vector<uint8_t>(labels.begin(), labels.begin() + 30));
+    const std::string space = temp().file("sweep-space.json"), out = temp().file("sweep-out");
+    {
+        std::ofstream f(space);
+        f << R"({"lr": [0.01, -1], "hidden": ["16"]})";
+    }
+    const auto all = [](const CliRun& r) { return fmt::format("{}", fmt::join(r.lines, "\n")); };
+    const std::string args =
+        fmt::format("sweep --space '{}' --out '{}' --data '{}' --epochs 2 --device cpu --threads 1", space, out, data);
+    const CliRun r = run_cumnist(args);
+    ASSERT_EQ(r.status, 0) << all(r);
+    EXPECT_NE(all(r).find("Trial 2/2: --hidden 16 --lr -1"), std::string::npos) << all(r);
+    EXPECT_NE(all(r).find("failed (exit 1): cumnist: error: learning rate must be a positive number, got -1"),
+              std::string::npos)
+        << all(r);
+    EXPECT_NE(all(r).find("Best: trial 1, validation accuracy"), std::string::npos) << all(r);
+    EXPECT_NE(all(r).find("--epochs 2 --validation-split 0.1 --hidden 16 --lr 0.01"), std::string::npos) << all(r);
+    EXPECT_NE(all(r).find("Its test set result (evaluated once, after the selection): Test loss"), std::string::npos)
+        << all(r);
+    std::ifstream results(out + "/trials.jsonl");
+    std::vector<nlohmann::json> lines;
+    for (std::string line; std::getline(results, line);) lines.push_back(nlohmann::json::parse(line));
+    ASSERT_EQ(lines.size(), 2u);
+    EXPECT_EQ(lines[0].at("status"), "done");
+    EXPECT_EQ(lines[0].at("epochs").size(), 2u) << "the trial's per-epoch metrics";
+    EXPECT_EQ(lines[1].at("status"), "failed");
+    EXPECT_TRUE(fs::exists(out + "/trial-0000/best.safetensors"));
+    // Again: nothing runs, the same ranking.
+    const CliRun again = run_cumnist(args);
+    ASSERT_EQ(again.status, 0) << all(again);
+    EXPECT_NE(all(again).find("resuming  2 of them already in"), std::string::npos) << all(again);
+    EXPECT_EQ(all(again).find("Trial 1/2"), std::string::npos) << all(again);
+    // Another space in the same folder is refused.
+    {
+        std::ofstream f(space);
+        f << R"({"lr": [0.5, 0.25], "hidden": ["16"]})";
+    }
+    const CliRun other = run_cumnist(args);
+    EXPECT_EQ(other.status, 1);
+    EXPECT_NE(all(other).find("records trial 0 of another search"), std::string::npos) << all(other);
 }
 
 // --model: a layer string trains, is saved as its layer list, evaluates and predicts; a bad one

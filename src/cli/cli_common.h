@@ -27,6 +27,7 @@ void add_bench_command(CLI::App& parent, std::vector<Command>& commands);
 void add_predict_command(CLI::App& parent, std::vector<Command>& commands);
 void add_show_command(CLI::App& parent, std::vector<Command>& commands);
 void add_export_command(CLI::App& parent, std::vector<Command>& commands);
+void add_sweep_command(CLI::App& parent, std::vector<Command>& commands);
 
 std::vector<int> parse_hidden(const std::string& text);  // "512,256" | "none"
 Activation parse_activation(const std::string& name);     // "relu" | "sigmoid" | "tanh"

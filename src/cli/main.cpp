@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
     cli::add_predict_command(app, commands);
     cli::add_show_command(app, commands);
     cli::add_export_command(app, commands);
+    cli::add_sweep_command(app, commands);
 
     // Usage errors: one "cumnist: error: ..." line and exit status 2, as every other error but with
     // the status that tells a usage error apart; --help and --version print and exit 0; no

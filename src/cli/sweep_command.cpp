@@ -1,0 +1,309 @@
+// `cumnist sweep`: a hyperparameter search (sweep.h) over `cumnist train`. Each trial runs as a
+// child `cumnist train` process on a validation split, so a trial that fails, diverges or crashes
+// is recorded and the sweep goes on; every finished trial is appended to <out>/trials.jsonl
+// (rewritten atomically), and the same command run again skips the trials already there. At the
+// end: the trials ranked by their best validation accuracy, the best one as a `cumnist train`
+// command line, and its test accuracy, evaluated once, after the selection.
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cli_common.h"
+#include "cumnist/data.h"
+#include "cumnist/error.h"
+#include "cumnist/sweep.h"
+
+extern char** environ;
+
+namespace cumnist::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct SweepOptions {
+    std::string space_path;
+    std::string out = "sweep";
+    std::string strategy = "grid";
+    std::string shard = "1/1";
+    std::string data_dir = default_data_dir();
+    std::string dataset = "mnist";
+    std::string device = "auto";
+    int trials = 20;
+    int epochs = 5;
+    int threads = 0;
+    double validation_split = 0.1;
+    uint64_t seed = 0;
+    bool list = false;
+    CLI::App* parent = nullptr;
+};
+
+// The flags `cumnist train` takes (without "--"), read from its command definition.
+std::vector<std::string> train_flags(CLI::App& parent) {
+    std::vector<std::string> flags;
+    for (const CLI::Option* opt : parent.get_subcommand("train")->get_options())
+        for (const std::string& name : opt->get_lnames()) flags.push_back(name);
+    return flags;
+}
+
+// This executable, for the child processes.
+std::string self_exe() {
+    std::error_code ec;
+    const fs::path p = fs::read_symlink("/proc/self/exe", ec);
+    if (ec) throw Error(fmt::format("sweep: cannot find this executable (/proc/self/exe): {}", ec.message()));
+    return p.string();
+}
+
+// Runs `args` with stdout and stderr into `log`; returns the exit status (128 + signal when killed).
+int run_child(const std::vector<std::string>& args, const std::string& log) {
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    pid_t pid = 0;
+    const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) throw Error(fmt::format("sweep: cannot start '{}': {}", args[0], std::strerror(rc)));
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) throw Error(fmt::format("sweep: waiting for a trial: {}", std::strerror(errno)));
+    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return WEXITSTATUS(status);
+}
+
+std::string last_line_of(const std::string& path) {
+    std::ifstream in(path);
+    std::string line, last;
+    while (std::getline(in, line))
+        if (!line.empty()) last = line;
+    return last;
+}
+
+// The per-epoch metrics a trial wrote (one JSON object per line).
+json read_epochs(const std::string& path) {
+    json epochs = json::array();
+    std::ifstream in(path);
+    std::string line;
+    while (std::getline(in, line))
+        if (!line.empty()) epochs.push_back(json::parse(line, nullptr, false));
+    return epochs;
+}
+
+std::string quoted_command(const std::vector<std::string>& args) {
+    std::string out;
+    for (const std::string& a : args) {
+        const bool quote = a.empty() || a.find_first_of(" \t'\"\\$`;&|<>*?()") != std::string::npos;
+        out += (out.empty() ? "" : " ") + (quote ? "'" + a + "'" : a);
+    }
+    return out;
+}
+
+int run_sweep(SweepOptions& o) {
+    const auto [shard, shards] = parse_shard(o.shard);
+    if (o.epochs < 1) throw Error(fmt::format("--epochs must be at least 1, got {}", o.epochs));
+    if (!(o.validation_split > 0.0 && o.validation_split < 1.0))
+        throw Error(fmt::format("--validation-split must be a fraction in (0, 1), got {}", o.validation_split));
+    json space_json;
+    {
+        std::ifstream in(o.space_path);
+        if (!in) throw Error(fmt::format("--space: cannot open '{}': {}", o.space_path, std::strerror(errno)));
+        std::stringstream text;
+        text << in.rdbuf();
+        space_json = json::parse(text.str(), nullptr, false);
+        if (space_json.is_discarded()) throw Error(fmt::format("--space '{}' is not valid JSON", o.space_path));
+    }
+    // What the sweep sets itself is not searched.
+    const std::vector<std::string> refused = {"save",  "resume", "metrics-out", "data", "dataset", "validation-split",
+                                              "help",  "device", "threads",     "epochs"};
+    const SweepSpace space = parse_sweep_space(space_json, train_flags(*o.parent), refused);
+    std::vector<Trial> all;
+    if (o.strategy == "grid") all = grid_trials(space);
+    else if (o.strategy == "random") all = random_trials(space, o.trials, o.seed);
+    else throw Error(fmt::format("--strategy: unknown strategy '{}' (expected grid or random)", o.strategy));
+    const std::vector<Trial> mine = shard_trials(all, shard, shards);
+
+    const std::vector<std::string> fixed = {"--data", o.data_dir, "--dataset", o.dataset, "--epochs",
+                                            std::to_string(o.epochs), "--validation-split",
+                                            fmt::format("{}", o.validation_split)};
+    auto train_args = [&](const Trial& t) {
+        std::vector<std::string> args = {"cumnist", "train"};
+        args.insert(args.end(), fixed.begin(), fixed.end());
+        for (const auto& [flag, value] : t.flags) args.insert(args.end(), {"--" + flag, value});
+        return args;
+    };
+    if (o.list) {
+        for (const Trial& t : mine) fmt::print("{}\n", quoted_command(train_args(t)));
+        return 0;
+    }
+
+    std::error_code ec;
+    fs::create_directories(o.out, ec);
+    if (ec) throw Error(fmt::format("--out: cannot create folder '{}': {}", o.out, ec.message()));
+    const std::string results_path = fmt::format("{}/trials{}.jsonl", o.out, shards > 1 ? fmt::format("-{}-of-{}", shard, shards) : "");
+    // Resume: the trials already recorded (with the same arguments) are not run again.
+    std::string results_text;
+    std::map<int, json> done;
+    {
+        std::ifstream in(results_path);
+        std::string line;
+        while (std::getline(in, line)) {
+            if (line.empty()) continue;
+            const json r = json::parse(line, nullptr, false);
+            if (r.is_discarded() || !r.contains("trial") || !r.contains("arguments"))
+                throw Error(fmt::format("'{}' holds a line that is not a trial record; use another --out", results_path));
+            const int k = r.at("trial").get<int>();
+            if (k < 0 || k >= static_cast<int>(all.size()) || r.at("arguments") != all[k].arguments())
+                throw Error(fmt::format("'{}' records trial {} of another search (other space, strategy or seed); use "
+                                        "another --out",
+                                        results_path, k));
+            done[k] = r;
+            results_text += line + "\n";
+        }
+    }
+    const std::string exe = self_exe();
+    fmt::print("cumnist sweep: {} search over {}, {} ({} in shard {}/{}), {} each, validated on {:g} % of the "
+               "training set\n",
+               o.strategy, o.space_path, count_of(static_cast<long long>(all.size()), "trial"), mine.size(), shard, shards,
+               count_of(o.epochs, "epoch"), 100 * o.validation_split);
+    if (!done.empty()) fmt::print("  resuming  {} of them already in {}\n", done.size(), results_path);
+    std::fflush(stdout);
+
+    for (const Trial& t : mine) {
+        if (done.count(t.index)) continue;
+        const std::string dir = fmt::format("{}/trial-{:04d}", o.out, t.index);
+        fs::create_directories(dir, ec);
+        if (ec) throw Error(fmt::format("sweep: cannot create '{}': {}", dir, ec.message()));
+        fs::remove(dir + "/metrics.jsonl", ec);
+        std::vector<std::string> args = train_args(t);
+        args[0] = exe;
+        args.insert(args.end(), {"--device", o.device, "--threads", std::to_string(o.threads), "--save", dir,
+                                 "--metrics-out", dir + "/metrics.jsonl"});
+        fmt::print("Trial {}/{}: {}\n", t.index + 1, all.size(), t.arguments());
+        std::fflush(stdout);
+        const auto t0 = std::chrono::steady_clock::now();
+        const int status = run_child(args, dir + "/train.log");
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (status == 128 + SIGINT || status == 128 + SIGTERM) {
+            fmt::print("Interrupted in trial {}; run the same command again to continue.\n", t.index + 1);
+            return status;
+        }
+        json r = {{"trial", t.index}, {"arguments", t.arguments()}, {"seconds", seconds}, {"device", o.device}};
+        json flags = json::object();
+        for (const auto& [flag, value] : t.flags) flags[flag] = value;
+        r["flags"] = flags;
+        const json epochs = read_epochs(dir + "/metrics.jsonl");
+        r["epochs"] = epochs;
+        double best = -1;
+        int best_epoch = 0;
+        for (const json& e : epochs)
+            if (e.is_object() && e.contains("validation_accuracy") && e["validation_accuracy"].is_number() &&
+                e["validation_accuracy"].get<double>() > best)
+                best = e["validation_accuracy"].get<double>(), best_epoch = e["epoch"].get<int>();
+        if (status == 0 && best >= 0) {
+            r["status"] = "done";
+            r["best_validation_accuracy"] = best;
+            r["best_epoch"] = best_epoch;
+            fmt::print("  best validation accuracy {:.4f} (epoch {}) in {}\n", best, best_epoch, format_duration(seconds));
+        } else {
+            r["status"] = "failed";
+            r["exit_status"] = status;
+            r["error"] = last_line_of(dir + "/train.log");
+            fmt::print("  failed (exit {}): {}\n", status, r["error"].get<std::string>());
+        }
+        results_text += r.dump() + "\n";
+        write_file_atomically(results_path, results_text, "sweep results");
+        done[t.index] = r;
+        std::fflush(stdout);
+    }
+
+    // The ranking, best first; failed trials last.
+    std::vector<const json*> ranked;
+    for (const auto& [k, r] : done) ranked.push_back(&r);
+    std::stable_sort(ranked.begin(), ranked.end(), [](const json* a, const json* b) {
+        const double x = a->value("best_validation_accuracy", -1.0), y = b->value("best_validation_accuracy", -1.0);
+        return x > y;
+    });
+    fmt::print("\nRank  Trial  Val. accuracy  Epoch  Arguments\n");
+    int rank = 0;
+    for (const json* r : ranked) {
+        ++rank;
+        if (r->at("status") == "done")
+            fmt::print("{:>4}  {:>5}  {:>13.4f}  {:>5}  {}\n", rank, r->at("trial").get<int>() + 1,
+                       r->at("best_validation_accuracy").get<double>(), r->at("best_epoch").get<int>(),
+                       r->at("arguments").get<std::string>());
+        else
+            fmt::print("{:>4}  {:>5}  {:>13}  {:>5}  {}  ({})\n", rank, r->at("trial").get<int>() + 1, "failed", "-",
+                       r->at("arguments").get<std::string>(), r->value("error", ""));
+    }
+    if (ranked.empty() || ranked.front()->at("status") != "done") {
+        fmt::print("No trial finished.\n");
+        return 1;
+    }
+    const json& best = *ranked.front();
+    const Trial& best_trial = all[best.at("trial").get<int>()];
+    std::vector<std::string> command = train_args(best_trial);
+    fmt::print("\nBest: trial {}, validation accuracy {:.4f} after epoch {}. To train it:\n  {}\n",
+               best.at("trial").get<int>() + 1, best.at("best_validation_accuracy").get<double>(),
+               best.at("best_epoch").get<int>(), quoted_command(command));
+    // The test set, once, after the selection: the best trial's best checkpoint.
+    const std::string model = fmt::format("{}/trial-{:04d}/best.safetensors", o.out, best_trial.index);
+    const std::string eval_log = fmt::format("{}/trial-{:04d}/eval.log", o.out, best_trial.index);
+    const int status = run_child({exe, "eval", "--model", model, "--data", o.data_dir, "--dataset", o.dataset, "--device",
+                                  o.device, "--threads", std::to_string(o.threads)},
+                                 eval_log);
+    std::ifstream in(eval_log);
+    std::string line, test_line;
+    while (std::getline(in, line))
+        if (line.rfind("Test loss", 0) == 0) test_line = line;
+    if (status != 0 || test_line.empty())
+        throw Error(fmt::format("sweep: evaluating '{}' on the test set failed: {}", model, last_line_of(eval_log)));
+    fmt::print("Its test set result (evaluated once, after the selection): {}\n", test_line);
+    return 0;
+}
+
+}  // namespace
+
+void add_sweep_command(CLI::App& parent, std::vector<Command>& commands) {
+    auto o = std::make_shared<SweepOptions>();
+    o->parent = &parent;
+    CLI::App* cmd = parent.add_subcommand(
+        "sweep", "Search hyperparameters: train every configuration of a search space on a validation split, rank "
+                 "them, and evaluate the best once on the test set");
+    cmd->add_option("--space", o->space_path,
+                    "Search space: a JSON object of train flags, each a list or a distribution, e.g. "
+                    "{\"lr\": {\"log_uniform\": [1e-4, 0.1]}, \"optimizer\": [\"adam\", \"sgd\"]}")
+        ->required();
+    cmd->add_option("--out", o->out, "Folder for the trials and trials.jsonl (a rerun continues there)")->capture_default_str();
+    cmd->add_option("--strategy", o->strategy, "grid (every combination) or random (--trials draws)")->capture_default_str();
+    cmd->add_option("--trials", o->trials, "random: how many trials")->capture_default_str();
+    cmd->add_option("--seed", o->seed, "random: the seed of the draws")->check(unsigned_64())->capture_default_str();
+    cmd->add_option("--shard", o->shard, "Run share I of N of the trials (I/N: trials k with k mod N = I - 1)")
+        ->capture_default_str();
+    cmd->add_option("--epochs", o->epochs, "Epochs per trial")->capture_default_str();
+    cmd->add_option("--validation-split", o->validation_split, "Fraction of the training set held out for the objective")
+        ->capture_default_str();
+    cmd->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files")->capture_default_str();
+    cmd->add_option("--dataset", o->dataset, "Data set: mnist or fashion")->capture_default_str();
+    cmd->add_option("--device", o->device, "auto, cpu or gpu, for every trial")->capture_default_str();
+    cmd->add_option("--threads", o->threads, "CPU threads per trial (0: all cores)")->capture_default_str();
+    cmd->add_flag("--list", o->list, "Print the shard's trials as cumnist train command lines and stop");
+    commands.push_back({cmd, [o] { return run_sweep(*o); }});
+}
+
+}  // namespace cumnist::cli

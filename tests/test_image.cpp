@@ -999,6 +999,30 @@ TEST(SweepCommand, RunsRecordsRanksAndResumes) {
     const CliRun other = run_cumnist(args);
     EXPECT_EQ(other.status, 1);
     EXPECT_NE(all(other).find("records trial 0 of another search"), std::string::npos) << all(other);
+
+    // Successive halving over three trials, eta 3: rungs of 1 and 3 epochs, one trial promoted and
+    // continued (train --resume) to 3 epochs; --report of the folder ranks it first.
+    {
+        std::ofstream f(space);
+        f << R"({"lr": [0.01, 0.001, 0.0001], "hidden": ["16"]})";
+    }
+    const std::string halving_out = temp().file("sweep-halving");
+    const CliRun h = run_cumnist(fmt::format("sweep --space '{}' --out '{}' --data '{}' --strategy halving --min-epochs 1 "
+                                             "--eta 3 --epochs 3 --device cpu --threads 1",
+                                             space, halving_out, data));
+    ASSERT_EQ(h.status, 0) << all(h);
+    EXPECT_NE(all(h).find("rungs of 1, 3 epochs"), std::string::npos) << all(h);
+    EXPECT_NE(all(h).find("Rung 2: continuing the best 1 trial to 3 epochs"), std::string::npos) << all(h);
+    std::ifstream hr(halving_out + "/trials.jsonl");
+    std::vector<nlohmann::json> records;
+    for (std::string line; std::getline(hr, line);) records.push_back(nlohmann::json::parse(line));
+    ASSERT_EQ(records.size(), 4u) << "three trials in rung 1, one in rung 2";
+    EXPECT_EQ(records[3].at("rung"), 1);
+    EXPECT_EQ(records[3].at("epochs").size(), 3u) << "the promoted trial continued to 3 epochs";
+    const CliRun report = run_cumnist(fmt::format("sweep --report '{}' --data '{}' --device cpu", halving_out, data));
+    ASSERT_EQ(report.status, 0) << all(report);
+    EXPECT_NE(all(report).find(fmt::format("Best: trial {},", records[3].at("trial").get<int>() + 1)), std::string::npos)
+        << all(report);
 }
 
 // --model: a layer string trains, is saved as its layer list, evaluates and predicts; a bad one

@@ -104,6 +104,26 @@ TEST(SweepSpace, RandomDrawsAreSeededAndInsideTheirRanges) {
     EXPECT_THROW((void)random_trials(space, 0, 7), Error);
 }
 
+TEST(SuccessiveHalving, RungsAndPromotions) {
+    EXPECT_EQ(halving_rungs(1, 9, 3), (std::vector<int>{1, 3, 9}));
+    EXPECT_EQ(halving_rungs(1, 10, 3), (std::vector<int>{1, 3, 9, 10}));
+    EXPECT_EQ(halving_rungs(2, 2, 3), (std::vector<int>{2}));
+    EXPECT_EQ(halving_rungs(1, 20, 4), (std::vector<int>{1, 4, 16, 20}));
+    EXPECT_THROW((void)halving_rungs(0, 9, 3), Error);
+    EXPECT_THROW((void)halving_rungs(10, 9, 3), Error);
+    EXPECT_THROW((void)halving_rungs(1, 9, 1), Error);
+    // A synthetic objective: trial k scores k % 5 / 10. Nine trials, eta 3: the three best go on.
+    std::vector<std::pair<int, double>> scores;
+    for (int k = 0; k < 9; ++k) scores.emplace_back(k, (k % 5) / 10.0);
+    EXPECT_EQ(promote(scores, 9, 3), (std::vector<int>{4, 3, 8})) << "0.4, 0.3 and the first 0.3 after it";
+    // Failed trials are not in `scores`; the rung's size still sets how many go on.
+    EXPECT_EQ(promote({{2, 0.5}, {7, 0.9}}, 9, 3), (std::vector<int>{7, 2}));
+    EXPECT_EQ(promote({{2, 0.5}, {7, 0.9}}, 2, 3), (std::vector<int>{7})) << "at least one";
+    EXPECT_TRUE(promote({}, 5, 3).empty());
+    // Ties keep the list's order.
+    EXPECT_EQ(promote({{5, 0.5}, {1, 0.5}, {3, 0.5}}, 3, 2), (std::vector<int>{5, 1}));
+}
+
 TEST(SweepSpace, ShardsAreDisjointAndCover) {
     const SweepSpace space = parse_sweep_space(json::parse(R"({"lr": [1, 2, 3, 4, 5, 6, 7]})"), kFlags);
     const std::vector<Trial> all = grid_trials(space);

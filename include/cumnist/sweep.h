@@ -59,6 +59,13 @@ SweepSpace parse_sweep_space(const nlohmann::json& j, const std::vector<std::str
 std::vector<Trial> grid_trials(const SweepSpace& space, std::size_t max_trials = 100000);
 std::vector<Trial> random_trials(const SweepSpace& space, int trials, uint64_t seed);
 
+// Successive halving. The rungs' epochs: min_epochs · eta^k below `epochs`, then `epochs` (throws
+// Error for min_epochs outside [1, epochs] or eta < 2). promote: of a rung of `rung_size` trials
+// whose finished ones scored `scores` (trial index, validation accuracy), the best
+// ceil(rung_size / eta) go on (at least one), best first; equal scores keep the list's order.
+std::vector<int> halving_rungs(int min_epochs, int epochs, int eta);
+std::vector<int> promote(std::vector<std::pair<int, double>> scores, std::size_t rung_size, int eta);
+
 // "I/N" → (I, N) with 1 ≤ I ≤ N; throws Error otherwise.
 std::pair<int, int> parse_shard(const std::string& text);
 // The trials of shard I of N.

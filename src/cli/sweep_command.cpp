@@ -44,10 +44,13 @@ struct SweepOptions {
     std::string device = "auto";
     int trials = 20;
     int epochs = 5;
+    int min_epochs = 1;  // halving: the first rung's epochs
+    int eta = 3;         // halving: the fraction 1/eta of a rung goes on to eta times the epochs
     int threads = 0;
     double validation_split = 0.1;
     uint64_t seed = 0;
     bool list = false;
+    std::vector<std::string> report;  // --report DIR...
     CLI::App* parent = nullptr;
 };
 
@@ -114,7 +117,91 @@ std::string quoted_command(const std::vector<std::string>& args) {
     return out;
 }
 
+// The ranking of `records` (one per trial and rung; each trial counts with its highest rung, a
+// trial that went further above one stopped earlier, failed trials last), the best trial as a
+// `cumnist train` command line, and its best checkpoint evaluated once on the test set.
+int report(const std::vector<json>& records, const SweepOptions& o, const std::string& exe) {
+    auto accuracy = [](const json& r) { return r.value("best_validation_accuracy", -1.0); };
+    std::map<std::pair<std::string, int>, const json*> last;  // (trial folder, trial): its highest rung
+    for (const json& r : records) {
+        const auto key = std::make_pair(r.value("dir", std::string()), r.at("trial").get<int>());
+        if (!last.count(key) || last[key]->value("rung", 0) <= r.value("rung", 0)) last[key] = &r;
+    }
+    std::vector<const json*> ranked;
+    for (const auto& [k, r] : last) ranked.push_back(r);
+    std::stable_sort(ranked.begin(), ranked.end(), [&](const json* a, const json* b) {
+        const bool da = a->at("status") == "done", db = b->at("status") == "done";
+        if (da != db) return da;
+        const int ra = a->value("rung", 0), rb = b->value("rung", 0);
+        return ra != rb ? ra > rb : accuracy(*a) > accuracy(*b);
+    });
+    fmt::print("\nRank  Trial  Val. accuracy  Epoch  Arguments\n");
+    int rank = 0;
+    for (const json* r : ranked) {
+        ++rank;
+        if (r->at("status") == "done")
+            fmt::print("{:>4}  {:>5}  {:>13.4f}  {:>5}  {}\n", rank, r->at("trial").get<int>() + 1,
+                       r->at("best_validation_accuracy").get<double>(), r->at("best_epoch").get<int>(),
+                       r->at("arguments").get<std::string>());
+        else
+            fmt::print("{:>4}  {:>5}  {:>13}  {:>5}  {}  ({})\n", rank, r->at("trial").get<int>() + 1, "failed", "-",
+                       r->at("arguments").get<std::string>(), r->value("error", ""));
+    }
+    if (ranked.empty() || ranked.front()->at("status") != "done") {
+        fmt::print("No trial finished.\n");
+        return 1;
+    }
+    const json& best = *ranked.front();
+    fmt::print("\nBest: trial {}, validation accuracy {:.4f} after epoch {}. To train it:\n  {}\n",
+               best.at("trial").get<int>() + 1, best.at("best_validation_accuracy").get<double>(),
+               best.at("best_epoch").get<int>(), best.value("command", std::string("cumnist train ") + best.at("arguments").get<std::string>()));
+    // The test set, once, after the selection: the best trial's best checkpoint.
+    const std::string dir = best.at("dir").get<std::string>();
+    const std::string model = dir + "/best.safetensors", eval_log = dir + "/eval.log";
+    const int status = run_child({exe, "eval", "--model", model, "--data", o.data_dir, "--dataset", o.dataset, "--device",
+                                  o.device, "--threads", std::to_string(o.threads)},
+                                 eval_log);
+    std::ifstream in(eval_log);
+    std::string line, test_line;
+    while (std::getline(in, line))
+        if (line.rfind("Test loss", 0) == 0) test_line = line;
+    if (status != 0 || test_line.empty())
+        throw Error(fmt::format("sweep: evaluating '{}' on the test set failed: {}", model, last_line_of(eval_log)));
+    fmt::print("Its test set result (evaluated once, after the selection): {}\n", test_line);
+    return 0;
+}
+
+// --report DIR...: the trials*.jsonl of the given sweep folders (the shards of one sweep) merged.
+int run_report(const SweepOptions& o) {
+    std::vector<json> records;
+    std::size_t files = 0;
+    for (const std::string& dir : o.report) {
+        std::error_code ec;
+        if (!fs::is_directory(dir, ec)) throw Error(fmt::format("--report: '{}' is not a sweep folder", dir));
+        for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+            const std::string name = e.path().filename().string();
+            if (name.rfind("trials", 0) != 0 || e.path().extension() != ".jsonl") continue;
+            ++files;
+            std::ifstream in(e.path());
+            std::string line;
+            while (std::getline(in, line)) {
+                if (line.empty()) continue;
+                json r = json::parse(line, nullptr, false);
+                if (r.is_discarded() || !r.contains("trial") || !r.contains("status") || !r.contains("dir"))
+                    throw Error(fmt::format("--report: '{}' holds a line that is not a trial record", e.path().string()));
+                records.push_back(std::move(r));
+            }
+        }
+    }
+    if (files == 0) throw Error(fmt::format("--report: no trials*.jsonl in {}", fmt::join(o.report, ", ")));
+    fmt::print("cumnist sweep --report: {} from {} file{}\n", count_of(static_cast<long long>(records.size()), "record"),
+               files, files == 1 ? "" : "s");
+    return report(records, o, self_exe());
+}
+
 int run_sweep(SweepOptions& o) {
+    if (!o.report.empty()) return run_report(o);
+    if (o.space_path.empty()) throw Error("--space is required (or --report DIR... to merge finished sweeps)");
     const auto [shard, shards] = parse_shard(o.shard);
     if (o.epochs < 1) throw Error(fmt::format("--epochs must be at least 1, got {}", o.epochs));
     if (!(o.validation_split > 0.0 && o.validation_split < 1.0))
@@ -133,9 +220,22 @@ int run_sweep(SweepOptions& o) {
                                               "help",  "device", "threads",     "epochs"};
     const SweepSpace space = parse_sweep_space(space_json, train_flags(*o.parent), refused);
     std::vector<Trial> all;
+    const bool halving = o.strategy == "halving";
     if (o.strategy == "grid") all = grid_trials(space);
     else if (o.strategy == "random") all = random_trials(space, o.trials, o.seed);
-    else throw Error(fmt::format("--strategy: unknown strategy '{}' (expected grid or random)", o.strategy));
+    else if (halving) all = space.has_distributions() ? random_trials(space, o.trials, o.seed) : grid_trials(space);
+    else throw Error(fmt::format("--strategy: unknown strategy '{}' (expected grid, random or halving)", o.strategy));
+    // Successive halving: rung k trains to min_epochs · eta^k epochs (the last rung to --epochs),
+    // the best 1/eta of each rung resumed (train --resume: the same run continued) into the next.
+    std::vector<int> rungs = {o.epochs};
+    if (halving) {
+        rungs = halving_rungs(o.min_epochs, o.epochs, o.eta);
+        for (const Trial& t : all)
+            for (const auto& [flag, value] : t.flags)
+                if (flag == "lr-schedule" && value == "cosine")
+                    throw Error("--strategy halving continues trials with more epochs, which a cosine schedule (laid out "
+                                "over its epochs) does not allow; use step or plateau, or --strategy random");
+    }
     const std::vector<Trial> mine = shard_trials(all, shard, shards);
 
     const std::vector<std::string> fixed = {"--data", o.data_dir, "--dataset", o.dataset, "--epochs",
@@ -158,7 +258,7 @@ int run_sweep(SweepOptions& o) {
     const std::string results_path = fmt::format("{}/trials{}.jsonl", o.out, shards > 1 ? fmt::format("-{}-of-{}", shard, shards) : "");
     // Resume: the trials already recorded (with the same arguments) are not run again.
     std::string results_text;
-    std::map<int, json> done;
+    std::map<std::pair<int, int>, json> done;  // (trial, rung)
     {
         std::ifstream in(results_path);
         std::string line;
@@ -172,7 +272,7 @@ int run_sweep(SweepOptions& o) {
                 throw Error(fmt::format("'{}' records trial {} of another search (other space, strategy or seed); use "
                                         "another --out",
                                         results_path, k));
-            done[k] = r;
+            done[{k, r.value("rung", 0)}] = r;
             results_text += line + "\n";
         }
     }
@@ -180,30 +280,46 @@ int run_sweep(SweepOptions& o) {
     fmt::print("cumnist sweep: {} search over {}, {} ({} in shard {}/{}), {} each, validated on {:g} % of the "
                "training set\n",
                o.strategy, o.space_path, count_of(static_cast<long long>(all.size()), "trial"), mine.size(), shard, shards,
-               count_of(o.epochs, "epoch"), 100 * o.validation_split);
+               halving ? fmt::format("rungs of {} epochs", fmt::join(rungs, ", ")) : count_of(o.epochs, "epoch"),
+               100 * o.validation_split);
     if (!done.empty()) fmt::print("  resuming  {} of them already in {}\n", done.size(), results_path);
     std::fflush(stdout);
 
-    for (const Trial& t : mine) {
-        if (done.count(t.index)) continue;
+    // Runs trial t to rung `rung`'s epochs (from scratch, or resumed from the rung before) and
+    // records it; returns the exit status of an interrupted trial (the sweep stops), else 0.
+    auto run_trial = [&](const Trial& t, int rung) -> int {
         const std::string dir = fmt::format("{}/trial-{:04d}", o.out, t.index);
         fs::create_directories(dir, ec);
         if (ec) throw Error(fmt::format("sweep: cannot create '{}': {}", dir, ec.message()));
-        fs::remove(dir + "/metrics.jsonl", ec);
-        std::vector<std::string> args = train_args(t);
-        args[0] = exe;
+        std::vector<std::string> args;
+        if (rung == 0) {
+            fs::remove(dir + "/metrics.jsonl", ec);
+            args = train_args(t);
+            args[0] = exe;
+            *(std::find(args.begin(), args.end(), "--epochs") + 1) = std::to_string(rungs[0]);
+        } else {
+            args = {exe, "train", "--resume", dir + "/last.safetensors", "--data", o.data_dir, "--epochs",
+                    std::to_string(rungs[static_cast<std::size_t>(rung)])};
+        }
         args.insert(args.end(), {"--device", o.device, "--threads", std::to_string(o.threads), "--save", dir,
                                  "--metrics-out", dir + "/metrics.jsonl"});
-        fmt::print("Trial {}/{}: {}\n", t.index + 1, all.size(), t.arguments());
+        fmt::print("Trial {}/{}{}: {}\n", t.index + 1, all.size(),
+                   halving ? fmt::format(", rung {} ({})", rung + 1, count_of(rungs[static_cast<std::size_t>(rung)], "epoch"))
+                           : "",
+                   t.arguments());
         std::fflush(stdout);
         const auto t0 = std::chrono::steady_clock::now();
-        const int status = run_child(args, dir + "/train.log");
+        const int status = run_child(args, fmt::format("{}/train{}.log", dir, rung > 0 ? fmt::format("-rung{}", rung + 1) : ""));
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         if (status == 128 + SIGINT || status == 128 + SIGTERM) {
             fmt::print("Interrupted in trial {}; run the same command again to continue.\n", t.index + 1);
             return status;
         }
-        json r = {{"trial", t.index}, {"arguments", t.arguments()}, {"seconds", seconds}, {"device", o.device}};
+        std::vector<std::string> command = train_args(t);
+        *(std::find(command.begin(), command.end(), "--epochs") + 1) = std::to_string(rungs[static_cast<std::size_t>(rung)]);
+        json r = {{"trial", t.index},   {"arguments", t.arguments()}, {"command", quoted_command(command)},
+                  {"dir", dir},         {"seconds", seconds},         {"device", o.device}};
+        if (halving) r["rung"] = rung, r["rung_epochs"] = rungs[static_cast<std::size_t>(rung)];
         json flags = json::object();
         for (const auto& [flag, value] : t.flags) flags[flag] = value;
         r["flags"] = flags;
@@ -223,58 +339,43 @@ int run_sweep(SweepOptions& o) {
         } else {
             r["status"] = "failed";
             r["exit_status"] = status;
-            r["error"] = last_line_of(dir + "/train.log");
+            r["error"] = last_line_of(fmt::format("{}/train{}.log", dir, rung > 0 ? fmt::format("-rung{}", rung + 1) : ""));
             fmt::print("  failed (exit {}): {}\n", status, r["error"].get<std::string>());
         }
         results_text += r.dump() + "\n";
         write_file_atomically(results_path, results_text, "sweep results");
-        done[t.index] = r;
+        done[{t.index, rung}] = r;
         std::fflush(stdout);
+        return 0;
+    };
+    auto accuracy = [](const json& r) { return r.value("best_validation_accuracy", -1.0); };
+    std::vector<const Trial*> rung_trials;
+    for (const Trial& t : mine) rung_trials.push_back(&t);
+    for (std::size_t rung = 0; rung < rungs.size(); ++rung) {
+        if (rung > 0) {
+            // The best 1/eta of the rung before (the order of the trial list breaks ties) go on.
+            std::vector<std::pair<int, double>> scores;
+            for (const Trial* t : rung_trials) {
+                const json& r = done.at({t->index, static_cast<int>(rung) - 1});
+                if (r.at("status") == "done") scores.emplace_back(t->index, accuracy(r));
+            }
+            std::vector<const Trial*> promoted;
+            for (int k : promote(scores, rung_trials.size(), o.eta)) promoted.push_back(&all[static_cast<std::size_t>(k)]);
+            rung_trials = promoted;
+            if (rung_trials.empty()) break;
+            fmt::print("Rung {}: continuing the best {} to {}\n", rung + 1, count_of(static_cast<long long>(rung_trials.size()), "trial"),
+                       count_of(rungs[rung], "epoch"));
+        }
+        for (const Trial* t : rung_trials) {
+            if (done.count({t->index, static_cast<int>(rung)})) continue;
+            if (const int status = run_trial(*t, static_cast<int>(rung)); status != 0) return status;
+        }
     }
 
     // The ranking, best first; failed trials last.
-    std::vector<const json*> ranked;
-    for (const auto& [k, r] : done) ranked.push_back(&r);
-    std::stable_sort(ranked.begin(), ranked.end(), [](const json* a, const json* b) {
-        const double x = a->value("best_validation_accuracy", -1.0), y = b->value("best_validation_accuracy", -1.0);
-        return x > y;
-    });
-    fmt::print("\nRank  Trial  Val. accuracy  Epoch  Arguments\n");
-    int rank = 0;
-    for (const json* r : ranked) {
-        ++rank;
-        if (r->at("status") == "done")
-            fmt::print("{:>4}  {:>5}  {:>13.4f}  {:>5}  {}\n", rank, r->at("trial").get<int>() + 1,
-                       r->at("best_validation_accuracy").get<double>(), r->at("best_epoch").get<int>(),
-                       r->at("arguments").get<std::string>());
-        else
-            fmt::print("{:>4}  {:>5}  {:>13}  {:>5}  {}  ({})\n", rank, r->at("trial").get<int>() + 1, "failed", "-",
-                       r->at("arguments").get<std::string>(), r->value("error", ""));
-    }
-    if (ranked.empty() || ranked.front()->at("status") != "done") {
-        fmt::print("No trial finished.\n");
-        return 1;
-    }
-    const json& best = *ranked.front();
-    const Trial& best_trial = all[best.at("trial").get<int>()];
-    std::vector<std::string> command = train_args(best_trial);
-    fmt::print("\nBest: trial {}, validation accuracy {:.4f} after epoch {}. To train it:\n  {}\n",
-               best.at("trial").get<int>() + 1, best.at("best_validation_accuracy").get<double>(),
-               best.at("best_epoch").get<int>(), quoted_command(command));
-    // The test set, once, after the selection: the best trial's best checkpoint.
-    const std::string model = fmt::format("{}/trial-{:04d}/best.safetensors", o.out, best_trial.index);
-    const std::string eval_log = fmt::format("{}/trial-{:04d}/eval.log", o.out, best_trial.index);
-    const int status = run_child({exe, "eval", "--model", model, "--data", o.data_dir, "--dataset", o.dataset, "--device",
-                                  o.device, "--threads", std::to_string(o.threads)},
-                                 eval_log);
-    std::ifstream in(eval_log);
-    std::string line, test_line;
-    while (std::getline(in, line))
-        if (line.rfind("Test loss", 0) == 0) test_line = line;
-    if (status != 0 || test_line.empty())
-        throw Error(fmt::format("sweep: evaluating '{}' on the test set failed: {}", model, last_line_of(eval_log)));
-    fmt::print("Its test set result (evaluated once, after the selection): {}\n", test_line);
-    return 0;
+    std::vector<json> records;
+    for (const auto& [key, r] : done) records.push_back(r);
+    return report(records, o, exe);
 }
 
 }  // namespace
@@ -288,14 +389,20 @@ void add_sweep_command(CLI::App& parent, std::vector<Command>& commands) {
     cmd->add_option("--space", o->space_path,
                     "Search space: a JSON object of train flags, each a list or a distribution, e.g. "
                     "{\"lr\": {\"log_uniform\": [1e-4, 0.1]}, \"optimizer\": [\"adam\", \"sgd\"]}")
-        ->required();
+        ;
+    cmd->add_option("--report", o->report, "Merge and rank the results in these sweep folders (the shards of one sweep)");
     cmd->add_option("--out", o->out, "Folder for the trials and trials.jsonl (a rerun continues there)")->capture_default_str();
-    cmd->add_option("--strategy", o->strategy, "grid (every combination) or random (--trials draws)")->capture_default_str();
+    cmd->add_option("--strategy", o->strategy,
+                    "grid (every combination), random (--trials draws) or halving (successive halving over the grid, "
+                    "or over --trials draws when the space holds distributions)")
+        ->capture_default_str();
+    cmd->add_option("--min-epochs", o->min_epochs, "halving: epochs of the first rung")->capture_default_str();
+    cmd->add_option("--eta", o->eta, "halving: the best 1/eta of a rung go on to eta times its epochs")->capture_default_str();
     cmd->add_option("--trials", o->trials, "random: how many trials")->capture_default_str();
     cmd->add_option("--seed", o->seed, "random: the seed of the draws")->check(unsigned_64())->capture_default_str();
     cmd->add_option("--shard", o->shard, "Run share I of N of the trials (I/N: trials k with k mod N = I - 1)")
         ->capture_default_str();
-    cmd->add_option("--epochs", o->epochs, "Epochs per trial")->capture_default_str();
+    cmd->add_option("--epochs", o->epochs, "Epochs per trial (halving: of the last rung)")->capture_default_str();
     cmd->add_option("--validation-split", o->validation_split, "Fraction of the training set held out for the objective")
         ->capture_default_str();
     cmd->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files")->capture_default_str();

@@ -169,6 +169,24 @@ std::vector<Trial> random_trials(const SweepSpace& space, int trials, uint64_t s
     return out;
 }
 
+std::vector<int> halving_rungs(int min_epochs, int epochs, int eta) {
+    if (min_epochs < 1 || min_epochs > epochs)
+        throw Error(fmt::format("--min-epochs must be in [1, --epochs {}], got {}", epochs, min_epochs));
+    if (eta < 2) throw Error(fmt::format("--eta must be at least 2, got {}", eta));
+    std::vector<int> rungs;
+    for (long long e = min_epochs; e < epochs; e *= eta) rungs.push_back(static_cast<int>(e));
+    rungs.push_back(epochs);
+    return rungs;
+}
+
+std::vector<int> promote(std::vector<std::pair<int, double>> scores, std::size_t rung_size, int eta) {
+    std::stable_sort(scores.begin(), scores.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+    const std::size_t keep = std::max<std::size_t>(1, (rung_size + static_cast<std::size_t>(eta) - 1) / static_cast<std::size_t>(eta));
+    std::vector<int> out;
+    for (std::size_t i = 0; i < scores.size() && i < keep; ++i) out.push_back(scores[i].first);
+    return out;
+}
+
 std::pair<int, int> parse_shard(const std::string& text) {
     const std::size_t slash = text.find('/');
     auto number = [&](const std::string& s) {

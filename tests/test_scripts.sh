@@ -99,6 +99,25 @@ EOF
     fail "plot_metrics.py on validation metrics: unexpected output: $(cat plot/out.log)"
   echo "ok: $(cat plot/out.log)"
 
+  # plot_sweep.py on a sweep folder: two rungs, a failed trial, a numeric and a categorical axis.
+  mkdir -p plot/sweep
+  printf '%s\n' \
+    '{"trial": 0, "dir": "d/0", "status": "done", "rung": 0, "best_validation_accuracy": 0.91, "flags": {"lr": "0.1", "optimizer": "sgd"}}' \
+    '{"trial": 1, "dir": "d/1", "status": "done", "rung": 0, "best_validation_accuracy": 0.95, "flags": {"lr": "0.001", "optimizer": "adam"}}' \
+    '{"trial": 2, "dir": "d/2", "status": "failed", "rung": 0, "flags": {"lr": "-1", "optimizer": "adam"}}' \
+    '{"trial": 1, "dir": "d/1", "status": "done", "rung": 1, "best_validation_accuracy": 0.97, "flags": {"lr": "0.001", "optimizer": "adam"}}' \
+    > plot/sweep/trials.jsonl
+  "$python" "$root/scripts/plot_sweep.py" plot/sweep > plot/out.log 2> plot/err.log ||
+    fail "plot_sweep.py plot/sweep exited $?: $(cat plot/err.log)"
+  grep -qxF "Wrote plot/sweep/sweep.png: 3 trials, 2 hyperparameters; best validation accuracy 0.9700" plot/out.log ||
+    fail "plot_sweep.py: unexpected output: $(cat plot/out.log)"
+  png_size plot/sweep/sweep.png > /dev/null || fail "plot/sweep/sweep.png is not a PNG"
+  echo "ok: $(cat plot/out.log)"
+  rc=0
+  "$python" "$root/scripts/plot_sweep.py" plot > plot/out.log 2> plot/err.log || rc=$?
+  [ "$rc" -eq 1 ] && grep -qxF "plot_sweep: error: no trials*.jsonl in plot" plot/err.log ||
+    fail "plot_sweep.py on a folder without results: exit $rc, $(cat plot/err.log)"
+
   # Not the file cumnist writes: exit 1, one message, no picture.
   echo "epoch,loss" > plot/bad.jsonl
   local rc=0

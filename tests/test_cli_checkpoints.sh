@@ -127,6 +127,27 @@ grep -qF "from $data/mnist" eval-folder.log || fail "eval --data DATA/mnist did 
 expect_error "--data 'a-file' is not a folder" "$cumnist" eval --device cpu --data a-file --model straight/best.safetensors
 expect_error "does not exist" "$cumnist" eval --device cpu --data no-such-folder --model straight/best.safetensors
 
+# A sweep stopped by SIGINT in a trial continues, when run again, with that trial: each trial is
+# recorded once, and none is run twice.
+echo '{"hidden": ["32", "48", "64"], "lr": [0.001]}' > space.json
+sweep=("$cumnist" sweep --space space.json --data "$data" --epochs 2 --device cpu --threads 1 --out sweep)
+"${sweep[@]}" > sweep1.log 2>&1 &
+pid=$!
+for _ in $(seq 1 600); do grep -q "^Trial 2/3" sweep1.log && break; sleep 0.1; done
+kill -INT "$pid"  # (as Ctrl-C would; the shell started it with SIGINT ignored, which the sweep overrides)
+rc=0
+wait "$pid" || rc=$?
+[ "$rc" -eq 130 ] || fail "SIGINT during a sweep exited $rc, expected 130: $(cat sweep1.log)"
+grep -q "^Interrupted in trial 2; run the same command again to continue." sweep1.log || fail "no interruption line: $(cat sweep1.log)"
+[ "$(wc -l < sweep/trials.jsonl)" -eq 1 ] || fail "the interrupted sweep recorded $(wc -l < sweep/trials.jsonl) trials, expected 1"
+"${sweep[@]}" > sweep2.log 2>&1 || fail "the resumed sweep failed: $(cat sweep2.log)"
+grep -q "resuming  1 of them already in sweep/trials.jsonl" sweep2.log || fail "the sweep did not resume: $(cat sweep2.log)"
+! grep -q "^Trial 1/3" sweep2.log && grep -q "^Trial 2/3" sweep2.log && grep -q "^Trial 3/3" sweep2.log ||
+  fail "the resumed sweep did not run exactly trials 2 and 3: $(cat sweep2.log)"
+[ "$(grep -c '"status":"done"' sweep/trials.jsonl)" -eq 3 ] || fail "trials.jsonl: $(cat sweep/trials.jsonl)"
+grep -q "^Its test set result (evaluated once, after the selection): Test loss" sweep2.log || fail "no test result: $(cat sweep2.log)"
+echo "sweep resumed after SIGINT: $(grep '^Best:' sweep2.log)"
+
 # Interruption inside an epoch: a model and thread count that make an epoch take seconds (~8 s
 # here), so that the signal a second after the epoch starts lands inside it on any machine.
 slow=(--hidden 1024,1024 --threads 1)

@@ -34,6 +34,16 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+// SIGINT and SIGTERM reach the sweep, which passes them on to the trial running (in its own
+// process group, so that a Ctrl-C is delivered to it once): the trial saves and stops, and the
+// sweep records nothing for it and stops too.
+volatile std::sig_atomic_t g_child = 0;
+volatile std::sig_atomic_t g_stop = 0;
+extern "C" void forward_signal(int signal_number) {
+    g_stop = signal_number;
+    if (g_child > 0) ::kill(static_cast<pid_t>(g_child), signal_number);
+}
+
 struct SweepOptions {
     std::string space_path;
     std::string out = "sweep";
@@ -79,13 +89,29 @@ int run_child(const std::vector<std::string>& args, const std::string& log) {
     std::vector<char*> argv;
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF);
+    posix_spawnattr_setpgroup(&attr, 0);
+    sigset_t defaults;
+    sigemptyset(&defaults);
+    sigaddset(&defaults, SIGINT);
+    sigaddset(&defaults, SIGTERM);
+    posix_spawnattr_setsigdefault(&attr, &defaults);  // not ignored, as a shell's background job would have them
     pid_t pid = 0;
-    const int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
+    const int rc = posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
     if (rc != 0) throw Error(fmt::format("sweep: cannot start '{}': {}", args[0], std::strerror(rc)));
+    g_child = pid;
+    if (g_stop != 0) ::kill(pid, g_stop);  // a signal that came while it was starting
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR) throw Error(fmt::format("sweep: waiting for a trial: {}", std::strerror(errno)));
+        if (errno != EINTR) {
+            g_child = 0;
+            throw Error(fmt::format("sweep: waiting for a trial: {}", std::strerror(errno)));
+        }
+    g_child = 0;
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return WEXITSTATUS(status);
 }
@@ -277,6 +303,8 @@ int run_sweep(SweepOptions& o) {
         }
     }
     const std::string exe = self_exe();
+    std::signal(SIGINT, forward_signal);
+    std::signal(SIGTERM, forward_signal);
     fmt::print("cumnist sweep: {} search over {}, {} ({} in shard {}/{}), {} each, validated on {:g} % of the "
                "training set\n",
                o.strategy, o.space_path, count_of(static_cast<long long>(all.size()), "trial"), mine.size(), shard, shards,
@@ -309,9 +337,10 @@ int run_sweep(SweepOptions& o) {
                    t.arguments());
         std::fflush(stdout);
         const auto t0 = std::chrono::steady_clock::now();
-        const int status = run_child(args, fmt::format("{}/train{}.log", dir, rung > 0 ? fmt::format("-rung{}", rung + 1) : ""));
+        int status = run_child(args, fmt::format("{}/train{}.log", dir, rung > 0 ? fmt::format("-rung{}", rung + 1) : ""));
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-        if (status == 128 + SIGINT || status == 128 + SIGTERM) {
+        if (g_stop != 0 || status == 128 + SIGINT || status == 128 + SIGTERM) {
+            if (status != 128 + SIGINT && status != 128 + SIGTERM) status = 128 + static_cast<int>(g_stop);
             fmt::print("Interrupted in trial {}; run the same command again to continue.\n", t.index + 1);
             return status;
         }

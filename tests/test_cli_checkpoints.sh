@@ -141,7 +141,7 @@ wait "$pid" || rc=$?
 grep -q "^Interrupted in trial 2; run the same command again to continue." sweep1.log || fail "no interruption line: $(cat sweep1.log)"
 [ "$(wc -l < sweep/trials.jsonl)" -eq 1 ] || fail "the interrupted sweep recorded $(wc -l < sweep/trials.jsonl) trials, expected 1"
 "${sweep[@]}" > sweep2.log 2>&1 || fail "the resumed sweep failed: $(cat sweep2.log)"
-grep -q "resuming  1 of them already in sweep/trials.jsonl" sweep2.log || fail "the sweep did not resume: $(cat sweep2.log)"
+grep -q "resuming  1 finished run already in sweep/trials.jsonl" sweep2.log || fail "the sweep did not resume: $(cat sweep2.log)"
 ! grep -q "^Trial 1/3" sweep2.log && grep -q "^Trial 2/3" sweep2.log && grep -q "^Trial 3/3" sweep2.log ||
   fail "the resumed sweep did not run exactly trials 2 and 3: $(cat sweep2.log)"
 [ "$(grep -c '"status":"done"' sweep/trials.jsonl)" -eq 3 ] || fail "trials.jsonl: $(cat sweep/trials.jsonl)"

@@ -989,7 +989,7 @@ TEST(SweepCommand, RunsRecordsRanksAndResumes) {
     // Again: nothing runs, the same ranking.
     const CliRun again = run_cumnist(args);
     ASSERT_EQ(again.status, 0) << all(again);
-    EXPECT_NE(all(again).find("resuming  2 of them already in"), std::string::npos) << all(again);
+    EXPECT_NE(all(again).find("resuming  2 finished runs already in"), std::string::npos) << all(again);
     EXPECT_EQ(all(again).find("Trial 1/2"), std::string::npos) << all(again);
     // Another space in the same folder is refused.
     {

@@ -278,6 +278,13 @@ int run_sweep(SweepOptions& o) {
         return 0;
     }
 
+    // The command line a trial's record at `rung` carries: its flags and the rung's epochs.
+    auto rung_command = [&](const Trial& t, int rung) {
+        std::vector<std::string> command = train_args(t);
+        *(std::find(command.begin(), command.end(), "--epochs") + 1) = std::to_string(rungs[static_cast<std::size_t>(rung)]);
+        return quoted_command(command);
+    };
+
     std::error_code ec;
     fs::create_directories(o.out, ec);
     if (ec) throw Error(fmt::format("--out: cannot create folder '{}': {}", o.out, ec.message()));
@@ -293,12 +300,14 @@ int run_sweep(SweepOptions& o) {
             const json r = json::parse(line, nullptr, false);
             if (r.is_discarded() || !r.contains("trial") || !r.contains("arguments"))
                 throw Error(fmt::format("'{}' holds a line that is not a trial record; use another --out", results_path));
-            const int k = r.at("trial").get<int>();
-            if (k < 0 || k >= static_cast<int>(all.size()) || r.at("arguments") != all[k].arguments())
-                throw Error(fmt::format("'{}' records trial {} of another search (other space, strategy or seed); use "
-                                        "another --out",
+            const int k = r.at("trial").is_number_integer() ? r.at("trial").get<int>() : -1;
+            const int rung = r.value("rung", 0);
+            if (k < 0 || k >= static_cast<int>(all.size()) || rung < 0 || rung >= static_cast<int>(rungs.size()) ||
+                r.at("arguments") != all[k].arguments() || r.value("command", std::string()) != rung_command(all[k], rung))
+                throw Error(fmt::format("'{}' records trial {} of another search (other space, strategy, seed, epochs "
+                                        "or data); use another --out",
                                         results_path, k));
-            done[{k, r.value("rung", 0)}] = r;
+            done[{k, rung}] = r;
             results_text += line + "\n";
         }
     }
@@ -310,7 +319,9 @@ int run_sweep(SweepOptions& o) {
                o.strategy, o.space_path, count_of(static_cast<long long>(all.size()), "trial"), mine.size(), shard, shards,
                halving ? fmt::format("rungs of {} epochs", fmt::join(rungs, ", ")) : count_of(o.epochs, "epoch"),
                100 * o.validation_split);
-    if (!done.empty()) fmt::print("  resuming  {} of them already in {}\n", done.size(), results_path);
+    if (!done.empty())
+        fmt::print("  resuming  {} already in {}\n", count_of(static_cast<long long>(done.size()), "finished run"),
+                   results_path);
     std::fflush(stdout);
 
     // Runs trial t to rung `rung`'s epochs (from scratch, or resumed from the rung before) and
@@ -344,9 +355,7 @@ int run_sweep(SweepOptions& o) {
             fmt::print("Interrupted in trial {}; run the same command again to continue.\n", t.index + 1);
             return status;
         }
-        std::vector<std::string> command = train_args(t);
-        *(std::find(command.begin(), command.end(), "--epochs") + 1) = std::to_string(rungs[static_cast<std::size_t>(rung)]);
-        json r = {{"trial", t.index},   {"arguments", t.arguments()}, {"command", quoted_command(command)},
+        json r = {{"trial", t.index},   {"arguments", t.arguments()}, {"command", rung_command(t, rung)},
                   {"dir", dir},         {"seconds", seconds},         {"device", o.device}};
         if (halving) r["rung"] = rung, r["rung_epochs"] = rungs[static_cast<std::size_t>(rung)];
         json flags = json::object();

@@ -63,6 +63,9 @@ TEST(SweepSpace, GridIsEveryCombinationInKeyOrderTheLastFastest) {
     // A value with a space is quoted for the shell.
     EXPECT_EQ(grid_trials(parse_sweep_space(json::parse(R"({"hidden": ["64 32"]})"), kFlags))[0].arguments(),
               "--hidden '64 32'");
+    EXPECT_EQ(shell_quote("it's"), "'it'\\''s'");
+    EXPECT_EQ(shell_quote(""), "''");
+    EXPECT_EQ(shell_quote("512,256"), "512,256");
     // Too many combinations, and distributions, are refused.
     EXPECT_THROW((void)grid_trials(space, 5), Error);
     EXPECT_THROW((void)grid_trials(parse_sweep_space(json::parse(R"({"lr": {"uniform": [0, 1]}})"), kFlags)), Error);

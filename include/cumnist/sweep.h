@@ -66,6 +66,10 @@ std::vector<Trial> random_trials(const SweepSpace& space, int trials, uint64_t s
 std::vector<int> halving_rungs(int min_epochs, int epochs, int eta);
 std::vector<int> promote(std::vector<std::pair<int, double>> scores, std::size_t rung_size, int eta);
 
+// `word` as a POSIX shell reads it back: as it is when it holds nothing the shell would change,
+// else in single quotes (a quote inside written '\'').
+std::string shell_quote(const std::string& word);
+
 // "I/N" → (I, N) with 1 ≤ I ≤ N; throws Error otherwise.
 std::pair<int, int> parse_shard(const std::string& text);
 // The trials of shard I of N.

@@ -134,12 +134,12 @@ json read_epochs(const std::string& path) {
     return epochs;
 }
 
+// A trial record's objective: its best validation accuracy (-1 for a failed trial).
+double accuracy(const json& record) { return record.value("best_validation_accuracy", -1.0); }
+
 std::string quoted_command(const std::vector<std::string>& args) {
     std::string out;
-    for (const std::string& a : args) {
-        const bool quote = a.empty() || a.find_first_of(" \t'\"\\$`;&|<>*?()") != std::string::npos;
-        out += (out.empty() ? "" : " ") + (quote ? "'" + a + "'" : a);
-    }
+    for (const std::string& a : args) out += (out.empty() ? "" : " ") + shell_quote(a);
     return out;
 }
 
@@ -147,7 +147,6 @@ std::string quoted_command(const std::vector<std::string>& args) {
 // trial that went further above one stopped earlier, failed trials last), the best trial as a
 // `cumnist train` command line, and its best checkpoint evaluated once on the test set.
 int report(const std::vector<json>& records, const SweepOptions& o, const std::string& exe) {
-    auto accuracy = [](const json& r) { return r.value("best_validation_accuracy", -1.0); };
     std::map<std::pair<std::string, int>, const json*> last;  // (trial folder, trial): its highest rung
     for (const json& r : records) {
         const auto key = std::make_pair(r.value("dir", std::string()), r.at("trial").get<int>());
@@ -386,7 +385,6 @@ int run_sweep(SweepOptions& o) {
         std::fflush(stdout);
         return 0;
     };
-    auto accuracy = [](const json& r) { return r.value("best_validation_accuracy", -1.0); };
     std::vector<const Trial*> rung_trials;
     for (const Trial& t : mine) rung_trials.push_back(&t);
     for (std::size_t rung = 0; rung < rungs.size(); ++rung) {

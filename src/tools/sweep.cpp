@@ -42,12 +42,16 @@ std::size_t SweepSpace::grid_size() const {
     return n;
 }
 
+std::string shell_quote(const std::string& word) {
+    if (!word.empty() && word.find_first_of(" \t\n'\"\\$`;&|<>*?()[]{}#~!") == std::string::npos) return word;
+    std::string out = "'";
+    for (char c : word) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return out + "'";
+}
+
 std::string Trial::arguments() const {
     std::string out;
-    for (const auto& [flag, value] : flags) {
-        const bool quote = value.empty() || value.find_first_of(" \t'\"\\$`;&|<>*?()") != std::string::npos;
-        out += fmt::format("{}--{} {}", out.empty() ? "" : " ", flag, quote ? "'" + value + "'" : value);
-    }
+    for (const auto& [flag, value] : flags) out += fmt::format("{}--{} {}", out.empty() ? "" : " ", flag, shell_quote(value));
     return out;
 }
 

@@ -270,6 +270,7 @@ void Trainer::train_steps(int n) {
 }
 
 void Trainer::set_lr_scale(float scale) {
+    if (scale == m_optimizer.lr_scale()) return;  // unchanged (a constant schedule): no wait, no copy
     synchronize();
     m_optimizer.set_lr_scale(scale);
 }

@@ -165,18 +165,19 @@ std::unique_ptr<ConvPlan> build_plan(cudnnHandle_t handle, const Conv2dGeometry&
     return plan;
 }
 
-// The process-wide cuDNN state: the handle and the descriptor cache. Every use of the handle holds
-// the mutex (cuDNN handles must not be used by two threads at once); a std::mutex makes no CUDA
-// call, so this is harmless inside a graph capture.
+// A host thread's cuDNN state: the handle, bound to the thread's compute stream, and the plan cache.
+// Every use of the handle holds the mutex (cuDNN handles must not be used by two threads at once);
+// a std::mutex makes no CUDA call, so this is harmless inside a graph capture.
 class Cudnn {
 public:
-    // Created on first call (thread-safe; if the constructor throws, the next call tries again).
+    // Created on a thread's first call (if the constructor throws, the next call tries again).
     // Never destroyed: cuDNN 9 loads its engine libraries lazily, after this object exists, so their
     // exit-time teardown would run before a static destructor of ours and cudnnDestroy would call
     // into torn-down state (PyTorch leaks its cuDNN handles at exit for the same reason). The
     // process's exit frees the host memory and the driver the device memory.
     static Cudnn& get() {
-        static Cudnn* instance = new Cudnn;
+        thread_local Cudnn* instance = nullptr;
+        if (instance == nullptr) instance = new Cudnn;
         return *instance;
     }
 

@@ -168,15 +168,19 @@ inline Event make_event(unsigned flags = cudaEventDefault) {
     return Event(e);
 }
 
-// --- The process-wide context. -------------------------------------------------------------------
+// --- The per-thread context. --------------------------------------------------------------------
 
 // cumnist uses one GPU: device 0 (select another with CUDA_VISIBLE_DEVICES).
 constexpr int kDeviceIndex = 0;
 
-// Device 0, one non-blocking compute stream on which every op is queued, and one cuBLAS handle bound
-// to it with an explicit math mode and a workspace allocated here, so that graph capture and replay
-// never allocate. Created on first use (Context::get()); deliberately never destroyed, because the
-// CUDA runtime may already be shutting down when static destructors run.
+// Device 0, one non-blocking compute stream on which every op this host thread queues goes, and one
+// cuBLAS handle bound to it with an explicit math mode and a workspace allocated here, so that graph
+// capture and replay never allocate. Each host thread that queues GPU work has its own, created on
+// its first use (Context::get()): runs on two threads (a sweep's concurrent trials) queue onto two
+// streams that the GPU overlaps, and never share a handle, a math mode or a capture. Deliberately
+// never destroyed, because the CUDA runtime may already be shutting down when thread-exit and static
+// destructors run; a thread's context is a stream, a handle and a 4-32 MiB workspace, and cumnist
+// starts a bounded number of such threads.
 class Context {
 public:
     // Creates the context on first call; throws cumnist::Error when no GPU is usable.
@@ -189,8 +193,8 @@ public:
     int device() const { return m_device; }
     int sm_count() const { return m_sm_count; }
 
-    // CUBLAS_TF32_TENSOR_OP_MATH when enabled, else CUBLAS_DEFAULT_MATH (plain FP32), on the shared
-    // handle (cuda::MathModeScope); tf32() is the mode set last.
+    // CUBLAS_TF32_TENSOR_OP_MATH when enabled, else CUBLAS_DEFAULT_MATH (plain FP32), on this
+    // thread's handle (cuda::MathModeScope); tf32() is the mode set last.
     void set_math_mode(bool tf32);
     bool tf32() const { return m_tf32; }
 

@@ -2,9 +2,7 @@
 // Context, device and pinned memory, synchronous copies, TF32, CUDA Graph capture, the streaming
 // path's copy stream and event timers.
 // No numeric op lives here.
-#include <atomic>
 #include <cstring>
-#include <mutex>
 #include <vector>
 
 #include "cuda_common.cuh"
@@ -14,8 +12,8 @@ namespace cumnist::cuda {
 
 namespace {
 
-std::atomic<Context*> g_context{nullptr};
-std::mutex g_context_mutex;  // guards creation of the context and its math mode
+// This host thread's context (Context::get).
+thread_local Context* t_context = nullptr;
 
 // cuBLAS's recommended workspace: 32 MiB on Hopper and newer, 4 MiB before.
 std::size_t cublas_workspace_bytes(int cc_major) { return (cc_major >= 9 ? 32u : 4u) << 20; }
@@ -127,17 +125,11 @@ void Context::set_math_mode(bool tf32) {
 }
 
 Context& Context::get() {
-    if (Context* existing = g_context.load(std::memory_order_acquire)) return *existing;
-    std::lock_guard<std::mutex> lock(g_context_mutex);
-    if (Context* existing = g_context.load(std::memory_order_relaxed)) return *existing;
-    // If the constructor throws, nothing is stored and the next call tries again. Never deleted
-    // (see the class comment).
-    Context* created = new Context();
-    g_context.store(created, std::memory_order_release);
-    return *created;
+    if (t_context == nullptr) t_context = new Context();  // if it throws, the next call tries again
+    return *t_context;
 }
 
-Context* Context::existing() noexcept { return g_context.load(std::memory_order_acquire); }
+Context* Context::existing() noexcept { return t_context; }
 
 // --- cuda_host.h ---------------------------------------------------------------------------------
 
@@ -165,6 +157,17 @@ bool device_present() {
     }
 }
 
+namespace {
+// Makes device 0 current on the calling thread, or throws with the reason when no GPU is usable:
+// for the calls that need a device but not this thread's stream (so a helper thread that frees or
+// allocates creates no context of its own).
+void use_device() {
+    const std::string reason = unavailable_reason();
+    if (!reason.empty()) throw Error(fmt::format("the CUDA backend cannot be used: {}", reason));
+    CUDA_CHECK(cudaSetDevice(kDeviceIndex));
+}
+}  // namespace
+
 std::string device_description() {
     const std::string reason = unavailable_reason();
     if (!reason.empty()) throw Error(reason);
@@ -180,7 +183,7 @@ std::string device_description() {
 
 void* allocate(std::size_t bytes) {
     if (bytes == 0) return nullptr;
-    Context::get();  // selects the device; throws with the reason when there is no usable GPU
+    use_device();
     void* ptr = nullptr;
     const cudaError_t err = cudaMalloc(&ptr, bytes);
     if (err == cudaSuccess) return ptr;
@@ -208,7 +211,7 @@ void release(void* ptr) noexcept {
 }
 
 MemoryInfo memory_info() {
-    Context::get();
+    use_device();
     MemoryInfo info;
     CUDA_CHECK(cudaMemGetInfo(&info.free_bytes, &info.total_bytes));
     return info;
@@ -216,7 +219,7 @@ MemoryInfo memory_info() {
 
 void* allocate_pinned(std::size_t bytes) {
     if (bytes == 0) return nullptr;
-    Context::get();
+    use_device();
     void* ptr = nullptr;
     const cudaError_t err = cudaMallocHost(&ptr, bytes);
     if (err == cudaSuccess) return ptr;

@@ -1,7 +1,8 @@
 // Host-side control of the CUDA backend that is not a numeric op: device discovery, memory,
 // the compute stream, CUDA Graph capture and the streaming path's copy stream. CUDA-free
-// declarations; implemented in kernels/cuda_context.cu, or by kernels/cuda_stubs.cpp (every call
-// throws "built without CUDA support") in a build without CUDA.
+// declarations. "The compute stream" is always the calling thread's: each host thread that queues
+// GPU work has its own stream and cuBLAS handle. Implemented in kernels/cuda_context.cu, or by
+// kernels/cuda_stubs.cpp (every call throws "built without CUDA support") in a build without CUDA.
 #pragma once
 
 #include <cstddef>
@@ -49,8 +50,8 @@ void synchronize();
 // cuBLAS's math mode for the GEMMs queued while the scope lives: TF32 tensor-core math when `tf32`,
 // else plain FP32 (CUBLAS_DEFAULT_MATH, also the mode outside every scope). The previous mode comes
 // back when the scope ends, so one trainer's --tf32 never reaches another trainer, an evaluation
-// or a prediction. A captured step keeps the mode it was captured with. Scopes nest; the handle
-// is shared, so scopes on two threads at once would race (cumnist runs its GPU work on one).
+// or a prediction. A captured step keeps the mode it was captured with. Scopes nest; the mode is
+// the calling thread's (each host thread has its own stream and cuBLAS handle).
 class MathModeScope {
 public:
     explicit MathModeScope(bool tf32);

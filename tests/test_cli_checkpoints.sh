@@ -128,25 +128,42 @@ expect_error "--data 'a-file' is not a folder" "$cumnist" eval --device cpu --da
 expect_error "does not exist" "$cumnist" eval --device cpu --data no-such-folder --model straight/best.safetensors
 
 # A sweep stopped by SIGINT in a trial continues, when run again, with that trial: each trial is
-# recorded once, and none is run twice.
-echo '{"hidden": ["32", "48", "64"], "lr": [0.001]}' > space.json
-sweep=("$cumnist" sweep --space space.json --data "$data" --epochs 2 --device cpu --threads 1 --out sweep)
-"${sweep[@]}" > sweep1.log 2>&1 &
-pid=$!
-for _ in $(seq 1 600); do grep -q "^Trial 2/3" sweep1.log && break; sleep 0.1; done
-kill -INT "$pid"  # (as Ctrl-C would; the shell started it with SIGINT ignored, which the sweep overrides)
-rc=0
-wait "$pid" || rc=$?
-[ "$rc" -eq 130 ] || fail "SIGINT during a sweep exited $rc, expected 130: $(cat sweep1.log)"
-grep -q "^Interrupted in trial 2; run the same command again to continue." sweep1.log || fail "no interruption line: $(cat sweep1.log)"
-[ "$(wc -l < sweep/trials.jsonl)" -eq 1 ] || fail "the interrupted sweep recorded $(wc -l < sweep/trials.jsonl) trials, expected 1"
-"${sweep[@]}" > sweep2.log 2>&1 || fail "the resumed sweep failed: $(cat sweep2.log)"
-grep -q "resuming  1 finished run already in sweep/trials.jsonl" sweep2.log || fail "the sweep did not resume: $(cat sweep2.log)"
-! grep -q "^Trial 1/3" sweep2.log && grep -q "^Trial 2/3" sweep2.log && grep -q "^Trial 3/3" sweep2.log ||
-  fail "the resumed sweep did not run exactly trials 2 and 3: $(cat sweep2.log)"
-[ "$(grep -c '"status":"done"' sweep/trials.jsonl)" -eq 3 ] || fail "trials.jsonl: $(cat sweep/trials.jsonl)"
-grep -q "^Its test set result (evaluated once, after the selection): Test loss" sweep2.log || fail "no test result: $(cat sweep2.log)"
-echo "sweep resumed after SIGINT: $(grep '^Best:' sweep2.log)"
+# recorded once, and none is run twice. In this process (the default), as child processes
+# (--isolate), and two trials at a time (--parallel 2: the signal stops both running trials).
+echo '{"hidden": ["64", "512", "128"], "lr": [0.001]}' > space.json  # trial 2 takes seconds: the signal lands in it
+for mode in "" "--isolate" "--parallel 2" "--parallel 2 --isolate"; do
+  out="sweep${mode// /}"
+  # shellcheck disable=SC2206  # $mode is meant to split into its words
+  sweep=("$cumnist" sweep --space space.json --data "$data" --epochs 2 --device cpu --threads 1 --out "$out" $mode)
+  "${sweep[@]}" > sweep1.log 2>&1 &
+  pid=$!
+  for _ in $(seq 1 600); do grep -q "^Trial 2/3" sweep1.log && break; sleep 0.1; done
+  kill -INT "$pid"  # (as Ctrl-C would; the shell started it with SIGINT ignored, which the sweep overrides)
+  rc=0
+  wait "$pid" || rc=$?
+  [ "$rc" -eq 130 ] || fail "sweep $mode: SIGINT exited $rc, expected 130: $(cat sweep1.log)"
+  grep -q "^Interrupted in trial 2; run the same command again to continue." sweep1.log ||
+    fail "sweep $mode: no interruption line: $(cat sweep1.log)"
+  recorded=0
+  [ ! -f "$out/trials.jsonl" ] || recorded=$(wc -l < "$out/trials.jsonl")
+  if [ -z "$mode" ] || [ "$mode" = "--isolate" ]; then
+    [ "$recorded" -eq 1 ] || fail "sweep $mode: the interrupted sweep recorded $recorded trials, expected 1"
+  else
+    [ "$recorded" -le 1 ] || fail "sweep $mode: the interrupted sweep recorded $recorded trials, expected at most trial 1"
+  fi
+  before=$(grep -o '"trial":[0-9]*' "$out/trials.jsonl" 2>/dev/null || true)
+  "${sweep[@]}" > sweep2.log 2>&1 || fail "sweep $mode: the resumed sweep failed: $(cat sweep2.log)"
+  for k in 1 2 3; do
+    ran=$(grep -c "^Trial $k/3" sweep2.log || true)
+    expected=1
+    if printf '%s\n' "$before" | grep -qx "\"trial\":$((k - 1))"; then expected=0; fi
+    [ "$ran" -eq "$expected" ] || fail "sweep $mode: trial $k ran $ran times on resume, expected $expected: $(cat sweep2.log)"
+  done
+  [ "$(grep -c '"status":"done"' "$out/trials.jsonl")" -eq 3 ] || fail "sweep $mode: trials.jsonl: $(cat "$out/trials.jsonl")"
+  grep -q "^Its test set result (evaluated once, after the selection): Test loss" sweep2.log ||
+    fail "sweep $mode: no test result: $(cat sweep2.log)"
+  echo "sweep ${mode:-in process} resumed after SIGINT: $(grep '^Best:' sweep2.log)"
+done
 
 # Interruption inside an epoch: a model and thread count that make an epoch take seconds (~8 s
 # here), so that the signal a second after the epoch starts lands inside it on any machine.

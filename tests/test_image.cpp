@@ -1025,6 +1025,99 @@ TEST(SweepCommand, RunsRecordsRanksAndResumes) {
         << all(report);
 }
 
+// The three ways of running trials give the same trials: in this process one at a time (the
+// default), two at a time on two threads (--parallel 2), and as child processes (--isolate). With
+// --objective loss the ranking is by the lowest validation loss and each trial's best.safetensors
+// is the epoch of that loss.
+TEST(SweepCommand, InProcessParallelAndIsolatedTrialsAgree) {
+    const std::string data = temp().file("sweep-modes-data");
+    fs::create_directories(data + "/mnist");
+    std::vector<uint8_t> labels(150);
+    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<uint8_t>(i % 10);
+    write_idx(data + "/mnist/train-images-idx3-ubyte", {150, 28, 28}, cumnist_test::uniform_bytes(150 * 784, 0, 255, 61));
+    write_idx(data + "/mnist/train-labels-idx1-ubyte", {150}, labels);
+    write_idx(data + "/mnist/t10k-images-idx3-ubyte", {30, 28, 28}, cumnist_test::uniform_bytes(30 * 784, 0, 255, 62));
+    write_idx(data + "/mnist/t10k-labels-idx1-ubyte", {30}, std::vector<uint8_t>(labels.begin(), labels.begin() + 30));
+    const auto all = [](const CliRun& r) { return fmt::format("{}", fmt::join(r.lines, "\n")); };
+    // Each trial's per-epoch numbers (not its times), by trial.
+    const auto trials = [](const std::string& out) {
+        std::map<int, std::vector<std::vector<double>>> by_trial;
+        std::ifstream in(out + "/trials.jsonl");
+        for (std::string line; std::getline(in, line);) {
+            const nlohmann::json r = nlohmann::json::parse(line);
+            EXPECT_EQ(r.at("status"), "done") << line;
+            for (const nlohmann::json& e : r.at("epochs"))
+                by_trial[r.at("trial").get<int>()].push_back(
+                    {e.at("train_loss").get<double>(), e.at("validation_loss").get<double>(),
+                     e.at("validation_accuracy").get<double>()});
+        }
+        return by_trial;
+    };
+    const std::string base = fmt::format("sweep --param 'lr=0.01,0.001' --param 'hidden=16|8,8' --data '{}' --epochs 3 "
+                                         "--device cpu",
+                                         data);
+    std::map<std::string, std::map<int, std::vector<std::vector<double>>>> results;
+    for (const std::string mode : {"", "--parallel 2", "--isolate", "--parallel 2 --isolate"}) {
+        const std::string out = temp().file("sweep-modes-" + std::to_string(results.size()));
+        const CliRun r = run_cumnist(fmt::format("{} --out '{}' {}", base, out, mode));
+        ASSERT_EQ(r.status, 0) << mode << ": " << all(r);
+        const bool in_process = mode.find("--isolate") == std::string::npos;
+        const std::string at_a_time = mode.find("--parallel 2") != std::string::npos ? "2 at a time" : "1 at a time";
+        EXPECT_NE(all(r).find(in_process ? "  trials    in this process, " + at_a_time + " (" : "  trials    child processes (--isolate), " + at_a_time),
+                  std::string::npos)
+            << mode << ": " << all(r);
+        if (in_process) {
+            EXPECT_NE(all(r).find("on mnist loaded once (150 training and 30 test images"), std::string::npos) << all(r);
+        }
+        results[mode] = trials(out);
+        ASSERT_EQ(results[mode].size(), 4u) << mode << ": " << all(r);
+        for (const auto& [k, epochs] : results[mode]) EXPECT_EQ(epochs.size(), 3u) << mode << " trial " << k;
+    }
+    for (const auto& [mode, by_trial] : results) EXPECT_EQ(by_trial, results.at("")) << "'" << mode << "' differs from in process, one at a time";
+
+    // --objective loss: ranked by the lowest validation loss, best.safetensors at that epoch.
+    const std::string out = temp().file("sweep-modes-loss");
+    const CliRun r = run_cumnist(fmt::format("{} --out '{}' --objective loss", base, out));
+    ASSERT_EQ(r.status, 0) << all(r);
+    EXPECT_NE(all(r).find("objective: the lowest validation loss"), std::string::npos) << all(r);
+    EXPECT_NE(all(r).find("Rank  Trial      Val. loss  Epoch  Arguments"), std::string::npos) << all(r);
+    std::ifstream in(out + "/trials.jsonl");
+    double lowest = HUGE_VAL;
+    int lowest_trial = -1;
+    for (std::string line; std::getline(in, line);) {
+        const nlohmann::json rec = nlohmann::json::parse(line);
+        double trial_lowest = HUGE_VAL;
+        int epoch = 0;
+        for (const nlohmann::json& e : rec.at("epochs"))
+            if (e.at("validation_loss").get<double>() < trial_lowest)
+                trial_lowest = e.at("validation_loss").get<double>(), epoch = e.at("epoch").get<int>();
+        EXPECT_EQ(rec.at("best_validation_loss").get<double>(), trial_lowest) << line;
+        EXPECT_EQ(rec.at("best_loss_epoch").get<int>(), epoch) << line;
+        const Checkpoint best = load_checkpoint(rec.at("dir").get<std::string>() + "/best.safetensors");
+        EXPECT_TRUE(best.meta.best_on_loss);
+        EXPECT_EQ(best.meta.epoch, epoch) << "best.safetensors is the epoch of the lowest validation loss: " << line;
+        if (trial_lowest < lowest) lowest = trial_lowest, lowest_trial = rec.at("trial").get<int>();
+    }
+    EXPECT_NE(all(r).find(fmt::format("Best: trial {}, validation loss {:.4f} after epoch", lowest_trial + 1, lowest)),
+              std::string::npos)
+        << all(r);
+    // The records of an accuracy sweep are another search's for a loss sweep (their checkpoints differ).
+    const CliRun other = run_cumnist(fmt::format("{} --out '{}' --objective accuracy", base, out));
+    EXPECT_EQ(other.status, 1) << all(other);
+    EXPECT_NE(all(other).find("of another search"), std::string::npos) << all(other);
+    // Bad values get one line each.
+    for (const auto& [args, message] : std::vector<std::pair<std::string, std::string>>{
+             {"--objective speed", "--objective: unknown objective 'speed' (expected accuracy or loss)"},
+             {"--parallel 0", "--parallel must be in [1, 64], got 0"},
+             {"--param lr=0.1", "--param 'lr=0.1': 'lr' is given twice"},
+             {"--param best-on=loss", "\"best-on\" is set by the sweep itself"}}) {
+        const CliRun bad = run_cumnist(fmt::format("{} --out '{}' {}", base, temp().file("sweep-modes-bad"), args));
+        EXPECT_EQ(bad.status, 1) << args << ": " << all(bad);
+        ASSERT_EQ(bad.lines.size(), 1u) << args << ": " << all(bad);
+        EXPECT_NE(bad.lines[0].find(message), std::string::npos) << args << ": " << bad.lines[0];
+    }
+}
+
 // --model: a layer string trains, is saved as its layer list, evaluates and predicts; a bad one
 // and MLP flags beside another model fail before any data is read, with one line.
 TEST(TrainCommand, ModelFlag) {

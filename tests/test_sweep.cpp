@@ -45,6 +45,50 @@ TEST(SweepSpace, ErrorsNameTheEntry) {
         EXPECT_NE(error_of(space).find(message), std::string::npos) << space.dump() << ": " << error_of(space);
 }
 
+// --param NAME=VALUES: lists split on ',' (or on '|' when the text holds one), ranges LO..HI with an
+// optional kind; each gives the JSON entry a space file would hold, and bad texts are named.
+TEST(SweepParam, ShorthandGivesTheSpaceEntry) {
+    const std::pair<std::string, json> cases[] = {
+        {"optimizer=adam,sgd", json::parse(R"(["adam", "sgd"])")},
+        {"hidden=512,256|128", json::parse(R"(["512,256", "128"])")},
+        {"hidden=64", json::parse(R"(["64"])")},
+        {"lr=1e-4..1e-1:log", json::parse(R"({"log_uniform": [1e-4, 0.1]})")},
+        {"dropout=0..0.5", json::parse(R"({"uniform": [0, 0.5]})")},
+        {"batch-size=16..256:int", json::parse(R"({"int": [16, 256]})")},
+    };
+    for (const auto& [text, expected] : cases) {
+        const auto [name, value] = parse_param(text);
+        EXPECT_EQ(name, text.substr(0, text.find('='))) << text;
+        EXPECT_EQ(value, expected) << text << ": " << value.dump();
+    }
+    // The entry goes through the space's own checks.
+    const auto [lr_name, lr_value] = parse_param("lr=1e-4..1e-1:log");
+    json entry = json::object();
+    entry[lr_name] = lr_value;
+    const SweepSpace space = parse_sweep_space(entry, kFlags);
+    ASSERT_EQ(space.parameters.size(), 1u);
+    EXPECT_EQ(space.parameters[0].kind, SweepParameter::Kind::LogUniform);
+    const auto error = [](const std::string& text) -> std::string {
+        try {
+            (void)parse_param(text);
+        } catch (const Error& e) {
+            return e.what();
+        }
+        return "<no error>";
+    };
+    const std::pair<std::string, std::string> errors[] = {
+        {"lr", "--param 'lr': expected NAME=VALUES"},
+        {"=0.1", "--param '=0.1': expected NAME=VALUES"},
+        {"lr=", "--param 'lr=': expected NAME=VALUES"},
+        {"optimizer=adam,,sgd", "--param 'optimizer=adam,,sgd': an empty value in the list (values are separated by ',')"},
+        {"hidden=64|", "an empty value in the list (values are separated by '|')"},
+        {"lr=x..1", "--param 'lr=x..1': the low end of the range, 'x', is not a number"},
+        {"lr=0.1..", "the high end of the range, '', is not a number"},
+        {"lr=1..2:exp", "--param 'lr=1..2:exp': unknown range kind ':exp'"},
+    };
+    for (const auto& [text, message] : errors) EXPECT_NE(error(text).find(message), std::string::npos) << text << ": " << error(text);
+}
+
 TEST(SweepSpace, GridIsEveryCombinationInKeyOrderTheLastFastest) {
     const SweepSpace space =
         parse_sweep_space(json::parse(R"({"optimizer": ["adam", "sgd"], "lr": [0.1, 0.01, 0.001]})"), kFlags);

@@ -33,6 +33,7 @@ struct CheckpointMeta {
     double validation_split = 0.0;  // the fraction of the training set held out for validation (0: none)
     LrSchedule schedule;            // the learning-rate schedule (schedule.h)
     int early_stopping = 0;         // patience on the validation loss (0: none)
+    bool best_on_loss = false;      // best.safetensors chosen by the lowest loss (else the highest accuracy)
     std::string dataset;  // "mnist", "fashion", or empty when unknown
     std::string device;   // where it was trained ("cpu", "cuda"): informational
     std::vector<EpochMetrics> history;  // epochs 1..epoch

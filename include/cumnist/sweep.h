@@ -66,6 +66,16 @@ std::vector<Trial> random_trials(const SweepSpace& space, int trials, uint64_t s
 std::vector<int> halving_rungs(int min_epochs, int epochs, int eta);
 std::vector<int> promote(std::vector<std::pair<int, double>> scores, std::size_t rung_size, int eta);
 
+// One hyperparameter as `cumnist sweep --param` takes it, as the (flag, JSON value) of a space entry:
+//   NAME=A,B,C        a list ["A", "B", "C"]; split on '|' instead when the text holds one, so that
+//                     values with commas can be listed ("hidden=512,256|128": ["512,256", "128"])
+//   NAME=LO..HI       {"uniform": [LO, HI]}
+//   NAME=LO..HI:log   {"log_uniform": [LO, HI]}
+//   NAME=LO..HI:int   {"int": [LO, HI]}
+// Throws Error naming the text for a missing name or value, an empty list item, a range end that
+// is not a number or an unknown range kind. The flag and the range are checked by parse_sweep_space.
+std::pair<std::string, nlohmann::json> parse_param(const std::string& text);
+
 // `word` as a POSIX shell reads it back: as it is when it holds nothing the shell would change,
 // else in single quotes (a quote inside written '\'').
 std::string shell_quote(const std::string& word);

@@ -64,7 +64,7 @@ std::string model_help() {
         cnn_preset());
 }
 
-Device choose_device(const std::string& requested) {
+Device choose_device(const std::string& requested, std::FILE* out) {
     if (requested == "cpu") return Device::Cpu;
     if (requested != "auto" && requested != "gpu" && requested != "cuda")
         throw Error(fmt::format("--device: unknown device '{}' (expected auto, cpu or gpu)", requested));
@@ -74,20 +74,54 @@ Device choose_device(const std::string& requested) {
         return Device::Cuda;
     }
     if (why.empty()) return Device::Cuda;
-    fmt::print("No usable GPU ({}); using the CPU.\n", why);
+    fmt::print(out, "No usable GPU ({}); using the CPU.\n", why);
     return Device::Cpu;
 }
 
-void set_threads(int threads) {
+void set_threads(int threads, std::FILE* err) {
     if (threads < 0) throw Error(fmt::format("--threads must be 0 (all cores) or positive, got {}", threads));
     // More threads than cores only makes them wait for each other at every barrier (and oneDNN
     // sizes per-thread buffers by the count): clamp to the cores this process may run on.
     const int cores = omp_get_num_procs();
     if (threads > cores)
-        fmt::print(stderr, "--threads {}: this machine has {} core{} available; using {}.\n", threads, cores,
+        fmt::print(err, "--threads {}: this machine has {} core{} available; using {}.\n", threads, cores,
                    cores == 1 ? "" : "s", cores);
     omp_set_num_threads(threads > 0 ? std::min(threads, cores) : cores);
 }
+
+int run_reporting_errors(const std::function<int()>& command, std::FILE* err) {
+    try {
+        return command();
+    } catch (const std::bad_alloc&) {
+        std::fflush(stdout);
+        fmt::print(err, "cumnist: error: out of memory: an allocation failed (a smaller batch, model or data set "
+                        "needs less)\n");
+    } catch (const std::exception& e) {
+        std::fflush(stdout);
+        fmt::print(err, "cumnist: error: {}\n", e.what());
+    }
+    return 1;
+}
+
+std::atomic<bool> g_stop_requested{false};
+static_assert(std::atomic<bool>::is_always_lock_free, "the signal handler needs a lock-free flag");
+
+namespace {
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+extern "C" void on_stop_signal(int signal_number) {
+    g_stop_signal = signal_number;
+    g_stop_requested.store(true, std::memory_order_relaxed);
+    std::signal(signal_number, SIG_DFL);
+}
+}  // namespace
+
+void install_stop_handlers() {
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+}
+
+int stop_signal() { return static_cast<int>(g_stop_signal); }
 
 std::string count_of(long long n, const std::string& noun) { return fmt::format("{} {}{}", n, noun, n == 1 ? "" : "s"); }
 

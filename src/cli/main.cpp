@@ -88,22 +88,11 @@ int main(int argc, char** argv) {
         return 2;
     }
     int status = 0;
-    try {
-        for (const cli::Command& c : commands)
-            if (c.app->parsed()) {
-                status = c.run();
-                break;
-            }
-    } catch (const std::bad_alloc&) {
-        std::fflush(stdout);
-        fmt::print(stderr, "cumnist: error: out of memory: an allocation failed (a smaller batch, model or data set "
-                           "needs less)\n");
-        return 1;
-    } catch (const std::exception& e) {
-        std::fflush(stdout);
-        fmt::print(stderr, "cumnist: error: {}\n", e.what());
-        return 1;
-    }
+    for (const cli::Command& c : commands)
+        if (c.app->parsed()) {
+            status = cli::run_reporting_errors(c.run);
+            break;
+        }
     // Output redirected to a file on a full disk is lost silently unless the flush is checked.
     errno = 0;
     if (std::fflush(stdout) != 0 || std::ferror(stdout)) {

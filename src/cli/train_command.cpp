@@ -26,18 +26,6 @@
 namespace cumnist::cli {
 namespace {
 
-// SIGINT/SIGTERM: the first one asks the training loop to stop after the step in flight (and to
-// save when --save is set); a second one gets the default action, ending the process at once.
-std::atomic<bool> g_stop_requested{false};
-volatile std::sig_atomic_t g_stop_signal = 0;
-static_assert(std::atomic<bool>::is_always_lock_free, "the signal handler needs a lock-free flag");
-
-extern "C" void on_stop_signal(int signal_number) {
-    g_stop_signal = signal_number;
-    g_stop_requested.store(true, std::memory_order_relaxed);
-    std::signal(signal_number, SIG_DFL);
-}
-
 struct TrainOptions {
     std::string data_dir = default_data_dir();
     std::string dataset = "mnist";
@@ -57,18 +45,26 @@ struct TrainOptions {
     std::string schedule_name = "constant";  // --lr-schedule
     LrSchedule schedule;                     // its settings (--lr-step-epochs, --lr-gamma, ...)
     int early_stopping = 0;                  // --early-stopping PATIENCE
+    std::string best_on = "accuracy";        // --best-on: what best.safetensors is chosen by
+    bool best_on_loss = false;
     bool no_graph = false;
     bool tf32 = false;
     std::string model_text = "mlp";  // --model
     TrainConfig train;
     MlpConfig mlp;    // --hidden, --activation, --dropout
     ModelSpec model;  // resolved once the data's image size is known
+    // Where the run prints (a sweep's trial run in process: its log), whether it installs its own
+    // SIGINT/SIGTERM handlers, and data already loaded by the caller.
+    std::FILE* out = stdout;
+    std::FILE* err = stderr;
+    bool handle_signals = true;
+    const LoadedData* preloaded = nullptr;
 };
 
 // Keras-style live progress line, redrawn in place; only on a terminal.
 class ProgressBar {
 public:
-    explicit ProgressBar(bool enabled) : m_enabled(enabled) {}
+    explicit ProgressBar(std::FILE* out) : m_out(out), m_enabled(::isatty(::fileno(out)) != 0) {}
     void start() { m_t0 = std::chrono::steady_clock::now(); m_last = -1.0; }
     void update(int step, int n_steps, double loss, double accuracy) {
         if (!m_enabled) return;
@@ -83,15 +79,16 @@ public:
         std::string line = fmt::format("\r{:>{}}/{} [{}] - ETA: {}", step, digits(n_steps), n_steps, bar,
                                        format_duration(eta));
         if (!std::isnan(loss)) line += fmt::format(" - loss: {:.4f} - accuracy: {:.4f}", loss, accuracy);
-        fmt::print("{}\x1b[K", line);
-        std::fflush(stdout);
+        fmt::print(m_out, "{}\x1b[K", line);
+        std::fflush(m_out);
     }
     void finish() {
-        if (m_enabled) fmt::print("\r\x1b[K");
+        if (m_enabled) fmt::print(m_out, "\r\x1b[K");
     }
 
 private:
     static int digits(int n) { return static_cast<int>(std::to_string(n).size()); }
+    std::FILE* m_out;
     bool m_enabled;
     std::chrono::steady_clock::time_point m_t0;
     double m_last = -1.0;
@@ -155,6 +152,9 @@ void apply_checkpoint_settings(TrainOptions& o, OptimizerConfig& opt, const Chec
         conflict("--early-stopping", std::to_string(o.early_stopping),
                  meta.early_stopping > 0 ? fmt::format("early stopping after {} epochs", meta.early_stopping)
                                          : std::string("no early stopping"));
+    if (given("--best-on") && o.best_on_loss != meta.best_on_loss)
+        conflict("--best-on", o.best_on, meta.best_on_loss ? "best.safetensors chosen by the loss"
+                                                           : "best.safetensors chosen by the accuracy");
     if (given("--validation-split") && o.validation_split != meta.validation_split)
         conflict("--validation-split", fmt::format("{}", o.validation_split),
                  meta.validation_split > 0 ? fmt::format("validation split {}", meta.validation_split)
@@ -166,6 +166,7 @@ void apply_checkpoint_settings(TrainOptions& o, OptimizerConfig& opt, const Chec
     o.validation_split = meta.validation_split;
     o.schedule = meta.schedule;
     o.early_stopping = meta.early_stopping;
+    o.best_on_loss = meta.best_on_loss;
     if (!meta.dataset.empty()) o.dataset = meta.dataset;
     // A cosine schedule is laid out over the run's epochs: another total would change its rates.
     if (meta.schedule.kind == ScheduleKind::Cosine && given("--epochs") && o.train.epochs != meta.epochs)
@@ -177,6 +178,10 @@ void apply_checkpoint_settings(TrainOptions& o, OptimizerConfig& opt, const Chec
                                 "to train further",
                                 o.resume, meta.epoch, given("--epochs") ? o.train.epochs : meta.epochs, meta.epoch));
 }
+
+// No epoch chosen as the best yet.
+constexpr double kNoBest = -HUGE_VAL;
+bool best_epoch_unset(double best) { return best == kNoBest; }
 
 int run_train(TrainOptions& o) {
     o.mlp.hidden = parse_hidden(o.hidden);
@@ -214,6 +219,9 @@ int run_train(TrainOptions& o) {
                                         fmt::join(names, " or "), to_string(o.schedule.kind)));
             }
     }
+    if (o.best_on != "accuracy" && o.best_on != "loss")
+        throw Error(fmt::format("--best-on: expected accuracy or loss, got '{}'", o.best_on));
+    o.best_on_loss = o.best_on == "loss";
     if (o.early_stopping < 0) throw Error(fmt::format("--early-stopping must be 0 (off) or more, got {}", o.early_stopping));
     o.train.use_graph = !o.no_graph;
     o.train.tf32 = o.tf32;
@@ -247,10 +255,10 @@ int run_train(TrainOptions& o) {
         require_distinct(outputs, inputs);  // over the data, or one another
         if (!o.resume.empty()) require_distinct({{"--metrics-out", o.metrics_out}}, {{"--resume", o.resume}});
     }
-    set_threads(o.threads);
-    o.train.device = choose_device(o.device);
+    set_threads(o.threads, o.err);
+    o.train.device = choose_device(o.device, o.out);
     if (o.train.device == Device::Cpu && (o.tf32 || o.no_graph))
-        fmt::print(stderr, "{}: GPU only, no effect on the CPU.\n",
+        fmt::print(o.err, "{}: GPU only, no effect on the CPU.\n",
                    o.tf32 && o.no_graph ? "--tf32 and --no-graph" : o.tf32 ? "--tf32" : "--no-graph");
 
     if (o.schedule.kind == ScheduleKind::Cosine && o.schedule.warmup_epochs >= o.train.epochs)
@@ -262,8 +270,15 @@ int run_train(TrainOptions& o) {
                                 o.early_stopping > 0 ? "--early-stopping" : "--lr-schedule plateau"));
     if (o.validation_split != 0.0 && !(o.validation_split > 0.0 && o.validation_split < 1.0))
         throw Error(fmt::format("--validation-split must be a fraction in (0, 1), got {}", o.validation_split));
-    const Dataset full_train = load_dataset(o.data_dir, o.dataset, Split::Train);
-    const Dataset test = load_dataset(o.data_dir, o.dataset, Split::Test);
+    // The data: what the caller loaded when it is the data asked for, else read now.
+    const bool preloaded = o.preloaded && o.preloaded->data_dir == o.data_dir && o.preloaded->dataset == o.dataset;
+    std::optional<Dataset> loaded_train, loaded_test;
+    if (!preloaded) {
+        loaded_train.emplace(load_dataset(o.data_dir, o.dataset, Split::Train));
+        loaded_test.emplace(load_dataset(o.data_dir, o.dataset, Split::Test));
+    }
+    const Dataset& full_train = preloaded ? o.preloaded->train : *loaded_train;
+    const Dataset& test = preloaded ? o.preloaded->test : *loaded_test;
     // --validation-split: a stratified, seeded share of the training set is held out, evaluated
     // after every epoch and used to choose the best checkpoint; the test set is evaluated once, at
     // the end.
@@ -281,21 +296,21 @@ int run_train(TrainOptions& o) {
                                 train.cols));
 
     const bool gpu = o.train.device == Device::Cuda;
-    fmt::print("cumnist: training on {} ({})\n", gpu ? "the GPU" : "the CPU",
+    fmt::print(o.out, "cumnist: training on {} ({})\n", gpu ? "the GPU" : "the CPU",
                gpu ? device_name(Device::Cuda) : fmt::format("{}, {}", device_name(Device::Cpu), count_of(omp_get_max_threads(), "thread")));
-    fmt::print("  model      {} ({} parameters)\n", o.model.describe(), parameter_count(o.model));
-    fmt::print("  optimizer  {}{}\n", opt.describe(),
+    fmt::print(o.out, "  model      {} ({} parameters)\n", o.model.describe(), parameter_count(o.model));
+    fmt::print(o.out, "  optimizer  {}{}\n", opt.describe(),
                o.schedule.kind == ScheduleKind::Constant ? "" : ", learning rate " + o.schedule.describe());
     if (o.early_stopping > 0)
-        fmt::print("  stopping   early once the validation loss has not improved for {}\n",
+        fmt::print(o.out, "  stopping   early once the validation loss has not improved for {}\n",
                    count_of(o.early_stopping, "epoch"));
-    fmt::print("  data       {}: {} training, {} test images of {}x{} from {}\n", o.dataset, train.n, test.n,
+    fmt::print(o.out, "  data       {}: {} training, {} test images of {}x{} from {}\n", o.dataset, train.n, test.n,
                train.rows, train.cols, dataset_folder(o.data_dir, o.dataset));
     if (validating)
-        fmt::print("  validation {} images ({:g} % of the training set, stratified by class, seed {}) held out and "
+        fmt::print(o.out, "  validation {} images ({:g} % of the training set, stratified by class, seed {}) held out and "
                    "evaluated after every epoch; the test set once, after the last\n",
                    split->validation.n, 100.0 * o.validation_split, o.train.seed);
-    fmt::print("  schedule   {} of {} (batch {}), seed {}{}\n", count_of(o.train.epochs, "epoch"),
+    fmt::print(o.out, "  schedule   {} of {} (batch {}), seed {}{}\n", count_of(o.train.epochs, "epoch"),
                count_of((train.n + o.train.batch - 1) / o.train.batch, "step"), o.train.batch, o.train.seed,
                gpu ? fmt::format(", {}{}", o.train.use_graph ? "CUDA Graph" : "no graph", o.train.tf32 ? ", TF32" : ", FP32")
                    : "");
@@ -305,9 +320,9 @@ int run_train(TrainOptions& o) {
         const double mib = static_cast<double>(train.images.size() + train.labels.size()) / (1024.0 * 1024.0);
         const std::string chosen = o.train.placement == DataPlacement::Auto ? " (auto)" : "";
         if (trainer.placement() == DataPlacement::Resident)
-            fmt::print("  placement  resident{}: the training set ({:.1f} MiB) is copied to the GPU once\n", chosen, mib);
+            fmt::print(o.out, "  placement  resident{}: the training set ({:.1f} MiB) is copied to the GPU once\n", chosen, mib);
         else
-            fmt::print("  placement  stream{}: the training set ({:.1f} MiB) stays in host memory; a loader thread "
+            fmt::print(o.out, "  placement  stream{}: the training set ({:.1f} MiB) stays in host memory; a loader thread "
                        "stages each batch{}\n",
                        chosen, mib, gpu ? ", copied to the GPU while the step before it runs" : "");
     }
@@ -317,9 +332,14 @@ int run_train(TrainOptions& o) {
     meta.validation_split = o.validation_split;
     meta.schedule = o.schedule;
     meta.early_stopping = o.early_stopping;
+    meta.best_on_loss = o.best_on_loss;
+    // The choice of best.safetensors: the highest accuracy, or the lowest loss, on the evaluation set.
+    const auto better = [&](const EpochMetrics& m, double best) {
+        return best_epoch_unset(best) || (o.best_on_loss ? m.test_loss < best : m.test_accuracy > best);
+    };
     std::vector<double> eval_losses;  // per epoch done: the evaluation set's loss (the schedule's and early stopping's input)
     std::string metrics_text;
-    double best = -1.0, total_seconds = 0.0;
+    double best = kNoBest, total_seconds = 0.0;
     int best_epoch = 0, first_epoch = 1, resume_step = 0;
     if (resumed) {
         restore_checkpoint(trainer, *resumed, o.resume);
@@ -328,38 +348,38 @@ int run_train(TrainOptions& o) {
         resume_step = resumed->meta.epoch_step;
         for (const EpochMetrics& m : meta.history) {
             eval_losses.push_back(m.test_loss);
-            if (m.test_accuracy > best) best = m.test_accuracy, best_epoch = m.epoch;
+            if (better(m, best)) best = o.best_on_loss ? m.test_loss : m.test_accuracy, best_epoch = m.epoch;
             metrics_text += metrics_json(m) + "\n";
         }
-        fmt::print("  resumed    from {}: epoch {} done ({} steps), continuing with epoch {}{}\n", o.resume,
+        fmt::print(o.out, "  resumed    from {}: epoch {} done ({} steps), continuing with epoch {}{}\n", o.resume,
                    resumed->meta.epoch, resumed->meta.step, first_epoch,
                    resume_step > 0 ? fmt::format(" at step {}", resume_step + 1) : "");
         resumed.reset();
     }
     if (!o.save_dir.empty())
-        fmt::print("  saving     {}/last.safetensors every epoch, {}/best.safetensors at the best {} accuracy\n",
-                   o.save_dir, o.save_dir, eval_set);
+        fmt::print(o.out, "  saving     {}/last.safetensors every epoch, {}/best.safetensors at the {} {} {}\n",
+                   o.save_dir, o.save_dir, o.best_on_loss ? "lowest" : "best", eval_set,
+                   o.best_on_loss ? "loss" : "accuracy");
     const ResidentData test_data(test, o.train.device);
     std::optional<ResidentData> validation_data;
     if (validating) validation_data.emplace(split->validation, o.train.device);
     const ResidentData& epoch_data = validating ? *validation_data : test_data;
-    ProgressBar bar(::isatty(STDOUT_FILENO) != 0);
+    ProgressBar bar(o.out);
     trainer.set_stop_flag(&g_stop_requested);
-    std::signal(SIGINT, on_stop_signal);
-    std::signal(SIGTERM, on_stop_signal);
+    if (o.handle_signals) install_stop_handlers();
     bool graph_warned = false;  // a failed CUDA Graph capture is reported once
     int last_epoch = first_epoch - 1;
     for (int epoch = first_epoch; epoch <= o.train.epochs; ++epoch) {
         if (should_stop_early(eval_losses, o.early_stopping)) {
             const auto best_loss = std::min_element(eval_losses.begin(), eval_losses.end());
-            fmt::print("Early stopping after epoch {}: the validation loss has not improved for {} (best {:.4f}, epoch "
+            fmt::print(o.out, "Early stopping after epoch {}: the validation loss has not improved for {} (best {:.4f}, epoch "
                        "{})\n",
                        epoch - 1, count_of(o.early_stopping, "epoch"), *best_loss, best_loss - eval_losses.begin() + 1);
             break;
         }
         last_epoch = epoch;
-        fmt::print("Epoch {}/{}\n", epoch, o.train.epochs);
-        std::fflush(stdout);
+        fmt::print(o.out, "Epoch {}/{}\n", epoch, o.train.epochs);
+        std::fflush(o.out);
         bar.start();
         const int first_step = std::exchange(resume_step, 0);
         const float lr_factor = static_cast<float>(o.schedule.factor(epoch, o.train.epochs, eval_losses));
@@ -371,22 +391,22 @@ int run_train(TrainOptions& o) {
         bar.finish();
         if (!m.completed) {
             // Interrupted: the step in flight has finished; keep the state when --save is set.
-            const int signal_number = static_cast<int>(g_stop_signal);
+            const int signal_number = stop_signal();
             const int done = first_step + m.steps;
-            fmt::print("Interrupted by {} in epoch {} after step {} of {}.\n",
+            fmt::print(o.out, "Interrupted by {} in epoch {} after step {} of {}.\n",
                        signal_number == SIGTERM ? "SIGTERM" : "SIGINT", epoch, done, trainer.steps_per_epoch());
             if (!o.save_dir.empty()) {
                 meta.epoch = epoch - 1;
                 meta.epoch_step = done;
                 save_checkpoint(o.save_dir + "/last.safetensors", capture_checkpoint(trainer, meta));
-                fmt::print("Saved {}/last.safetensors; continue with: cumnist train --resume {}/last.safetensors\n",
+                fmt::print(o.out, "Saved {}/last.safetensors; continue with: cumnist train --resume {}/last.safetensors\n",
                            o.save_dir, o.save_dir);
             }
-            std::fflush(stdout);
+            std::fflush(o.out);
             return 128 + (signal_number == SIGTERM ? SIGTERM : SIGINT);
         }
         if (!graph_warned && !trainer.graph_failure().empty()) {
-            fmt::print(stderr, "Warning: {}; training goes on with plain launches (as --no-graph).\n",
+            fmt::print(o.err, "Warning: {}; training goes on with plain launches (as --no-graph).\n",
                        trainer.graph_failure());
             graph_warned = true;
         }
@@ -394,17 +414,17 @@ int run_train(TrainOptions& o) {
         // After a resume inside the epoch, loss, accuracy and speed cover only the steps run here.
         const std::string covered =
             m.first_step > 0 ? fmt::format(" (steps {}-{} only: resumed inside the epoch)", m.first_step + 1, steps) : "";
-        fmt::print("{}/{} [==============================] - {} {:.0f}us/step - loss: {:.4f} - accuracy: {:.4f} - "
+        fmt::print(o.out, "{}/{} [==============================] - {} {:.0f}us/step - loss: {:.4f} - accuracy: {:.4f} - "
                    "val_loss: {:.4f} - val_accuracy: {:.4f}{} - {:.0f} samples/s{}\n",
                    steps, steps, format_duration(m.seconds), m.seconds / m.steps * 1e6, m.train_loss, m.train_accuracy,
                    m.test_loss, m.test_accuracy,
                    o.schedule.kind == ScheduleKind::Constant ? "" : fmt::format(" - lr: {:.4g}", m.lr),
                    m.samples_per_second, covered);
-        std::fflush(stdout);
+        std::fflush(o.out);
         total_seconds += m.seconds + m.eval_seconds;
         eval_losses.push_back(m.test_loss);
-        const bool improved = m.test_accuracy > best;
-        if (improved) best = m.test_accuracy, best_epoch = epoch;
+        const bool improved = better(m, best);
+        if (improved) best = o.best_on_loss ? m.test_loss : m.test_accuracy, best_epoch = epoch;
         if (!o.save_dir.empty()) {
             meta.epoch = epoch;
             meta.epoch_step = 0;
@@ -412,7 +432,7 @@ int run_train(TrainOptions& o) {
             const Checkpoint c = capture_checkpoint(trainer, meta);
             save_checkpoint(o.save_dir + "/last.safetensors", c);
             if (improved) save_checkpoint(o.save_dir + "/best.safetensors", c);
-            fmt::print("Saved {}/last.safetensors{}\n", o.save_dir, improved ? " and best.safetensors" : "");
+            fmt::print(o.out, "Saved {}/last.safetensors{}\n", o.save_dir, improved ? " and best.safetensors" : "");
         }
         if (!o.metrics_out.empty()) {
             metrics_text += metrics_json(m) + "\n";
@@ -420,25 +440,24 @@ int run_train(TrainOptions& o) {
         }
     }
     const int epochs_run = last_epoch - first_epoch + 1;
-    fmt::print("Done: {} epoch{} in {}; best {} accuracy {:.4f} (epoch {})\n", epochs_run, epochs_run == 1 ? "" : "s",
-               format_duration(total_seconds), eval_set, best, best_epoch);
+    fmt::print(o.out, "Done: {} epoch{} in {}; {} {} {} {:.4f} (epoch {})\n", epochs_run, epochs_run == 1 ? "" : "s",
+               format_duration(total_seconds), o.best_on_loss ? "lowest" : "best", eval_set,
+               o.best_on_loss ? "loss" : "accuracy", best, best_epoch);
     if (validating) {
         // The test set, once, after selection: the last epoch's model here; the best checkpoint's
         // with `cumnist eval --model .../best.safetensors`.
         const Evaluation t = trainer.evaluate(test_data);
-        fmt::print("Test (evaluated once, after the last epoch): loss {:.4f} - accuracy {:.4f} on {} images{}\n", t.loss,
+        fmt::print(o.out, "Test (evaluated once, after the last epoch): loss {:.4f} - accuracy {:.4f} on {} images{}\n", t.loss,
                    t.accuracy, t.n,
                    o.save_dir.empty() ? "" : fmt::format("; the best checkpoint: cumnist eval --model {}/best.safetensors",
                                                          o.save_dir));
     }
-    if (gpu && trainer.graph_nodes() > 0) fmt::print("CUDA Graph: {} nodes per training step\n", trainer.graph_nodes());
+    if (gpu && trainer.graph_nodes() > 0) fmt::print(o.out, "CUDA Graph: {} nodes per training step\n", trainer.graph_nodes());
     return 0;
 }
 
-}  // namespace
-
-void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
-    auto o = std::make_shared<TrainOptions>();
+// Defines the train command's options on `parent`, bound to `o`.
+CLI::App* define_train_command(CLI::App& parent, const std::shared_ptr<TrainOptions>& o) {
     CLI::App* train = parent.add_subcommand("train", "Train a model (the MLP by default) and evaluate it on the test set (or a validation split) after every epoch");
     train->add_option("--data", o->data_dir, "Data folder holding <dataset>/ with the IDX files, or the folder of the IDX files itself")->capture_default_str();
     train->add_option("--dataset", o->dataset, "Data set: mnist or fashion")->capture_default_str();
@@ -489,15 +508,47 @@ void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
                       "Stop once the validation loss has not improved for this many epochs (0: never; needs "
                       "--validation-split); best.safetensors keeps the model of the best validation accuracy")
         ->capture_default_str();
+    train->add_option("--best-on", o->best_on,
+                      "What best.safetensors is chosen by: accuracy (the highest) or loss (the lowest), on the "
+                      "validation split or else the test set")
+        ->capture_default_str();
     train->add_option("--metrics-out", o->metrics_out, "Write the per-epoch metrics to this file, one JSON object per line");
     train->add_option("--save", o->save_dir,
                       "Checkpoint folder: last.safetensors after every epoch (and on SIGINT/SIGTERM), best.safetensors at "
-                      "the best test accuracy (default with --resume: the checkpoint's folder)");
+                      "the best epoch (--best-on; default with --resume: the checkpoint's folder)");
     train->add_option("--resume", o->resume,
                       "Continue the run saved in this checkpoint exactly (its model, optimizer, seed and batch size); "
                       "--epochs is the total to reach");
     o->app = train;
+    return train;
+}
+
+}  // namespace
+
+void add_train_command(CLI::App& parent, std::vector<Command>& commands) {
+    auto o = std::make_shared<TrainOptions>();
+    CLI::App* train = define_train_command(parent, o);
     commands.push_back({train, [o] { return run_train(*o); }});
+}
+
+int train_in_process(const std::vector<std::string>& args, const LoadedData& data, std::FILE* log) {
+    auto o = std::make_shared<TrainOptions>();
+    CLI::App parent{"cumnist"};
+    parent.name("cumnist");
+    define_train_command(parent, o);
+    std::vector<std::string> argv = {"train"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    std::reverse(argv.begin(), argv.end());  // CLI11 takes the arguments last first
+    try {
+        parent.parse(argv);
+    } catch (const CLI::ParseError& e) {
+        fmt::print(log, "cumnist: error: {} (see cumnist train --help)\n", e.what());
+        return 2;
+    }
+    o->out = o->err = log;
+    o->handle_signals = false;
+    o->preloaded = &data;
+    return run_reporting_errors([&] { return run_train(*o); }, log);
 }
 
 }  // namespace cumnist::cli

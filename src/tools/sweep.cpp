@@ -2,7 +2,9 @@
 #include "cumnist/sweep.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 
 #include "cumnist/error.h"
 #include "cumnist/philox.h"
@@ -40,6 +42,55 @@ std::size_t SweepSpace::grid_size() const {
     std::size_t n = 1;
     for (const SweepParameter& p : parameters) n *= std::max<std::size_t>(p.values.size(), 1);
     return n;
+}
+
+std::pair<std::string, nlohmann::json> parse_param(const std::string& text) {
+    const std::size_t eq = text.find('=');
+    const std::string name = text.substr(0, eq == std::string::npos ? 0 : eq);
+    if (eq == std::string::npos || name.empty() || eq + 1 == text.size())
+        throw Error(fmt::format("--param '{}': expected NAME=VALUES, e.g. optimizer=adam,sgd or lr=1e-4..1e-1:log", text));
+    std::string value = text.substr(eq + 1);
+    const std::size_t dots = value.find("..");
+    if (dots != std::string::npos) {
+        // LO..HI[:log|:int]
+        std::string kind = "uniform";
+        const std::size_t colon = value.find(':', dots);
+        if (colon != std::string::npos) {
+            const std::string suffix = value.substr(colon + 1);
+            if (suffix == "log") kind = "log_uniform";
+            else if (suffix == "int") kind = "int";
+            else
+                throw Error(fmt::format("--param '{}': unknown range kind ':{}' (expected :log or :int, or none for "
+                                        "uniform)",
+                                        text, suffix));
+            value.resize(colon);
+        }
+        auto number = [&](const std::string& word, const char* end) {
+            char* stop = nullptr;
+            errno = 0;
+            const double v = word.empty() ? 0.0 : std::strtod(word.c_str(), &stop);
+            if (word.empty() || stop != word.c_str() + word.size() || errno == ERANGE || !std::isfinite(v))
+                throw Error(fmt::format("--param '{}': the {} end of the range, '{}', is not a number", text, end, word));
+            return v;
+        };
+        const double lo = number(value.substr(0, dots), "low"), hi = number(value.substr(dots + 2), "high");
+        return {name, nlohmann::json{{kind, {lo, hi}}}};
+    }
+    // A list: split on '|' when the values hold one (so that "512,256|128" is two), else on ','.
+    const char separator = value.find('|') != std::string::npos ? '|' : ',';
+    nlohmann::json list = nlohmann::json::array();
+    std::size_t begin = 0;
+    for (;;) {
+        const std::size_t end = value.find(separator, begin);
+        const std::string item = value.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+        if (item.empty())
+            throw Error(fmt::format("--param '{}': an empty value in the list (values are separated by '{}')", text,
+                                    separator));
+        list.push_back(item);
+        if (end == std::string::npos) break;
+        begin = end + 1;
+    }
+    return {name, list};
 }
 
 std::string shell_quote(const std::string& word) {

@@ -28,7 +28,7 @@ using nlohmann::json;
 constexpr const char* kFormat = "cumnist";
 // 1: the MLP's inputs/hidden/classes/activation/dropout; 2: the layer list (model_to_json).
 // Version 3 adds the training settings an older reader would silently drop (validation_split,
-// lr_schedule, early_stopping); a checkpoint without them is written as version 2, which every
+// lr_schedule, early_stopping, best_on); a checkpoint without them is written as version 2, which every
 // reader since the layered models reads.
 constexpr int kFormatVersion = 3;
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;  // 100 MB: safetensors' own limit
@@ -125,7 +125,7 @@ std::map<std::string, std::string> metadata_strings(const CheckpointMeta& meta) 
     // safetensors metadata maps strings to strings: every value but "format" is JSON text.
     std::map<std::string, std::string> strings = {{"format", kFormat},
             {"format_version", json(meta.validation_split > 0 || meta.schedule.kind != ScheduleKind::Constant ||
-                                            meta.early_stopping > 0
+                                            meta.early_stopping > 0 || meta.best_on_loss
                                         ? kFormatVersion
                                         : 2)
                                    .dump()},
@@ -143,6 +143,7 @@ std::map<std::string, std::string> metadata_strings(const CheckpointMeta& meta) 
     if (meta.validation_split > 0) strings["validation_split"] = json(meta.validation_split).dump();
     if (meta.schedule.kind != ScheduleKind::Constant) strings["lr_schedule"] = schedule_to_json(meta.schedule).dump();
     if (meta.early_stopping > 0) strings["early_stopping"] = json(meta.early_stopping).dump();
+    if (meta.best_on_loss) strings["best_on"] = json("loss").dump();
     return strings;
 }
 
@@ -467,6 +468,12 @@ private:
         }
         if (meta.contains("early_stopping"))
             m_meta.early_stopping = meta_number<int>(meta, "early_stopping", 1, 1u << 30);
+        if (meta.contains("best_on")) {
+            const json v = meta_json(meta, "best_on");
+            if (v != "loss" && v != "accuracy")
+                fail("__metadata__ 'best_on' is {}, expected \"loss\" or \"accuracy\"", v.dump());
+            m_meta.best_on_loss = v == "loss";
+        }
         for (const char* key : {"dataset", "device"}) {
             const json v = meta_json(meta, key);
             if (!v.is_string()) fail("__metadata__ '{}' is {}, expected a JSON string", key, v.dump());

@@ -16,7 +16,8 @@
 # Sections, in order, each under a timeout and never stopping the run: 1 machine, 2 versions
 # (driver / CUDA runtime / cuBLAS / cuDNN found and linked), 3 GPU test cases
 # (CUMNIST_REQUIRE_GPU=1; without a GPU: the whole test binary as "CPU test cases"), 4 cumnist
-# selftest, 5 cumnist bench, 6 the default training run on the GPU, 7 PyTorch on the GPU.
+# selftest, 5 cumnist bench, 6 the default training run on the GPU, 7 PyTorch on the GPU, 8 a
+# small sweep one trial at a time and four at a time on the GPU.
 # A GPU that nvidia-smi lists but cumnist cannot use (no driver for its runtime, a CPU-only build)
 # is not "no GPU": the GPU sections then run and FAIL with cumnist's reason.
 # The whole run stays within $CUMNIST_REPORT_BUDGET_S seconds (default 470): a section that would
@@ -841,6 +842,40 @@ EOF
     if [ "$rc" = 0 ]; then finish PASS "$(printf '%s' "$torch_info" | awk '{print $1, $2}') on the GPU (--device $device_value)${ratios:+; cumnist/PyTorch samples/s by batch: $ratios}"
     else finish FAIL "$rc_text$(error_line "$SEC_FILE")"; fi
   fi
+fi
+
+# --- 8. sweep trials at once on the GPU -----------------------------------------------------------
+# Eight small trials of 2 epochs, one at a time and then four at a time (each on its own CUDA
+# stream, in one process): the wall times say what concurrency gains on this GPU, and the two
+# ranked tables must be the same (each trial computes alike beside others).
+if [ "$gpu_run" = 1 ]; then
+  begin 8 "concurrent sweep trials" 08-sweep.txt
+  if ! inputs_missing; then
+    sweep_args=(sweep --param 'hidden=16|32|64|128' --param 'lr=0.001,0.003' --epochs 2 --device gpu --data "$data_dir")
+    declare -A sweep_ms sweep_rc
+    for k in 1 4; do
+      t0="$(now_ms)"
+      run_cmd 120 "$SEC_FILE.$k" "$cumnist_cmd" "${sweep_args[@]}" --parallel "$k" --out "$scratch/sweep-$k"
+      sweep_rc[$k]="$RC"
+      sweep_ms[$k]=$(($(now_ms) - t0))
+      cat "$SEC_FILE.$k" >>"$SEC_FILE"
+      grep -E '^  trials ' "$SEC_FILE.$k" | key_lines
+    done
+    table() { grep -E '^ +[0-9]+ +[0-9]+ +[0-9.]+ +[0-9]+ ' "$1"; }
+    gain="1 at a time $(fmt_ms "${sweep_ms[1]}"), 4 at a time $(fmt_ms "${sweep_ms[4]}")"
+    [ "${sweep_ms[4]}" -gt 0 ] && gain="$gain ($(awk -v a="${sweep_ms[1]}" -v b="${sweep_ms[4]}" 'BEGIN { printf "%.2fx", a / b }'))"
+    key "8 trials of 2 epochs: $gain"
+    if [ "${sweep_rc[1]}" != 0 ] || [ "${sweep_rc[4]}" != 0 ]; then
+      finish FAIL "sweep exit statuses ${sweep_rc[1]} (1 at a time) and ${sweep_rc[4]} (4 at a time)$(error_line "$SEC_FILE")"
+    elif [ -z "$(table "$SEC_FILE.1")" ] || [ "$(table "$SEC_FILE.1")" != "$(table "$SEC_FILE.4")" ]; then
+      finish FAIL "the ranked tables of the two sweeps differ (a trial computed differently beside others); $gain"
+    else
+      finish PASS "8 trials of 2 epochs: $gain; the same ranking both ways"
+    fi
+    rm -f "$SEC_FILE.1" "$SEC_FILE.4"
+  fi
+else
+  skip_section 8 "concurrent sweep trials" 08-sweep.txt "$gpu_skip_reason"
 fi
 
 # --- report.md and summary.txt --------------------------------------------------------------------

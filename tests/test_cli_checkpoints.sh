@@ -137,7 +137,11 @@ for mode in "" "--isolate" "--parallel 2" "--parallel 2 --isolate"; do
   sweep=("$cumnist" sweep --space space.json --data "$data" --epochs 2 --device cpu --threads 1 --out "$out" $mode)
   "${sweep[@]}" > sweep1.log 2>&1 &
   pid=$!
-  for _ in $(seq 1 600); do grep -q "^Trial 2/3" sweep1.log && break; sleep 0.1; done
+  # The signal once trials 1 and 2 are both training (trial 1 may have finished; trial 2 takes seconds).
+  for _ in $(seq 1 600); do
+    grep -qs "^Epoch 1/2" "$out/trial-0000/train.log" && grep -qs "^Epoch 1/2" "$out/trial-0001/train.log" && break
+    sleep 0.1
+  done
   kill -INT "$pid"  # (as Ctrl-C would; the shell started it with SIGINT ignored, which the sweep overrides)
   rc=0
   wait "$pid" || rc=$?
@@ -152,6 +156,15 @@ for mode in "" "--isolate" "--parallel 2" "--parallel 2 --isolate"; do
     [ "$recorded" -le 1 ] || fail "sweep $mode: the interrupted sweep recorded $recorded trials, expected at most trial 1"
   fi
   before=$(grep -o '"trial":[0-9]*' "$out/trials.jsonl" 2>/dev/null || true)
+  # Every trial running at the signal got it (in process: the stop flag; --isolate: the forwarded
+  # signal) and saved; the one that had finished was recorded.
+  for k in 0 1; do
+    if ! printf '%s\n' "$before" | grep -qx "\"trial\":$k"; then
+      grep -q "^Interrupted by SIGINT in epoch" "$out/trial-000$k/train.log" ||
+        fail "sweep $mode: trial $((k + 1)) was neither recorded nor interrupted: $(cat "$out/trial-000$k/train.log")"
+      [ -s "$out/trial-000$k/last.safetensors" ] || fail "sweep $mode: interrupted trial $((k + 1)) saved no checkpoint"
+    fi
+  done
   "${sweep[@]}" > sweep2.log 2>&1 || fail "sweep $mode: the resumed sweep failed: $(cat sweep2.log)"
   for k in 1 2 3; do
     ran=$(grep -c "^Trial $k/3" sweep2.log || true)

@@ -60,11 +60,11 @@ check "the versions section" has '^PASS +2 +versions ' "$summary"
 check "nothing FAILED" has '^FAILED: none$' "$summary"
 check "the raw output of every section" nonempty "$report"/01-machine.txt "$report"/01-nvidia-smi.txt \
   "$report"/02-versions.txt "$report"/03-gpu-tests.txt "$report"/04-selftest.txt "$report"/05-bench.txt \
-  "$report"/06-train.txt "$report"/07-pytorch.txt
+  "$report"/06-train.txt "$report"/07-pytorch.txt "$report"/08-sweep.txt
 check "bench.json written" [ -s "$report/bench.json" ]
 if has '^date: .*; GPU: no usable GPU: ' "$summary"; then
   echo "(no usable GPU here: checking the GPU-less report)"
-  for section in '3 +GPU test cases' '4 +selftest' '6 +GPU training'; do
+  for section in '3 +GPU test cases' '4 +selftest' '6 +GPU training' '8 +concurrent sweep trials'; do
     check "$section: SKIPPED with no usable GPU" has "^SKIPPED +$section .*no usable GPU: " "$summary"
   done
   check "PyTorch on the GPU: SKIPPED" has '^SKIPPED +7 +PyTorch on the GPU ' "$summary"
@@ -76,9 +76,10 @@ if has '^date: .*; GPU: no usable GPU: ' "$summary"; then
   check "no training on the CPU" [ ! -e "$report/metrics.jsonl" ]
 else
   echo "(a usable GPU here: checking the GPU report)"
-  for section in '3 +GPU test cases' '4 +selftest' '5 +bench \(all\)' '6 +GPU training'; do
+  for section in '3 +GPU test cases' '4 +selftest' '5 +bench \(all\)' '6 +GPU training' '8 +concurrent sweep trials'; do
     check "$section: PASS" has "^PASS +$section " "$summary"
   done
+  check "the sweep's gain in the summary" has '8 trials of 2 epochs: 1 at a time .*, 4 at a time ' "$summary"
   check "the CUDA Graph's node count in the summary" has '^bench: CUDA Graph: [0-9]+ nodes per training step' "$summary"
   check "the training run's accuracy in the summary" has '^GPU training: final test accuracy 0\.9' "$summary"
   check "metrics.jsonl: one line per epoch" lines_are 2 "$report/metrics.jsonl"

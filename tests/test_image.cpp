@@ -1101,6 +1101,12 @@ TEST(SweepCommand, InProcessParallelAndIsolatedTrialsAgree) {
     EXPECT_NE(all(r).find(fmt::format("Best: trial {}, validation loss {:.4f} after epoch", lowest_trial + 1, lowest)),
               std::string::npos)
         << all(r);
+    // --report ranks by the objective the sweep ran with, as its records say.
+    const CliRun merged = run_cumnist(fmt::format("sweep --report '{}' --data '{}' --device cpu", out, data));
+    ASSERT_EQ(merged.status, 0) << all(merged);
+    EXPECT_NE(all(merged).find(fmt::format("Best: trial {}, validation loss {:.4f}", lowest_trial + 1, lowest)),
+              std::string::npos)
+        << all(merged);
     // The records of an accuracy sweep are another search's for a loss sweep (their checkpoints differ).
     const CliRun other = run_cumnist(fmt::format("{} --out '{}' --objective accuracy", base, out));
     EXPECT_EQ(other.status, 1) << all(other);

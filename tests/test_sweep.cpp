@@ -52,15 +52,19 @@ TEST(SweepParam, ShorthandGivesTheSpaceEntry) {
         {"optimizer=adam,sgd", json::parse(R"(["adam", "sgd"])")},
         {"hidden=512,256|128", json::parse(R"(["512,256", "128"])")},
         {"hidden=64", json::parse(R"(["64"])")},
-        {"lr=1e-4..1e-1:log", json::parse(R"({"log_uniform": [1e-4, 0.1]})")},
-        {"dropout=0..0.5", json::parse(R"({"uniform": [0, 0.5]})")},
+        {"lr=1e-4..1e-1:log", json::parse(R"({"log_uniform": [0.0001, 0.1]})")},
+        {"dropout=0.1..0.5", json::parse(R"({"uniform": [0.1, 0.5]})")},
         {"batch-size=16..256:int", json::parse(R"({"int": [16, 256]})")},
     };
     for (const auto& [text, expected] : cases) {
         const auto [name, value] = parse_param(text);
         EXPECT_EQ(name, text.substr(0, text.find('='))) << text;
-        EXPECT_EQ(value, expected) << text << ": " << value.dump();
+        EXPECT_EQ(value.dump(), expected.dump()) << text;  // as text: 16 and 16.0 differ for an "int" range
+        json entry = json::object();
+        entry[name] = value;
+        EXPECT_NO_THROW((void)parse_sweep_space(entry, kFlags)) << text << ": the entry is one the space takes";
     }
+    EXPECT_EQ(parse_param("--lr=0.1,0.01").first, "lr") << "a leading -- as train's flags are spelt";
     // The entry goes through the space's own checks.
     const auto [lr_name, lr_value] = parse_param("lr=1e-4..1e-1:log");
     json entry = json::object();
@@ -85,6 +89,8 @@ TEST(SweepParam, ShorthandGivesTheSpaceEntry) {
         {"lr=x..1", "--param 'lr=x..1': the low end of the range, 'x', is not a number"},
         {"lr=0.1..", "the high end of the range, '', is not a number"},
         {"lr=1..2:exp", "--param 'lr=1..2:exp': unknown range kind ':exp'"},
+        {"batch-size=1.5..8:int", "an :int range takes whole-number ends, got 1.5"},
+        {"lr=0.1, 0.01", "the value ' 0.01' has spaces around it"},
     };
     for (const auto& [text, message] : errors) EXPECT_NE(error(text).find(message), std::string::npos) << text << ": " << error(text);
 }

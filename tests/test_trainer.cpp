@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <exception>
 #include <future>
 #include <memory>
 #include <mutex>
@@ -324,6 +325,62 @@ TEST(CpuThreads, OneThreadAndAllThreadsTrainAlike) {
     const cumnist_test::Tolerance tol = cumnist_test::scaled_to_max(one, 1e-4);
     ASSERT_GT(tol.abs, 0.0) << "SGD did not move the parameters";
     EXPECT_TRUE(cumnist_test::all_close(all_f, one, tol, fmt::format("{} threads vs 1", cores)));
+}
+
+// Trainers on two threads at once (a sweep's --parallel trials) do not disturb each other: each run
+// is bit-identical to the same run made alone on this thread. On the GPU each thread queues onto
+// its own stream and captures its own graph, and one thread's TF32 math mode (its own cuBLAS
+// handle) does not reach the other; on the CPU each thread has its own OpenMP team.
+TEST_P(TrainerTest, TrainersOnTwoThreadsAtOnceMatchTheirRunsAlone) {
+    const Dataset train = synthetic_dataset(300, 11), test = synthetic_dataset(50, 12);
+    struct Result {
+        std::vector<float> parameters;
+        std::vector<double> losses;
+        double test_loss = 0.0;
+    };
+    const auto run = [&](uint64_t seed, bool tf32) {
+        if (GetParam() == Device::Cpu) omp_set_num_threads(1);
+        TrainConfig config = small_train(GetParam());
+        config.seed = seed;
+        config.tf32 = tf32 && GetParam() == Device::Cuda;
+        Trainer t(small_model(), {}, config, train);
+        const ResidentData held_out(test, GetParam());
+        Result r;
+        for (int epoch = 1; epoch <= 3; ++epoch) r.losses.push_back(t.train_epoch(epoch, &held_out).train_loss);
+        r.test_loss = t.evaluate(held_out).loss;
+        r.parameters = t.model().parameters().to_host();
+        return r;
+    };
+    const int threads_before = omp_get_max_threads();
+    const Result alone_a = run(1, true), alone_b = run(2, false);
+    omp_set_num_threads(threads_before);
+    Result a, b;
+    std::exception_ptr error_a, error_b;
+    std::thread ta([&] {
+        try {
+            a = run(1, true);
+        } catch (...) {
+            error_a = std::current_exception();
+        }
+    });
+    std::thread tb([&] {
+        try {
+            b = run(2, false);
+        } catch (...) {
+            error_b = std::current_exception();
+        }
+    });
+    ta.join();
+    tb.join();
+    if (error_a) std::rethrow_exception(error_a);
+    if (error_b) std::rethrow_exception(error_b);
+    EXPECT_EQ(a.losses, alone_a.losses);
+    EXPECT_EQ(b.losses, alone_b.losses);
+    EXPECT_EQ(a.test_loss, alone_a.test_loss);
+    EXPECT_EQ(b.test_loss, alone_b.test_loss);
+    EXPECT_EQ(a.parameters, alone_a.parameters) << "the run beside another differs from the run alone";
+    EXPECT_EQ(b.parameters, alone_b.parameters) << "the FP32 run beside a TF32 one differs from the run alone";
+    EXPECT_NE(a.parameters, b.parameters) << "two seeds trained the same model";
 }
 
 TEST_P(TrainerTest, DifferentSeedsGiveDifferentRuns) {

@@ -110,11 +110,15 @@ namespace {
 volatile std::sig_atomic_t g_stop_signal = 0;
 
 extern "C" void on_stop_signal(int signal_number) {
-    g_stop_signal = signal_number;
-    g_stop_requested.store(true, std::memory_order_relaxed);
+    request_stop(signal_number);
     std::signal(signal_number, SIG_DFL);
 }
 }  // namespace
+
+void request_stop(int signal_number) noexcept {
+    if (g_stop_signal == 0) g_stop_signal = signal_number;
+    g_stop_requested.store(true, std::memory_order_relaxed);
+}
 
 void install_stop_handlers() {
     std::signal(SIGINT, on_stop_signal);

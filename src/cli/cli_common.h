@@ -61,6 +61,8 @@ int run_reporting_errors(const std::function<int()>& command, std::FILE* err = s
 void install_stop_handlers();
 extern std::atomic<bool> g_stop_requested;
 int stop_signal();  // the signal that set g_stop_requested (0: none)
+// What the first signal does, for a caller's own handler (async-signal-safe).
+void request_stop(int signal_number) noexcept;
 
 // A data set loaded once and shared, read-only, by the runs made in this process (a sweep's trials).
 struct LoadedData {

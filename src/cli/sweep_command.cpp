@@ -49,16 +49,18 @@ using nlohmann::json;
 // The most trials run at once (--parallel).
 constexpr int kMaxParallel = 64;
 
-// --isolate: SIGINT and SIGTERM reach the sweep, which passes them on to the trials running (each
-// in its own process group, so that a Ctrl-C is delivered to it once): they save and stop, and the
-// sweep records nothing for them and stops too. (In process, the trials' own stop flag is set:
-// install_stop_handlers.)
-volatile std::sig_atomic_t g_children[kMaxParallel] = {};
+// SIGINT and SIGTERM reach the sweep, which sets the stop flag of the trials running in process
+// and passes the signal on to its child processes (--isolate trials and the final evaluation, each
+// in its own process group, so that a Ctrl-C is delivered to it once): the trials save and stop,
+// the sweep records nothing for them and stops too.
+std::atomic<int> g_children[kMaxParallel] = {};  // the pid each worker waits for (0: none)
+static_assert(std::atomic<int>::is_always_lock_free, "the signal handler reads the pids");
 volatile std::sig_atomic_t g_stop = 0;
 extern "C" void forward_signal(int signal_number) {
-    g_stop = signal_number;
+    if (g_stop == 0) g_stop = signal_number;
+    request_stop(signal_number);
     for (int k = 0; k < kMaxParallel; ++k)
-        if (g_children[k] > 0) ::kill(static_cast<pid_t>(g_children[k]), signal_number);
+        if (const int pid = g_children[k].load(std::memory_order_relaxed); pid > 0) ::kill(pid, signal_number);
 }
 
 // A fixed set of worker threads that runs batches of jobs: the same threads for every rung, so that
@@ -66,16 +68,14 @@ extern "C" void forward_signal(int signal_number) {
 class WorkerPool {
 public:
     explicit WorkerPool(int workers) {
-        for (int w = 0; w < workers; ++w) m_threads.emplace_back([this, w] { work(w); });
-    }
-    ~WorkerPool() {
-        {
-            std::lock_guard<std::mutex> lock(m_mutex);
-            m_quit = true;
+        try {
+            for (int w = 0; w < workers; ++w) m_threads.emplace_back([this, w] { work(w); });
+        } catch (...) {
+            stop();  // the threads started so far
+            throw;
         }
-        m_wake.notify_all();
-        for (std::thread& t : m_threads) t.join();
     }
+    ~WorkerPool() { stop(); }
     WorkerPool(const WorkerPool&) = delete;
     WorkerPool& operator=(const WorkerPool&) = delete;
 
@@ -95,6 +95,16 @@ public:
     }
 
 private:
+    void stop() {
+        {
+            std::lock_guard<std::mutex> lock(m_mutex);
+            m_quit = true;
+        }
+        m_wake.notify_all();
+        for (std::thread& t : m_threads) t.join();
+        m_threads.clear();
+    }
+
     void work(int worker) {
         std::unique_lock<std::mutex> lock(m_mutex);
         for (;;) {
@@ -142,6 +152,7 @@ struct SweepOptions {
     int parallel = 1;             // trials at once
     bool isolate = false;         // each trial a child process
     std::string objective = "accuracy";
+    bool objective_given = false;  // on the command line
     std::vector<std::string> params;  // --param NAME=VALUES
     double validation_split = 0.1;
     uint64_t seed = 0;
@@ -190,15 +201,15 @@ int run_child(const std::vector<std::string>& args, const std::string& log, int 
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
     if (rc != 0) throw Error(fmt::format("sweep: cannot start '{}': {}", args[0], std::strerror(rc)));
-    g_children[slot] = pid;
+    g_children[slot].store(pid);
     if (g_stop != 0) ::kill(pid, g_stop);  // a signal that came while it was starting
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0)
         if (errno != EINTR) {
-            g_children[slot] = 0;
+            g_children[slot].store(0);
             throw Error(fmt::format("sweep: waiting for a trial: {}", std::strerror(errno)));
         }
-    g_children[slot] = 0;
+    g_children[slot].store(0);
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return WEXITSTATUS(status);
 }
@@ -265,7 +276,11 @@ std::string quoted_command(const std::vector<std::string>& args) {
 // trial that went further above one stopped earlier, failed trials last) by the objective, the best
 // trial as a `cumnist train` command line, and its best checkpoint evaluated once on the test set.
 int report(const std::vector<json>& records, const SweepOptions& o, const std::string& exe) {
-    const bool loss = objective_is_loss(o.objective);
+    // --report without --objective: the objective the sweep ran with, as its records say.
+    std::string objective_name = o.objective;
+    if (!o.objective_given && !records.empty())
+        objective_name = records.front().value("objective", std::string("accuracy"));
+    const bool loss = objective_is_loss(objective_name);
     std::map<std::pair<std::string, int>, const json*> last;  // (trial folder, trial): its highest rung
     for (const json& r : records) {
         const auto key = std::make_pair(r.value("dir", std::string()), r.at("trial").get<int>());
@@ -311,6 +326,10 @@ int report(const std::vector<json>& records, const SweepOptions& o, const std::s
     std::string line, test_line;
     while (std::getline(in, line))
         if (line.rfind("Test loss", 0) == 0) test_line = line;
+    if (status == 128 + SIGINT || status == 128 + SIGTERM) {
+        fmt::print("Interrupted while evaluating the best trial on the test set.\n");
+        return status;
+    }
     if (status != 0 || test_line.empty())
         throw Error(fmt::format("sweep: evaluating '{}' on the test set failed: {}", model, last_line_of(eval_log)));
     fmt::print("Its test set result (evaluated once, after the selection): {}\n", test_line);
@@ -443,6 +462,7 @@ int run_sweep(SweepOptions& o) {
                 throw Error(fmt::format("'{}' records trial {} of another search (other space, strategy, seed, epochs, "
                                         "objective or data); use another --out",
                                         results_path, k));
+            if (r.value("retry", false)) continue;  // run again (see run_trial)
             done[{k, rung}] = r;
             results_text += line + "\n";
         }
@@ -455,25 +475,25 @@ int run_sweep(SweepOptions& o) {
                o.strategy, space_name, count_of(static_cast<long long>(all.size()), "trial"), mine.size(), shard, shards,
                halving ? fmt::format("rungs of {} epochs", fmt::join(rungs, ", ")) : count_of(o.epochs, "epoch"),
                100 * o.validation_split, loss ? "lowest validation loss" : "highest validation accuracy");
+    const std::string threads_note =
+        o.device == "gpu" ? std::string() : fmt::format(" ({} each on the CPU)", count_of(trial_threads, "thread"));
     // In process: the data set is read once and shared by every trial.
     std::optional<LoadedData> data;
     if (!o.isolate) {
         const auto t0 = std::chrono::steady_clock::now();
         data.emplace(LoadedData{o.data_dir, o.dataset, load_dataset(o.data_dir, o.dataset, Split::Train),
                                 load_dataset(o.data_dir, o.dataset, Split::Test)});
-        fmt::print("  trials    in this process, {} at a time ({} each), on {} loaded once ({} training and {} test "
+        fmt::print("  trials    in this process, {} at a time{}, on {} loaded once ({} training and {} test "
                    "images, {})\n",
-                   o.parallel, count_of(trial_threads, "CPU thread"), o.dataset, data->train.n, data->test.n,
+                   o.parallel, threads_note, o.dataset, data->train.n, data->test.n,
                    format_duration(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()));
-        install_stop_handlers();
     } else {
-        fmt::print("  trials    child processes (--isolate), {} at a time ({} each)\n", o.parallel,
-                   count_of(trial_threads, "CPU thread"));
-        std::signal(SIGINT, forward_signal);
-        std::signal(SIGTERM, forward_signal);
+        fmt::print("  trials    child processes (--isolate), {} at a time{}\n", o.parallel, threads_note);
     }
-    auto stopping = [&] { return o.isolate ? g_stop != 0 : g_stop_requested.load(); };
-    auto stop_status = [&] { return 128 + (o.isolate ? static_cast<int>(g_stop) : stop_signal()); };
+    std::signal(SIGINT, forward_signal);
+    std::signal(SIGTERM, forward_signal);
+    auto stopping = [] { return g_stop != 0; };
+    auto stop_status = [] { return 128 + static_cast<int>(g_stop); };
     if (!done.empty())
         fmt::print("  resuming  {} already in {}\n", count_of(static_cast<long long>(done.size()), "finished run"),
                    results_path);
@@ -516,17 +536,17 @@ int run_sweep(SweepOptions& o) {
         if (o.isolate) {
             status = run_child(args, log, worker);
         } else {
-            std::FILE* f = std::fopen(log.c_str(), "w");
-            if (f == nullptr) throw Error(fmt::format("sweep: cannot write '{}': {}", log, std::strerror(errno)));
-            status = train_in_process({args.begin() + 2, args.end()}, *data, f);
-            if (std::fclose(f) != 0 && status == 0)
+            std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(log.c_str(), "w"), std::fclose);
+            if (!f) throw Error(fmt::format("sweep: cannot write '{}': {}", log, std::strerror(errno)));
+            status = train_in_process({args.begin() + 2, args.end()}, *data, f.get());
+            if (std::fclose(f.release()) != 0 && status == 0)
                 throw Error(fmt::format("sweep: cannot write '{}': {}", log, std::strerror(errno)));
         }
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::lock_guard<std::mutex> lock(mutex);
         const std::string prefix = concurrent ? "  " + name + ":" : " ";
-        if (stopping() || status == 128 + SIGINT || status == 128 + SIGTERM) {
-            if (status != 128 + SIGINT && status != 128 + SIGTERM) status = stop_status();
+        // Stopped by the signal (a trial that finished before it is recorded as usual).
+        if (status == 128 + SIGINT || status == 128 + SIGTERM) {
             fmt::print("Interrupted in trial {}; run the same command again to continue.\n", t.index + 1);
             std::fflush(stdout);
             if (interrupted == 0) interrupted = status;
@@ -534,7 +554,7 @@ int run_sweep(SweepOptions& o) {
         }
         json r = {{"trial", t.index},   {"arguments", t.arguments()}, {"command", rung_command(t, rung)},
                   {"dir", dir},         {"seconds", seconds},         {"device", o.device},
-                  {"in_process", !o.isolate}};
+                  {"in_process", !o.isolate}, {"objective", o.objective}};
         if (halving) r["rung"] = rung, r["rung_epochs"] = rungs[static_cast<std::size_t>(rung)];
         json flags = json::object();
         for (const auto& [flag, value] : t.flags) flags[flag] = value;
@@ -554,7 +574,15 @@ int run_sweep(SweepOptions& o) {
             r["status"] = "failed";
             r["exit_status"] = status;
             r["error"] = last_line_of(log);
-            fmt::print("{} failed (exit {}): {}\n", prefix, status, r["error"].get<std::string>());
+            // In process, a trial can run out of memory or meet a broken GPU because of the others
+            // beside it: such a failure is tried again by the next run of the sweep.
+            const std::string error = r["error"].get<std::string>();
+            if (!o.isolate && (error.find("out of memory") != std::string::npos ||
+                               error.find("out of GPU memory") != std::string::npos || error.find("CUDA") != std::string::npos ||
+                               error.find("cuBLAS") != std::string::npos || error.find("cuDNN") != std::string::npos))
+                r["retry"] = true;
+            fmt::print("{} failed (exit {}): {}{}\n", prefix, status, error,
+                       r.value("retry", false) ? " (tried again when the sweep is run again)" : "");
         }
         results_text += r.dump() + "\n";
         write_file_atomically(results_path, results_text, "sweep results");
@@ -593,7 +621,10 @@ int run_sweep(SweepOptions& o) {
             for (std::size_t i = 0; i < pending.size() && interrupted == 0; ++i) job(static_cast<int>(i), 0);
         }
         if (interrupted != 0) return interrupted;
-        if (stopping()) return stop_status();
+        if (stopping()) {
+            fmt::print("Interrupted; run the same command again to continue.\n");
+            return stop_status();
+        }
     }
     pool.reset();
 
@@ -650,7 +681,10 @@ void add_sweep_command(CLI::App& parent, std::vector<Command>& commands) {
     cmd->add_option("--threads", o->threads, "CPU threads per trial (0: the cores shared out among --parallel trials)")
         ->capture_default_str();
     cmd->add_flag("--list", o->list, "Print the shard's trials as cumnist train command lines and stop");
-    commands.push_back({cmd, [o] { return run_sweep(*o); }});
+    commands.push_back({cmd, [o, cmd] {
+                            o->objective_given = cmd->count("--objective") > 0;
+                            return run_sweep(*o);
+                        }});
 }
 
 }  // namespace cumnist::cli

@@ -335,7 +335,8 @@ int run_train(TrainOptions& o) {
     meta.best_on_loss = o.best_on_loss;
     // The choice of best.safetensors: the highest accuracy, or the lowest loss, on the evaluation set.
     const auto better = [&](const EpochMetrics& m, double best) {
-        return best_epoch_unset(best) || (o.best_on_loss ? m.test_loss < best : m.test_accuracy > best);
+        const double v = o.best_on_loss ? m.test_loss : m.test_accuracy;
+        return std::isfinite(v) && (best_epoch_unset(best) || (o.best_on_loss ? v < best : v > best));
     };
     std::vector<double> eval_losses;  // per epoch done: the evaluation set's loss (the schedule's and early stopping's input)
     std::string metrics_text;
@@ -506,7 +507,7 @@ CLI::App* define_train_command(CLI::App& parent, const std::shared_ptr<TrainOpti
         ->capture_default_str();
     train->add_option("--early-stopping", o->early_stopping,
                       "Stop once the validation loss has not improved for this many epochs (0: never; needs "
-                      "--validation-split); best.safetensors keeps the model of the best validation accuracy")
+                      "--validation-split); best.safetensors keeps the best epoch's model (--best-on)")
         ->capture_default_str();
     train->add_option("--best-on", o->best_on,
                       "What best.safetensors is chosen by: accuracy (the highest) or loss (the lowest), on the "

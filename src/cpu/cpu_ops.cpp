@@ -96,9 +96,10 @@ void prepare_thread() {
     thread_local bool ready = false;
     if (ready) return;
     set_flush_denormals();
-    // One region over as many threads as any later one will use: it starts this thread's pool, so
-    // every worker has the flag, and threads added to the pool later copy it from this thread.
-#pragma omp parallel num_threads(omp_get_num_procs())
+    // One region over this thread's OpenMP threads: it starts its pool, so every worker has the
+    // flag; threads added to the pool later are created by this thread and inherit its floating-
+    // point environment. (Not all cores: a sweep's K trial threads would make K pools of them.)
+#pragma omp parallel num_threads(omp_get_max_threads())
     set_flush_denormals();
     ready = true;
 }

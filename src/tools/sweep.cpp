@@ -2,6 +2,7 @@
 #include "cumnist/sweep.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -46,7 +47,8 @@ std::size_t SweepSpace::grid_size() const {
 
 std::pair<std::string, nlohmann::json> parse_param(const std::string& text) {
     const std::size_t eq = text.find('=');
-    const std::string name = text.substr(0, eq == std::string::npos ? 0 : eq);
+    std::string name = text.substr(0, eq == std::string::npos ? 0 : eq);
+    if (name.rfind("--", 0) == 0) name.erase(0, 2);  // "--lr=..." as train's flag is spelt
     if (eq == std::string::npos || name.empty() || eq + 1 == text.size())
         throw Error(fmt::format("--param '{}': expected NAME=VALUES, e.g. optimizer=adam,sgd or lr=1e-4..1e-1:log", text));
     std::string value = text.substr(eq + 1);
@@ -74,6 +76,13 @@ std::pair<std::string, nlohmann::json> parse_param(const std::string& text) {
             return v;
         };
         const double lo = number(value.substr(0, dots), "low"), hi = number(value.substr(dots + 2), "high");
+        if (kind == "int") {
+            // Integer ends as JSON integers (16, not 16.0), which is what an "int" range takes.
+            for (const double v : {lo, hi})
+                if (v != std::floor(v) || std::fabs(v) > 9.0e15)
+                    throw Error(fmt::format("--param '{}': an :int range takes whole-number ends, got {}", text, v));
+            return {name, nlohmann::json{{kind, {static_cast<long long>(lo), static_cast<long long>(hi)}}}};
+        }
         return {name, nlohmann::json{{kind, {lo, hi}}}};
     }
     // A list: split on '|' when the values hold one (so that "512,256|128" is two), else on ','.
@@ -86,6 +95,10 @@ std::pair<std::string, nlohmann::json> parse_param(const std::string& text) {
         if (item.empty())
             throw Error(fmt::format("--param '{}': an empty value in the list (values are separated by '{}')", text,
                                     separator));
+        if (std::isspace(static_cast<unsigned char>(item.front())) || std::isspace(static_cast<unsigned char>(item.back())))
+            throw Error(fmt::format("--param '{}': the value '{}' has spaces around it (write the list without "
+                                    "spaces, e.g. lr=0.1,0.01)",
+                                    text, item));
         list.push_back(item);
         if (end == std::string::npos) break;
         begin = end + 1;

@@ -757,6 +757,25 @@ void write_idx(const std::string& path, const std::vector<uint32_t>& dims, const
     write_bytes(path, bytes);
 }
 
+// A data folder holding a synthetic "mnist": n_train and n_test random 28x28 images labelled
+// i mod 10, the images drawn under `seed` and seed + 1.
+std::string synthetic_mnist_folder(const std::string& name, int n_train, int n_test, uint32_t seed) {
+    const std::string data = temp().file(name);
+    fs::create_directories(data + "/mnist");
+    const auto labels = [](int n) {
+        std::vector<uint8_t> l(static_cast<std::size_t>(n));
+        for (int i = 0; i < n; ++i) l[static_cast<std::size_t>(i)] = static_cast<uint8_t>(i % 10);
+        return l;
+    };
+    write_idx(data + "/mnist/train-images-idx3-ubyte", {n_train, 28, 28},
+              cumnist_test::uniform_bytes(static_cast<std::size_t>(n_train) * 784, 0, 255, seed));
+    write_idx(data + "/mnist/train-labels-idx1-ubyte", {n_train}, labels(n_train));
+    write_idx(data + "/mnist/t10k-images-idx3-ubyte", {n_test, 28, 28},
+              cumnist_test::uniform_bytes(static_cast<std::size_t>(n_test) * 784, 0, 255, seed + 1));
+    write_idx(data + "/mnist/t10k-labels-idx1-ubyte", {n_test}, labels(n_test));
+    return data;
+}
+
 TEST(ShowCommand, WritesAGridOfTheRequestedShape) {
     const std::string data = temp().file("data");
     fs::create_directories(data + "/mnist");
@@ -952,14 +971,7 @@ TEST(TrainCommand, EarlyStoppingEndsTheRunWhenTheValidationLossStopsImproving) {
 // cumnist sweep: every trial of a grid runs as its own train process; a failing one is recorded and
 // the sweep goes on; the results file gets a line per trial; the same command again runs nothing.
 TEST(SweepCommand, RunsRecordsRanksAndResumes) {
-    const std::string data = temp().file("sweep-data");
-    fs::create_directories(data + "/mnist");
-    std::vector<uint8_t> labels(120);
-    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<uint8_t>(i % 10);
-    write_idx(data + "/mnist/train-images-idx3-ubyte", {120, 28, 28}, cumnist_test::uniform_bytes(120 * 784, 0, 255, 51));
-    write_idx(data + "/mnist/train-labels-idx1-ubyte", {120}, labels);
-    write_idx(data + "/mnist/t10k-images-idx3-ubyte", {30, 28, 28}, cumnist_test::uniform_bytes(30 * 784, 0, 255, 52));
-    write_idx(data + "/mnist/t10k-labels-idx1-ubyte", {30}, std::vector<uint8_t>(labels.begin(), labels.begin() + 30));
+    const std::string data = synthetic_mnist_folder("sweep-data", 120, 30, 51);
     const std::string space = temp().file("sweep-space.json"), out = temp().file("sweep-out");
     {
         std::ofstream f(space);
@@ -1030,14 +1042,7 @@ TEST(SweepCommand, RunsRecordsRanksAndResumes) {
 // --objective loss the ranking is by the lowest validation loss and each trial's best.safetensors
 // is the epoch of that loss.
 TEST(SweepCommand, InProcessParallelAndIsolatedTrialsAgree) {
-    const std::string data = temp().file("sweep-modes-data");
-    fs::create_directories(data + "/mnist");
-    std::vector<uint8_t> labels(150);
-    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<uint8_t>(i % 10);
-    write_idx(data + "/mnist/train-images-idx3-ubyte", {150, 28, 28}, cumnist_test::uniform_bytes(150 * 784, 0, 255, 61));
-    write_idx(data + "/mnist/train-labels-idx1-ubyte", {150}, labels);
-    write_idx(data + "/mnist/t10k-images-idx3-ubyte", {30, 28, 28}, cumnist_test::uniform_bytes(30 * 784, 0, 255, 62));
-    write_idx(data + "/mnist/t10k-labels-idx1-ubyte", {30}, std::vector<uint8_t>(labels.begin(), labels.begin() + 30));
+    const std::string data = synthetic_mnist_folder("sweep-modes-data", 150, 30, 61);
     const auto all = [](const CliRun& r) { return fmt::format("{}", fmt::join(r.lines, "\n")); };
     // Each trial's per-epoch numbers (not its times), by trial.
     const auto trials = [](const std::string& out) {
@@ -1127,14 +1132,7 @@ TEST(SweepCommand, InProcessParallelAndIsolatedTrialsAgree) {
 // --model: a layer string trains, is saved as its layer list, evaluates and predicts; a bad one
 // and MLP flags beside another model fail before any data is read, with one line.
 TEST(TrainCommand, ModelFlag) {
-    const std::string data = temp().file("train-model");
-    fs::create_directories(data + "/mnist");
-    std::vector<uint8_t> labels(48);
-    for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<uint8_t>(i % 10);
-    write_idx(data + "/mnist/train-images-idx3-ubyte", {48, 28, 28}, cumnist_test::uniform_bytes(48 * 784, 0, 255, 31));
-    write_idx(data + "/mnist/train-labels-idx1-ubyte", {48}, labels);
-    write_idx(data + "/mnist/t10k-images-idx3-ubyte", {48, 28, 28}, cumnist_test::uniform_bytes(48 * 784, 0, 255, 32));
-    write_idx(data + "/mnist/t10k-labels-idx1-ubyte", {48}, labels);
+    const std::string data = synthetic_mnist_folder("train-model", 48, 48, 31);
     const auto all = [](const CliRun& r) { return fmt::format("{}", fmt::join(r.lines, "\n")); };
     const std::string layers = "conv4k3same,relu,pool2,conv6k3s2,tanh,flatten,dropout0.25,dense10";
     const std::string save = temp().file("train-model-run");

@@ -442,6 +442,7 @@ const std::vector<PoolCase> kPoolCases = {
     {"K2S3_7x7_Gaps", 33, 3, 7, 7, 2, 2, 3, 3},
     {"K5x7_WholeImage", 1, 7, 5, 7, 5, 7, 1, 1},
     {"K2S2_28x28", 33, 7, 28, 28, 2, 2, 2, 2},
+    {"K2S2_37x41_Wide", 3, 2, 37, 41, 2, 2, 2, 2},  // 20 outputs a row: a full vector of 16 and a part
 };
 
 using PoolParam = std::tuple<Device, PoolCase>;

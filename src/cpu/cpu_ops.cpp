@@ -2,6 +2,7 @@
 // The per-element formulas (dropout keep test, optimizer updates) come from philox.h, shared
 // with the CUDA kernels. Every loop runs in a fixed order, so results are deterministic for a
 // given thread count.
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -189,9 +190,12 @@ void act_dropout_forward(float* y, const float* x, int n, int cols, Activation a
     with_activation(act, [&](auto tag) {
         constexpr Activation kAct = decltype(tag)::value;
         if (!dropout) {
-            // (y may be x: element i is read before it is written.)
+            // (y may be x: element i is read before it is written.) The pointers as locals: read
+            // through the lambda's captured references, they made the loop a gather per element.
+            float* const yp = y;
+            const float* const xp = x;
 #pragma omp parallel for simd schedule(static) if (total >= kParallelThreshold)
-            for (std::size_t i = 0; i < total; ++i) y[i] = activate<kAct>(x[i]);
+            for (std::size_t i = 0; i < total; ++i) yp[i] = activate<kAct>(xp[i]);
             return;
         }
         // The keep bits in bias_act_dropout_forward's blocks of 32 elements (the same masks).
@@ -255,6 +259,40 @@ namespace {
 
 // One output row of a 2x2 window with stride 2 (the common case), written as selects so that it
 // vectorises: the same comparisons in the same order as the general loop below.
+#if defined(__AVX512F__)
+// 16 windows at a time: the even and odd columns of the two input rows deinterleaved by permutes,
+// then the scalar version's comparisons, in its order (so the same maxima and argmax, NaN included:
+// a comparison with NaN is false in both).
+void maxpool_row_2x2(float* y, int32_t* argmax, const float* r0, const float* r1, int ow, int32_t at0, int in_w) {
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (int ox = 0; ox < ow; ox += 16) {
+        const int n = std::min(16, ow - ox), in_n = 2 * n;
+        const auto mask = [](int bits) { return static_cast<__mmask16>(bits >= 16 ? 0xffffu : (1u << bits) - 1u); };
+        const __mmask16 out = mask(n), lo = mask(in_n), hi = mask(std::max(0, in_n - 16));
+        const float* p0 = r0 + 2 * ox;
+        const float* p1 = r1 + 2 * ox;
+        const __m512 r0lo = _mm512_maskz_loadu_ps(lo, p0), r0hi = _mm512_maskz_loadu_ps(hi, p0 + 16);
+        const __m512 r1lo = _mm512_maskz_loadu_ps(lo, p1), r1hi = _mm512_maskz_loadu_ps(hi, p1 + 16);
+        const __m512 a = _mm512_permutex2var_ps(r0lo, even, r0hi), b = _mm512_permutex2var_ps(r0lo, odd, r0hi);
+        const __m512 c = _mm512_permutex2var_ps(r1lo, even, r1hi), d = _mm512_permutex2var_ps(r1lo, odd, r1hi);
+        const __m512i base = _mm512_add_epi32(_mm512_set1_epi32(at0 + 2 * ox), even);  // a's index
+        __m512 best = a;
+        __m512i at = base;
+        __mmask16 m = _mm512_cmp_ps_mask(b, best, _CMP_GT_OQ);
+        at = _mm512_mask_add_epi32(at, m, base, _mm512_set1_epi32(1));
+        best = _mm512_mask_mov_ps(best, m, b);
+        m = _mm512_cmp_ps_mask(c, best, _CMP_GT_OQ);
+        at = _mm512_mask_add_epi32(at, m, base, _mm512_set1_epi32(in_w));
+        best = _mm512_mask_mov_ps(best, m, c);
+        m = _mm512_cmp_ps_mask(d, best, _CMP_GT_OQ);
+        at = _mm512_mask_add_epi32(at, m, base, _mm512_set1_epi32(in_w + 1));
+        best = _mm512_mask_mov_ps(best, m, d);
+        _mm512_mask_storeu_ps(y + ox, out, best);
+        _mm512_mask_storeu_epi32(argmax + ox, out, at);
+    }
+}
+#else
 void maxpool_row_2x2(float* y, int32_t* argmax, const float* r0, const float* r1, int ow, int32_t at0, int in_w) {
 #pragma omp simd
     for (int ox = 0; ox < ow; ++ox) {
@@ -271,6 +309,7 @@ void maxpool_row_2x2(float* y, int32_t* argmax, const float* r0, const float* r1
         argmax[ox] = at;
     }
 }
+#endif
 
 }  // namespace
 

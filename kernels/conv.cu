@@ -298,8 +298,20 @@ std::size_t conv2d_workspace_bytes(const Conv2dGeometry& g) {
     return bytes;
 }
 
+namespace {
+// y[r, c, s] += bias[c] over the n·out_c planes of the output.
+void add_channel_bias(float* y, const float* bias, const Conv2dGeometry& g) {
+    const int spatial = g.out_h() * g.out_w();
+    const std::size_t planes = static_cast<std::size_t>(g.n) * static_cast<std::size_t>(g.out_c);
+    const int grid_rows = static_cast<int>(std::min<std::size_t>(planes, static_cast<std::size_t>(INT_MAX)));
+    add_channel_bias_kernel<<<grid_for_rows(grid_rows, spatial), kBlockSize, 0, context().stream()>>>(
+        y, bias, planes, g.out_c, spatial);
+    CUMNIST_CHECK_LAUNCH();
+}
+}  // namespace
+
 void conv2d_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g,
-                    void* workspace, std::size_t workspace_bytes) {
+                    void* workspace, std::size_t workspace_bytes, Activation act) {
     if (g.n <= 0) return;
     Cudnn& cudnn = Cudnn::get();
     {
@@ -311,13 +323,9 @@ void conv2d_forward(float* y, const float* x, const float* w, const float* bias,
         CUDNN_CHECK(cudnnConvolutionForward(cudnn.handle(), &alpha, p.x.get(), x, p.w.get(), w, p.conv.get(),
                                             kForwardAlgo, workspace, workspace_bytes, &beta, p.y.get(), y));
     }
-    if (bias == nullptr) return;
-    const int spatial = g.out_h() * g.out_w();
-    const std::size_t planes = static_cast<std::size_t>(g.n) * static_cast<std::size_t>(g.out_c);
-    const int grid_rows = static_cast<int>(std::min<std::size_t>(planes, static_cast<std::size_t>(INT_MAX)));
-    add_channel_bias_kernel<<<grid_for_rows(grid_rows, spatial), kBlockSize, 0, context().stream()>>>(
-        y, bias, planes, g.out_c, spatial);
-    CUMNIST_CHECK_LAUNCH();
+    if (bias != nullptr) add_channel_bias(y, bias, g);
+    // The activation in place, as the CPU computes it (elementwise.cu).
+    if (act != Activation::None) act_dropout_forward(y, y, g.n, g.out_size(), act, 0.0f, 0, 0, 0, false, nullptr);
 }
 
 void conv2d_backward_data(float* dx, const float* dy, const float* w, const Conv2dGeometry& g, void* workspace,

@@ -179,7 +179,8 @@ std::size_t conv2d_workspace_bytes(const Conv2dGeometry& g, Device device) {
 }
 
 void conv2d_forward(MatrixView<float> y, MatrixView<const float> x, MatrixView<const float> w,
-                    MatrixView<const float> bias, const Conv2dGeometry& g, MatrixView<uint8_t> workspace) {
+                    MatrixView<const float> bias, const Conv2dGeometry& g, MatrixView<uint8_t> workspace,
+                    Activation act) {
     constexpr const char* op = "conv2d_forward";
     check_geometry(op, g);
     require_data(op, "y", y), require_data(op, "x", x), require_data(op, "w", w), require_data(op, "bias", bias);
@@ -191,7 +192,8 @@ void conv2d_forward(MatrixView<float> y, MatrixView<const float> x, MatrixView<c
     require_shape(op, "bias", bias, 1, g.out_c);
     CUMNIST_CHECK(!overlaps(y, x) && !overlaps(y, w) && !overlaps(y, bias), "{}: y overlaps an input", op);
     if (g.n == 0) return;
-    CUMNIST_DISPATCH(y.device, conv2d_forward, y.data, x.data, w.data, bias.data, g, workspace.data, workspace.size());
+    CUMNIST_DISPATCH(y.device, conv2d_forward, y.data, x.data, w.data, bias.data, g, workspace.data, workspace.size(),
+                     act);
 }
 
 void conv2d_backward_data(MatrixView<float> dx, MatrixView<const float> dy, MatrixView<const float> w,

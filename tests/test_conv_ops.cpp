@@ -285,6 +285,25 @@ TEST_P(Conv2dVsReference, AllDirectionsMatchReference) {
                         g, ws.view);
     const Tolerance y_tol = reduction_tolerance(filter_size + 1);
     EXPECT_TRUE(all_close(y.to_host(), y_want.data, y_tol, "y"));
+    // With the activation fused (a ReLU inside the primitive on the CPU): act of the same sums, each
+    // activation 1-Lipschitz, so within y's tolerance (plus the activation's own rounding).
+    for (const Activation act : {Activation::Relu, Activation::Sigmoid, Activation::Tanh}) {
+        Buffer<float> ya = Buffer<float>::from_host(nan_floats(out_elems), dev);
+        ops::conv2d_forward(ya.view(g.n, out_size), x.view(g.n, in_size), w.view(g.out_c, filter_size),
+                            b.view(1, g.out_c), g, ws.view, act);
+        std::vector<double> want(y_want.data.size());
+        for (std::size_t i = 0; i < want.size(); ++i) {
+            const double v = y_want.data[i];
+            want[i] = act == Activation::Relu ? std::max(v, 0.0)
+                    : act == Activation::Sigmoid ? 1.0 / (1.0 + std::exp(-v))
+                                                 : std::tanh(v);
+        }
+        const std::vector<float> got = ya.to_host();
+        EXPECT_TRUE(all_close(got, want, {y_tol.abs + 1e-6, y_tol.rel + 1e-6}, fmt::format("act({}) y", to_string(act))));
+        if (act == Activation::Relu)
+            for (std::size_t i = 0; i < got.size(); ++i)
+                if (want[i] < -y_tol.abs) ASSERT_EQ(got[i], 0.0f) << "ReLU of a negative sum, element " << i;
+    }
 
     // Backward data: each input element sums at most out_c·kh·kw products.
     ops::conv2d_backward_data(dx.view(g.n, in_size), dy.view(g.n, out_size), w.view(g.out_c, filter_size), g, ws.view);

@@ -114,10 +114,13 @@ void bias_grad(MatrixView<float> db, MatrixView<const float> dy);
 // the same bits every run). 0 on the CPU, whose primitives keep their own scratchpads.
 std::size_t conv2d_workspace_bytes(const Conv2dGeometry& g, Device device);
 
-// y (n, out_size) = conv(x (n, in_size), w (out_c, filter_size)) + bias (1, out_c). Overwrites y.
-// `workspace` is (1, ≥ conv2d_workspace_bytes(g)) bytes; g.n == x.rows.
+// y (n, out_size) = act(conv(x (n, in_size), w (out_c, filter_size)) + bias (1, out_c)), act as
+// act_dropout_forward computes it (None: the convolution alone). Overwrites y. `workspace` is
+// (1, ≥ conv2d_workspace_bytes(g)) bytes; g.n == x.rows. (On the CPU a ReLU runs inside the
+// convolution, on its output while it is in cache.)
 void conv2d_forward(MatrixView<float> y, MatrixView<const float> x, MatrixView<const float> w,
-                    MatrixView<const float> bias, const Conv2dGeometry& g, MatrixView<uint8_t> workspace);
+                    MatrixView<const float> bias, const Conv2dGeometry& g, MatrixView<uint8_t> workspace,
+                    Activation act = Activation::None);
 // dx (n, in_size) = ∂(Σ y·dy)/∂x for y = conv(x, w). Overwrites dx.
 void conv2d_backward_data(MatrixView<float> dx, MatrixView<const float> dy, MatrixView<const float> w,
                           const Conv2dGeometry& g, MatrixView<uint8_t> workspace);

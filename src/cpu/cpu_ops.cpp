@@ -227,8 +227,12 @@ void bias_grad(float* db, const float* dy, int n, int cols) {
 std::size_t conv2d_workspace_bytes(const Conv2dGeometry&) { return 0; }  // oneDNN's scratchpads are per primitive
 
 void conv2d_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g, void*,
-                    std::size_t) {
-    onednn::conv_forward(y, x, w, bias, g);
+                    std::size_t, Activation act) {
+    // ReLU as the primitive's post-op (max(v, 0) on the blocked output before it is reordered out);
+    // the other activations as act_dropout_forward computes them, in place.
+    onednn::conv_forward(y, x, w, bias, g, act == Activation::Relu);
+    if (act != Activation::None && act != Activation::Relu)
+        act_dropout_forward(y, y, g.n, g.out_size(), act, 0.0f, 0, 0, 0, false, nullptr);
 }
 
 void conv2d_backward_data(float* dx, const float* dy, const float* w, const Conv2dGeometry& g, void*, std::size_t) {

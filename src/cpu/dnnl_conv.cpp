@@ -29,9 +29,10 @@ struct Key {
     Conv2dGeometry g;
     Direction direction;
     int threads;
+    bool relu = false;  // Forward: a ReLU post-op
     auto tie() const {
         return std::tie(g.n, g.in_c, g.in_h, g.in_w, g.out_c, g.k_h, g.k_w, g.stride_h, g.stride_w, g.pad_top,
-                        g.pad_left, g.pad_bottom, g.pad_right, direction, threads);
+                        g.pad_left, g.pad_bottom, g.pad_right, direction, threads, relu);
     }
     bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
@@ -99,19 +100,29 @@ Descs descs(const Conv2dGeometry& g, bool any) {
     return d;
 }
 
-dnnl::primitive_attr user_scratchpad() {
+dnnl::primitive_attr user_scratchpad(bool relu = false) {
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // allocated here, once, not per call
+    if (relu) {
+        // eltwise_relu with alpha 0: max(v, 0) on the output.
+        dnnl::post_ops ops;
+#if DNNL_VERSION_MAJOR >= 3
+        ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+#else
+        ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+#endif
+        attr.set_post_ops(ops);
+    }
     return attr;
 }
 
-dnnl::convolution_forward::primitive_desc forward_pd(const dnnl::engine& engine, const Descs& d) {
+dnnl::convolution_forward::primitive_desc forward_pd(const dnnl::engine& engine, const Descs& d, bool relu = false) {
     const auto prop = dnnl::prop_kind::forward_training;
     const auto alg = dnnl::algorithm::convolution_direct;
 #if DNNL_VERSION_MAJOR >= 3
-    return {engine, prop, alg, d.src, d.weights, d.bias, d.dst, d.strides, d.pad_l, d.pad_r, user_scratchpad()};
+    return {engine, prop, alg, d.src, d.weights, d.bias, d.dst, d.strides, d.pad_l, d.pad_r, user_scratchpad(relu)};
 #else
-    return {{prop, alg, d.src, d.weights, d.bias, d.dst, d.strides, d.pad_l, d.pad_r}, user_scratchpad(), engine};
+    return {{prop, alg, d.src, d.weights, d.bias, d.dst, d.strides, d.pad_l, d.pad_r}, user_scratchpad(relu), engine};
 #endif
 }
 
@@ -121,14 +132,16 @@ Entry create(const dnnl::engine& engine, const Key& key) {
     const auto fwd = forward_pd(engine, d);  // the backward primitives take it as their hint
     Entry e;
     switch (key.direction) {
-        case Direction::Forward:
-            e.primitive = dnnl::convolution_forward(fwd);
-            e.add(DNNL_ARG_SRC, false, plain.src, fwd.src_desc(), engine);
-            e.add(DNNL_ARG_WEIGHTS, false, plain.weights, fwd.weights_desc(), engine);
-            e.add(DNNL_ARG_BIAS, false, plain.bias, fwd.bias_desc(), engine);
-            e.add(DNNL_ARG_DST, true, plain.dst, fwd.dst_desc(), engine);
-            e.finish(fwd.scratchpad_desc(), engine);
+        case Direction::Forward: {
+            const auto pd = key.relu ? forward_pd(engine, d, true) : fwd;
+            e.primitive = dnnl::convolution_forward(pd);
+            e.add(DNNL_ARG_SRC, false, plain.src, pd.src_desc(), engine);
+            e.add(DNNL_ARG_WEIGHTS, false, plain.weights, pd.weights_desc(), engine);
+            e.add(DNNL_ARG_BIAS, false, plain.bias, pd.bias_desc(), engine);
+            e.add(DNNL_ARG_DST, true, plain.dst, pd.dst_desc(), engine);
+            e.finish(pd.scratchpad_desc(), engine);
             break;
+        }
         case Direction::BackwardData: {
 #if DNNL_VERSION_MAJOR >= 3
             const dnnl::convolution_backward_data::primitive_desc pd(engine, alg, d.src, d.weights, d.dst, d.strides,
@@ -173,9 +186,10 @@ const char* name(Direction d) {
 }
 
 // Binds the pointers (in the order the entry's arguments were bound) and runs the primitive.
-void run(const Conv2dGeometry& g, Direction direction, std::initializer_list<const float*> pointers) {
+void run(const Conv2dGeometry& g, Direction direction, std::initializer_list<const float*> pointers,
+         bool relu = false) {
     thread_local std::map<Key, Entry> cache;
-    const Key key{g, direction, omp_get_max_threads()};
+    const Key key{g, direction, omp_get_max_threads(), relu};
     auto it = cache.find(key);
     if (it == cache.end()) {
         // A run uses a few geometries per layer (the training batch, a short last batch, the
@@ -203,8 +217,8 @@ void run(const Conv2dGeometry& g, Direction direction, std::initializer_list<con
 
 }  // namespace
 
-void conv_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g) {
-    run(g, Direction::Forward, {x, w, bias, y});
+void conv_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g, bool relu) {
+    run(g, Direction::Forward, {x, w, bias, y}, relu);
 }
 
 void conv_backward_data(float* dx, const float* dy, const float* w, const Conv2dGeometry& g) {

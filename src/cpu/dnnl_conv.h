@@ -9,7 +9,8 @@ namespace cumnist::cpu::onednn {
 
 // y = conv(x, w) + bias; dx = backward-data(dy, w); dw = backward-weights(dy, x). Overwrite
 // their outputs. Deterministic for a given thread count and instruction set.
-void conv_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g);
+// relu: max(y, 0) applied as an eltwise post-op of the forward primitive.
+void conv_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g, bool relu);
 void conv_backward_data(float* dx, const float* dy, const float* w, const Conv2dGeometry& g);
 void conv_backward_weights(float* dw, const float* dy, const float* x, const Conv2dGeometry& g);
 

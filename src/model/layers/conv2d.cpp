@@ -17,8 +17,7 @@ public:
 
     void forward(const Pass& pass, const LayerIO& io) override {
         const Conv2dGeometry g = m_g.with_batch(pass.n);
-        ops::conv2d_forward(io.y, io.x, io.w, io.b, g, io.scratch);
-        if (m_act != Activation::None) ops::act_dropout_forward(io.y, io.y, m_act, {}, nullptr);
+        ops::conv2d_forward(io.y, io.x, io.w, io.b, g, io.scratch, m_act);
     }
 
     void backward(const Pass& pass, const LayerIO& io) override {

@@ -367,4 +367,11 @@ void channel_bias_grad(float* db, const float* dy, int n, int channels, int spat
     CUMNIST_CHECK_LAUNCH();
 }
 
+void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
+                     const Conv2dGeometry& g, void* workspace, std::size_t workspace_bytes) {
+    channel_bias_grad(db, dy, g.n, g.out_c, g.out_h() * g.out_w());
+    conv2d_backward_filter(dw, dy, x, g, workspace, workspace_bytes);
+    if (dx != nullptr) conv2d_backward_data(dx, dy, w, g, workspace, workspace_bytes);
+}
+
 }  // namespace cumnist::cuda

@@ -35,6 +35,10 @@ void bias_grad(float*, const float*, int, int) { no_cuda(); }
 
 std::size_t conv2d_workspace_bytes(const Conv2dGeometry&) { no_cuda(); }
 
+void conv2d_backward(float*, float*, float*, const float*, const float*, const float*, const Conv2dGeometry&, void*,
+                     std::size_t) {
+    no_cuda();
+}
 void conv2d_forward(float*, const float*, const float*, const float*, const Conv2dGeometry&, void*, std::size_t,
                     Activation) {
     no_cuda();

@@ -240,6 +240,37 @@ void channel_bias_grad(MatrixView<float> db, MatrixView<const float> dy, int cha
     CUMNIST_DISPATCH(db.device, channel_bias_grad, db.data, dy.data, dy.rows, channels, dy.cols / channels);
 }
 
+void conv2d_backward(MatrixView<float> dx, MatrixView<float> dw, MatrixView<float> db, MatrixView<const float> dy,
+                     MatrixView<const float> x, MatrixView<const float> w, const Conv2dGeometry& g,
+                     MatrixView<uint8_t> workspace) {
+    constexpr const char* op = "conv2d_backward";
+    check_geometry(op, g);
+    const bool want_dx = dx.data != nullptr;
+    require_data(op, "dw", dw), require_data(op, "db", db), require_data(op, "dy", dy), require_data(op, "x", x);
+    require_data(op, "w", w);
+    require_device(op, dw.device, db, dy, x, w);
+    if (want_dx) require_device(op, dw.device, dx);
+    check_workspace(op, g, workspace, dw.device);
+    require_shape(op, "dw", dw, g.out_c, g.filter_size());
+    require_shape(op, "db", db, 1, g.out_c);
+    require_shape(op, "dy", dy, g.n, g.out_size());
+    require_shape(op, "x", x, g.n, g.in_size());
+    require_shape(op, "w", w, g.out_c, g.filter_size());
+    if (want_dx) require_shape(op, "dx", dx, g.n, g.in_size());
+    for (const MatrixView<const float>& in : {dy, x, w})
+        CUMNIST_CHECK(!overlaps(dw, in) && !overlaps(db, in) && (!want_dx || !overlaps(dx, in)),
+                      "{}: an output overlaps an input", op);
+    CUMNIST_CHECK(!overlaps(dw, db) && (!want_dx || (!overlaps(dx, dw) && !overlaps(dx, db))),
+                  "{}: two outputs overlap", op);
+    if (g.n == 0) {
+        fill_zero(dw);
+        fill_zero(db);
+        return;
+    }
+    CUMNIST_DISPATCH(dw.device, conv2d_backward, dx.data, dw.data, db.data, dy.data, x.data, w.data, g, workspace.data,
+                     workspace.size());
+}
+
 namespace {
 void check_pool(const char* op, const Pool2dGeometry& g) {
     CUMNIST_CHECK(g.n >= 0 && g.c > 0 && g.in_h > 0 && g.in_w > 0 && g.k_h > 0 && g.k_w > 0 && g.stride_h > 0 &&

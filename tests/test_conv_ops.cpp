@@ -326,6 +326,33 @@ TEST_P(Conv2dVsReference, AllDirectionsMatchReference) {
     ops::channel_bias_grad(db.view(1, g.out_c), dy.view(g.n, out_size), g.out_c);
     EXPECT_TRUE(all_close(db.to_host(), db_want, dw_tol, "db"));
 
+    // The whole backward in one call (dy reordered once on the CPU; db from the backward-weights
+    // primitive there), with dx and without (a first layer's), deterministic.
+    for (const bool with_dx : {true, false}) {
+        SCOPED_TRACE(with_dx ? "conv2d_backward with dx" : "conv2d_backward without dx");
+        Buffer<float> dx2 = Buffer<float>::from_host(nan_floats(in_elems), dev);
+        Buffer<float> dw2 = Buffer<float>::from_host(nan_floats(w_elems), dev);
+        Buffer<float> db2 = Buffer<float>::from_host(nan_floats(static_cast<std::size_t>(g.out_c)), dev);
+        const MatrixView<float> dx_view = with_dx ? dx2.view(g.n, in_size) : MatrixView<float>{nullptr, 0, 0, dev};
+        ops::conv2d_backward(dx_view, dw2.view(g.out_c, filter_size), db2.view(1, g.out_c), dy.view(g.n, out_size),
+                             x.view(g.n, in_size), w.view(g.out_c, filter_size), g, ws.view);
+        EXPECT_TRUE(all_close(dw2.to_host(), dw_want.data, dw_tol, "dw"));
+        EXPECT_TRUE(all_close(db2.to_host(), db_want, dw_tol, "db"));
+        if (with_dx) {
+            EXPECT_TRUE(all_close(dx2.to_host(), dx_want.data, dx_tol, "dx"));
+        } else {
+            const std::vector<float> untouched = dx2.to_host();
+            EXPECT_TRUE(std::all_of(untouched.begin(), untouched.end(), [](float v) { return std::isnan(v); }))
+                << "dx was written though not asked for";
+        }
+        Buffer<float> dw3 = Buffer<float>::from_host(nan_floats(w_elems), dev);
+        Buffer<float> db3 = Buffer<float>::from_host(nan_floats(static_cast<std::size_t>(g.out_c)), dev);
+        ops::conv2d_backward({nullptr, 0, 0, dev}, dw3.view(g.out_c, filter_size), db3.view(1, g.out_c),
+                             dy.view(g.n, out_size), x.view(g.n, in_size), w.view(g.out_c, filter_size), g, ws.view);
+        EXPECT_TRUE(bits_equal(dw3.to_host(), dw2.to_host())) << "conv2d_backward's dw is not deterministic";
+        EXPECT_TRUE(bits_equal(db3.to_host(), db2.to_host())) << "conv2d_backward's db is not deterministic";
+    }
+
     // The inputs are only read.
     EXPECT_TRUE(bits_equal(x.to_host(), hx)) << "x was written";
     EXPECT_TRUE(bits_equal(dy.to_host(), hdy)) << "dy was written";

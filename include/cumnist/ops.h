@@ -130,6 +130,14 @@ void conv2d_backward_filter(MatrixView<float> dw, MatrixView<const float> dy, Ma
 // db (1, channels) = Σ over images and positions of dy (n, channels·spatial). Overwrites db. A
 // fixed summation order (deterministic).
 void channel_bias_grad(MatrixView<float> db, MatrixView<const float> dy, int channels);
+// The whole backward of y = conv(x, w) + bias in one call: dw as conv2d_backward_filter, db as
+// channel_bias_grad (with g.out_c channels) and, unless dx.data is null (a first layer needs
+// none), dx as conv2d_backward_data. Overwrites them. On the CPU dy is reordered into the
+// primitives' layout once for both directions and db comes out of the backward-weights primitive
+// (deterministic too; its summation order is oneDNN's); on the GPU it is the three ops.
+void conv2d_backward(MatrixView<float> dx, MatrixView<float> dw, MatrixView<float> db, MatrixView<const float> dy,
+                     MatrixView<const float> x, MatrixView<const float> w, const Conv2dGeometry& g,
+                     MatrixView<uint8_t> workspace);
 
 // y = the maximum of each window; argmax (same shape as y) = the position y·in_w + x, within its
 // (image, channel) plane, of the element chosen: the FIRST maximum in row-major window order

@@ -243,6 +243,11 @@ void conv2d_backward_filter(float* dw, const float* dy, const float* x, const Co
     onednn::conv_backward_weights(dw, dy, x, g);
 }
 
+void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
+                     const Conv2dGeometry& g, void*, std::size_t) {
+    onednn::conv_backward(dx, dw, db, dy, x, w, g);
+}
+
 void channel_bias_grad(float* db, const float* dy, int n, int channels, int spatial) {
     // db[c] = Σ_r Σ_s dy[r, c, s]: per channel, images in order, each image's plane summed in
     // order; threads own disjoint channels.

@@ -23,7 +23,7 @@ using dnnl::memory;
 using Tag = memory::format_tag;
 using Dims = memory::dims;
 
-enum class Direction { Forward, BackwardData, BackwardWeights };
+enum class Direction { Forward, BackwardData, BackwardWeights, Backward };
 
 struct Key {
     Conv2dGeometry g;
@@ -45,6 +45,7 @@ struct Key {
 struct Arg {
     int id = 0;
     bool output = false;
+    bool shared = false;  // `inner` is another primitive's, reordered into by it (Backward's dy)
     memory user, inner;
     dnnl::reorder reorder;
     dnnl_exec_arg_t reorder_args[2];
@@ -58,12 +59,17 @@ struct Entry {
     memory scratchpad;
     std::vector<dnnl_exec_arg_t> exec_args;
 
-    void add(int id, bool output, const memory::desc& plain, const memory::desc& chosen, const dnnl::engine& engine) {
+    // `share`: an input argument of another entry already in layout `chosen`, used as it is.
+    void add(int id, bool output, const memory::desc& plain, const memory::desc& chosen, const dnnl::engine& engine,
+             const Arg* share = nullptr) {
         Arg a;
         a.id = id;
         a.output = output;
         a.user = memory(plain, engine, DNNL_MEMORY_NONE);
-        if (chosen != plain) {
+        if (share != nullptr && share->inner && !output && share->inner.get_desc() == chosen) {
+            a.inner = share->inner;
+            a.shared = true;
+        } else if (chosen != plain) {
             a.inner = memory(chosen, engine);
             a.reorder = output ? dnnl::reorder(a.inner, a.user) : dnnl::reorder(a.user, a.inner);
             a.reorder_args[0] = {DNNL_ARG_FROM, (output ? a.inner : a.user).get()};
@@ -79,6 +85,26 @@ struct Entry {
             exec_args.push_back({DNNL_ARG_SCRATCHPAD, scratchpad.get()});
         }
     }
+    // Binds the pointers (in the order the arguments were added) and runs the primitive, with the
+    // reorders into and out of its layouts around it.
+    void run(std::initializer_list<const float*> pointers, const char* what) {
+        std::size_t i = 0;
+        // oneDNN only reads the inputs; its memory objects take non-const handles.
+        for (const float* p : pointers)
+            check(dnnl_memory_set_data_handle(args[i++].user.get(), const_cast<float*>(p)), "binding");
+        for (const Arg& a : args)
+            if (a.inner && !a.output && !a.shared) execute(a.reorder, 2, a.reorder_args, "reordering a convolution input");
+        execute(primitive, static_cast<int>(exec_args.size()), exec_args.data(), what);
+        for (const Arg& a : args)
+            if (a.inner && a.output) execute(a.reorder, 2, a.reorder_args, "reordering a convolution output");
+    }
+};
+
+// Backward: backward-weights with the bias gradient, then backward-data, which takes dy in the
+// layout backward-weights reordered it into when the two agree (one reorder of dy, not two).
+struct BackwardEntry {
+    Entry weights;  // x, dy, dw, db
+    Entry data;     // dy, w, dx
 };
 
 struct Descs {
@@ -176,43 +202,72 @@ Entry create(const dnnl::engine& engine, const Key& key) {
     return e;
 }
 
+BackwardEntry create_backward(const dnnl::engine& engine, const Conv2dGeometry& g) {
+    const Descs plain = descs(g, false), d = descs(g, true);
+    const auto alg = dnnl::algorithm::convolution_direct;
+    const auto fwd = forward_pd(engine, d);
+#if DNNL_VERSION_MAJOR >= 3
+    const dnnl::convolution_backward_weights::primitive_desc wpd(engine, alg, d.src, d.weights, d.bias, d.dst, d.strides,
+                                                                 d.pad_l, d.pad_r, fwd, user_scratchpad());
+    const dnnl::convolution_backward_data::primitive_desc dpd(engine, alg, d.src, d.weights, d.dst, d.strides, d.pad_l,
+                                                              d.pad_r, fwd, user_scratchpad());
+#else
+    const dnnl::convolution_backward_weights::primitive_desc wpd(
+        {alg, d.src, d.weights, d.bias, d.dst, d.strides, d.pad_l, d.pad_r}, user_scratchpad(), engine, fwd);
+    const dnnl::convolution_backward_data::primitive_desc dpd(
+        {alg, d.src, d.weights, d.dst, d.strides, d.pad_l, d.pad_r}, user_scratchpad(), engine, fwd);
+#endif
+    BackwardEntry e;
+    e.weights.primitive = dnnl::convolution_backward_weights(wpd);
+    e.weights.add(DNNL_ARG_SRC, false, plain.src, wpd.src_desc(), engine);
+    e.weights.add(DNNL_ARG_DIFF_DST, false, plain.dst, wpd.diff_dst_desc(), engine);
+    e.weights.add(DNNL_ARG_DIFF_WEIGHTS, true, plain.weights, wpd.diff_weights_desc(), engine);
+    e.weights.add(DNNL_ARG_DIFF_BIAS, true, plain.bias, wpd.diff_bias_desc(), engine);
+    e.weights.finish(wpd.scratchpad_desc(), engine);
+    e.data.primitive = dnnl::convolution_backward_data(dpd);
+    e.data.add(DNNL_ARG_DIFF_DST, false, plain.dst, dpd.diff_dst_desc(), engine, &e.weights.args[1]);
+    e.data.add(DNNL_ARG_WEIGHTS, false, plain.weights, dpd.weights_desc(), engine);
+    e.data.add(DNNL_ARG_DIFF_SRC, true, plain.src, dpd.diff_src_desc(), engine);
+    e.data.finish(dpd.scratchpad_desc(), engine);
+    return e;
+}
+
 const char* name(Direction d) {
     switch (d) {
         case Direction::Forward: return "convolution forward";
         case Direction::BackwardData: return "convolution backward-data";
         case Direction::BackwardWeights: return "convolution backward-weights";
+        case Direction::Backward: return "convolution backward";
     }
     return "convolution";
 }
 
-// Binds the pointers (in the order the entry's arguments were bound) and runs the primitive.
-void run(const Conv2dGeometry& g, Direction direction, std::initializer_list<const float*> pointers,
-         bool relu = false) {
-    thread_local std::map<Key, Entry> cache;
-    const Key key{g, direction, omp_get_max_threads(), relu};
+// This thread's cached entry of `key`, created on first use.
+template <class E, class Create>
+E& cached(const Key& key, Create create) {
+    thread_local std::map<Key, E> cache;
     auto it = cache.find(key);
     if (it == cache.end()) {
         // A run uses a few geometries per layer (the training batch, a short last batch, the
         // evaluation batch). Bound what a caller cycling through many can accumulate.
         constexpr std::size_t kMaxCached = 64;
         if (cache.size() >= kMaxCached) cache.clear();
+        const Conv2dGeometry& g = key.g;
         try {
-            it = cache.emplace(key, create(thread_engine().engine, key)).first;
+            it = cache.emplace(key, create(thread_engine().engine)).first;
         } catch (const dnnl::error& e) {
             throw Error(fmt::format("oneDNN: cannot create a {} for {}x{}x{}x{} images and {}x{}x{}x{} filters: {}",
-                                    name(direction), g.n, g.in_c, g.in_h, g.in_w, g.out_c, g.in_c, g.k_h, g.k_w,
+                                    name(key.direction), g.n, g.in_c, g.in_h, g.in_w, g.out_c, g.in_c, g.k_h, g.k_w,
                                     e.what()));
         }
     }
-    Entry& e = it->second;
-    std::size_t i = 0;
-    // oneDNN only reads the inputs; its memory objects take non-const handles.
-    for (const float* p : pointers) check(dnnl_memory_set_data_handle(e.args[i++].user.get(), const_cast<float*>(p)), "binding");
-    for (const Arg& a : e.args)
-        if (a.inner && !a.output) execute(a.reorder, 2, a.reorder_args, "reordering a convolution input");
-    execute(e.primitive, static_cast<int>(e.exec_args.size()), e.exec_args.data(), name(direction));
-    for (const Arg& a : e.args)
-        if (a.inner && a.output) execute(a.reorder, 2, a.reorder_args, "reordering a convolution output");
+    return it->second;
+}
+
+void run(const Conv2dGeometry& g, Direction direction, std::initializer_list<const float*> pointers,
+         bool relu = false) {
+    const Key key{g, direction, omp_get_max_threads(), relu};
+    cached<Entry>(key, [&](const dnnl::engine& engine) { return create(engine, key); }).run(pointers, name(direction));
 }
 
 }  // namespace
@@ -227,6 +282,15 @@ void conv_backward_data(float* dx, const float* dy, const float* w, const Conv2d
 
 void conv_backward_weights(float* dw, const float* dy, const float* x, const Conv2dGeometry& g) {
     run(g, Direction::BackwardWeights, {x, dy, dw});
+}
+
+void conv_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
+                   const Conv2dGeometry& g) {
+    const Key key{g, Direction::Backward, omp_get_max_threads()};
+    BackwardEntry& e =
+        cached<BackwardEntry>(key, [&](const dnnl::engine& engine) { return create_backward(engine, g); });
+    e.weights.run({x, dy, dw, db}, "convolution backward-weights");
+    if (dx != nullptr) e.data.run({dy, w, dx}, "convolution backward-data");
 }
 
 }  // namespace cumnist::cpu::onednn

@@ -13,5 +13,9 @@ namespace cumnist::cpu::onednn {
 void conv_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g, bool relu);
 void conv_backward_data(float* dx, const float* dy, const float* w, const Conv2dGeometry& g);
 void conv_backward_weights(float* dw, const float* dy, const float* x, const Conv2dGeometry& g);
+// dw, db = backward-weights with the bias (dy, x) and, when dx is not null, dx = backward-data(dy,
+// w): dy reordered once for both.
+void conv_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
+                   const Conv2dGeometry& g);
 
 }  // namespace cumnist::cpu::onednn

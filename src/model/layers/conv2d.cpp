@@ -24,9 +24,7 @@ public:
         const Conv2dGeometry g = m_g.with_batch(pass.n);
         MatrixView<float> dpre = io.dy;
         if (m_act != Activation::None) ops::act_dropout_backward(dpre, dpre, io.y, m_act, {}, nullptr);
-        ops::channel_bias_grad(io.db, dpre, m_g.out_c);
-        ops::conv2d_backward_filter(io.dw, dpre, io.x, g, io.scratch);
-        if (io.dx.data != nullptr) ops::conv2d_backward_data(io.dx, dpre, io.w, g, io.scratch);
+        ops::conv2d_backward(io.dx, io.dw, io.db, dpre, io.x, io.w, g, io.scratch);
     }
 
 private:

@@ -303,6 +303,20 @@ TEST_P(Conv2dVsReference, AllDirectionsMatchReference) {
         if (act == Activation::Relu)
             for (std::size_t i = 0; i < got.size(); ++i)
                 if (want[i] < -y_tol.abs) ASSERT_EQ(got[i], 0.0f) << "ReLU of a negative sum, element " << i;
+        // Bit for bit what the convolution then act_dropout_forward give (the promise of ops.h),
+        // NaN included: an input NaN makes the sums of its windows NaN, which the ReLU makes +0.
+        std::vector<float> hx_nan = hx;
+        hx_nan[hx_nan.size() / 2] = std::nanf("");
+        Buffer<float> x_nan = Buffer<float>::from_host(hx_nan, dev);
+        Buffer<float> fused = Buffer<float>::from_host(nan_floats(out_elems), dev);
+        Buffer<float> apart = Buffer<float>::from_host(nan_floats(out_elems), dev);
+        ops::conv2d_forward(fused.view(g.n, out_size), x_nan.view(g.n, in_size), w.view(g.out_c, filter_size),
+                            b.view(1, g.out_c), g, ws.view, act);
+        ops::conv2d_forward(apart.view(g.n, out_size), x_nan.view(g.n, in_size), w.view(g.out_c, filter_size),
+                            b.view(1, g.out_c), g, ws.view);
+        ops::act_dropout_forward(apart.view(g.n, out_size), apart.view(g.n, out_size), act, {}, nullptr);
+        EXPECT_TRUE(bits_equal(fused.to_host(), apart.to_host()))
+            << "conv2d_forward with " << to_string(act) << " differs from the convolution then the activation";
     }
 
     // Backward data: each input element sums at most out_c·kh·kw products.

@@ -2,7 +2,9 @@
 // The per-element formulas (dropout keep test, optimizer updates) come from philox.h, shared
 // with the CUDA kernels. Every loop runs in a fixed order, so results are deterministic for a
 // given thread count.
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
 #include <omp.h>
 
 #include <algorithm>
@@ -281,8 +283,10 @@ void maxpool_row_2x2(float* y, int32_t* argmax, const float* r0, const float* r1
         const __mmask16 out = mask(n), lo = mask(in_n), hi = mask(std::max(0, in_n - 16));
         const float* p0 = r0 + 2 * ox;
         const float* p1 = r1 + 2 * ox;
-        const __m512 r0lo = _mm512_maskz_loadu_ps(lo, p0), r0hi = _mm512_maskz_loadu_ps(hi, p0 + 16);
-        const __m512 r1lo = _mm512_maskz_loadu_ps(lo, p1), r1hi = _mm512_maskz_loadu_ps(hi, p1 + 16);
+        // (p + 16 is formed only when some of it is read: fewer than 8 windows end before it.)
+        const __m512 r0lo = _mm512_maskz_loadu_ps(lo, p0), r1lo = _mm512_maskz_loadu_ps(lo, p1);
+        const __m512 r0hi = hi != 0 ? _mm512_maskz_loadu_ps(hi, p0 + 16) : _mm512_setzero_ps();
+        const __m512 r1hi = hi != 0 ? _mm512_maskz_loadu_ps(hi, p1 + 16) : _mm512_setzero_ps();
         const __m512 a = _mm512_permutex2var_ps(r0lo, even, r0hi), b = _mm512_permutex2var_ps(r0lo, odd, r0hi);
         const __m512 c = _mm512_permutex2var_ps(r1lo, even, r1hi), d = _mm512_permutex2var_ps(r1lo, odd, r1hi);
         const __m512i base = _mm512_add_epi32(_mm512_set1_epi32(at0 + 2 * ox), even);  // a's index

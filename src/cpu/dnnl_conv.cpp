@@ -10,6 +10,7 @@
 #include <omp.h>
 
 #include <dnnl.hpp>
+#include <limits>
 #include <map>
 #include <tuple>
 #include <vector>
@@ -130,12 +131,14 @@ dnnl::primitive_attr user_scratchpad(bool relu = false) {
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // allocated here, once, not per call
     if (relu) {
-        // eltwise_relu with alpha 0: max(v, 0) on the output.
+        // clip to [0, +inf): v > 0 ? v : 0, exactly cumnist's ReLU (NaN and -0 give +0) in oneDNN's
+        // reference formula and its JIT kernels alike (eltwise_relu's reference keeps NaN and -0).
         dnnl::post_ops ops;
+        const float inf = std::numeric_limits<float>::infinity();
 #if DNNL_VERSION_MAJOR >= 3
-        ops.append_eltwise(dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+        ops.append_eltwise(dnnl::algorithm::eltwise_clip, 0.0f, inf);
 #else
-        ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.0f, 0.0f);
+        ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_clip, 0.0f, inf);
 #endif
         attr.set_post_ops(ops);
     }

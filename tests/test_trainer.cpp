@@ -443,6 +443,20 @@ void expect_no_allocation_per_step(Device device, DataPlacement placement) {
 
 TEST_P(TrainerTest, TrainingStepAllocatesNothing) { expect_no_allocation_per_step(GetParam(), DataPlacement::Resident); }
 
+// Evaluating allocates no device or host buffer after the first time (on the GPU a cudaFree may
+// synchronise the whole device, stalling trainers on other streams).
+TEST_P(TrainerTest, EvaluationAllocatesNoBuffer) {
+    const Dataset train = synthetic_dataset(100, 4), test = synthetic_dataset(40, 5);
+    Trainer t(small_model(), {}, small_train(GetParam(), 10), train);
+    const ResidentData held_out(test, GetParam());
+    const Evaluation first = t.evaluate(held_out);
+    const std::size_t before = memory::allocation_count();
+    const Evaluation second = t.evaluate(held_out);
+    EXPECT_EQ(memory::allocation_count() - before, 0u) << "evaluate allocated buffers";
+    EXPECT_EQ(second.loss, first.loss);
+    EXPECT_EQ(second.accuracy, first.accuracy);
+}
+
 // The same with the training data streamed: the loader thread and the staging copies allocate
 // nothing per batch either.
 TEST_P(TrainerTest, StreamingTrainingStepAllocatesNothing) {

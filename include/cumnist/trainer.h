@@ -131,6 +131,8 @@ private:
     Buffer<uint8_t> m_y;
     Buffer<uint64_t> m_counters;  // [0] optimizer step, [1] batch index in the epoch
     Buffer<double> m_totals;      // [0] loss sum, [1] correct count
+    Buffer<uint64_t> m_eval_index;  // evaluate(): the batch index, and its loss sum and correct count
+    Buffer<double> m_eval_totals;   // (allocated once: an evaluation allocates nothing)
     struct Graph;
     std::unique_ptr<Graph> m_graph;
     std::string m_graph_failure;

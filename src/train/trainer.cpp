@@ -137,6 +137,8 @@ Trainer::Trainer(const ModelSpec& model, const OptimizerConfig& optimizer, const
       m_y(static_cast<std::size_t>(std::max(config.batch, config.eval_batch)), config.device),
       m_counters(2, config.device),
       m_totals(2, config.device),
+      m_eval_index(1, config.device),
+      m_eval_totals(2, config.device),
       m_graph(std::make_unique<Graph>()) {
     m_config.placement = m_placement;
     if (train.features() != model.inputs())
@@ -355,8 +357,8 @@ Evaluation Trainer::evaluate(const ResidentData& data) {
         throw Error(fmt::format("evaluation images have {} pixels, the model expects {}", data.features,
                                 m_model.inputs()));
     const int eval_batch = m_ws.max_batch;
-    Buffer<uint64_t> batch_index(1, dev);
-    Buffer<double> totals(2, dev);
+    Buffer<uint64_t>& batch_index = m_eval_index;
+    Buffer<double>& totals = m_eval_totals;
     batch_index.zero();
     totals.zero();
     for (int first = 0; first < data.n; first += eval_batch) {

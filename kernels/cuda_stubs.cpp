@@ -22,7 +22,7 @@ void bias_act_dropout_forward(float*, float*, const float*, int, int, Activation
 }
 
 void act_dropout_backward(float*, const float*, const float*, int, int, Activation, float, uint32_t, uint64_t, uint32_t,
-                          bool, const uint64_t*) {
+                          bool, const uint64_t*, float*) {
     no_cuda();
 }
 
@@ -56,7 +56,7 @@ void maxpool2d_forward(float*, int32_t*, const float*, const Pool2dGeometry&) { 
 
 void maxpool2d_backward(float*, const float*, const int32_t*, const Pool2dGeometry&) { no_cuda(); }
 
-void softmax_xent(float*, float*, float*, const float*, const uint8_t*, int, int, float) { no_cuda(); }
+void softmax_xent(float*, float*, float*, const float*, const uint8_t*, int, int, float, double*) { no_cuda(); }
 
 void softmax(float*, const float*, int, int) { no_cuda(); }
 
@@ -71,13 +71,13 @@ void u8_to_float(float*, const uint8_t*, std::size_t) { no_cuda(); }
 void increment(uint64_t*) { no_cuda(); }
 
 void adam_step(float*, float*, float*, const float*, std::size_t, float, const float*, float, float, float,
-               const uint64_t*) {
+               const uint64_t*, uint64_t*) {
     no_cuda();
 }
 
-void sgd_step(float*, float*, const float*, std::size_t, float, const float*, float) { no_cuda(); }
+void sgd_step(float*, float*, const float*, std::size_t, float, const float*, float, uint64_t*) { no_cuda(); }
 
-void rmsprop_step(float*, float*, const float*, std::size_t, float, const float*, float, float) { no_cuda(); }
+void rmsprop_step(float*, float*, const float*, std::size_t, float, const float*, float, float, uint64_t*) { no_cuda(); }
 
 void fill_zero(float*, std::size_t) { no_cuda(); }
 

@@ -2,6 +2,7 @@
 // the standalone activation/dropout layer, uint8 → float conversion, the device-side counter increment and fill_zero. The dropout mask
 // comes from philox.h's dropout_keep(), so CPU and GPU drop exactly the same elements.
 #include "backend.h"
+#include "column_sums.cuh"
 #include "cuda_common.cuh"
 #include "cumnist/philox.h"
 
@@ -20,12 +21,12 @@ __device__ __forceinline__ float activate(float x) {
 
 // act'(x) written in terms of the activation's output a = act(x): sigmoid' = a (1 − a),
 // tanh' = 1 − a², none' = 1. (ReLU's backward reads the dropout output instead:
-// relu_dropout_backward_kernel.) tanh' multiplies with __fmul_rn so that nvcc cannot contract
+// backward_element.) tanh' multiplies with __fmul_rn so that nvcc cannot contract
 // 1 − a·a into an FMA: it rounds a·a, then the difference, exactly as the CPU (built with
 // -ffp-contract=off) does, so both backends give the same derivative for the same a.
 template <Activation kAct>
 __device__ __forceinline__ float activation_derivative(float a) {
-    static_assert(kAct != Activation::Relu, "ReLU's backward is relu_dropout_backward_kernel");
+    static_assert(kAct != Activation::Relu, "ReLU's backward is in backward_element");
     if constexpr (kAct == Activation::Sigmoid) return a * (1.0f - a);
     else if constexpr (kAct == Activation::Tanh) return 1.0f - __fmul_rn(a, a);
     else return 1.0f;
@@ -68,27 +69,48 @@ static __global__ void act_dropout_kernel(float* y, const float* x, std::size_t 
     }
 }
 
-// g = dh · act'(a);  dpre = keep(i) ? g · scale : 0  (kDropout),  dpre = g  (otherwise).
-// Same operation order as the CPU backend. dpre may alias dh: each element is read, then written,
-// by the same thread. (Sigmoid, tanh and none; ReLU has relu_dropout_backward_kernel.)
+// One element of the backward epilogue, the CPU backend's formula and operation order:
+//   ReLU: saved is the forward's output h after dropout, and keep · relu' = [h > 0], so
+//         dpre = h > 0 ? dh · scale : 0 with no mask redrawn (scale = 1 without dropout);
+//   otherwise: g = dh · act'(a) with a = saved;  dpre = keep(i) ? g · scale : 0  (kDropout),
+//         dpre = g  (otherwise).
 template <Activation kAct, bool kDropout>
-static __global__ void act_dropout_backward_kernel(float* dpre, const float* dh, const float* __restrict__ a,
-                                                   std::size_t total, float scale, uint32_t keep_threshold,
-                                                   uint64_t seed, uint32_t stream, const uint64_t* __restrict__ step) {
-    const uint64_t t = kDropout ? *step : 0;  // the step counter is read only when dropout is active
-    for (std::size_t i = grid_thread_index(); i < total; i += grid_stride()) {
-        const float g = dh[i] * activation_derivative<kAct>(a[i]);
-        if constexpr (kDropout) dpre[i] = dropout_keep(seed, stream, t, i, keep_threshold) ? g * scale : 0.0f;
-        else dpre[i] = g;
+__device__ __forceinline__ float backward_element(float dh, float saved, std::size_t i, float scale,
+                                                  uint32_t keep_threshold, uint64_t seed, uint32_t stream, uint64_t t) {
+    if constexpr (kAct == Activation::Relu) {
+        return saved > 0.0f ? dh * scale : 0.0f;
+    } else {
+        const float g = dh * activation_derivative<kAct>(saved);
+        if constexpr (kDropout) return dropout_keep(seed, stream, t, i, keep_threshold) ? g * scale : 0.0f;
+        else return g;
     }
 }
 
-// ReLU: h is the forward's output after dropout, and keep · relu' = [h > 0], so
-// dpre = h > 0 ? dh · scale : 0 with no mask redrawn (scale = 1 without dropout). As the CPU.
-static __global__ void relu_dropout_backward_kernel(float* dpre, const float* dh, const float* __restrict__ h,
-                                                    std::size_t total, float scale) {
+// dpre (total) = backward_element(dh, saved) per element. dpre may alias dh: each element is
+// read, then written, by the same thread. The step counter is read only when a mask is redrawn.
+template <Activation kAct, bool kDropout>
+static __global__ void act_dropout_backward_kernel(float* dpre, const float* dh, const float* __restrict__ saved,
+                                                   std::size_t total, float scale, uint32_t keep_threshold,
+                                                   uint64_t seed, uint32_t stream, const uint64_t* __restrict__ step) {
+    const uint64_t t = kDropout && kAct != Activation::Relu ? *step : 0;
     for (std::size_t i = grid_thread_index(); i < total; i += grid_stride())
-        dpre[i] = h[i] > 0.0f ? dh[i] * scale : 0.0f;
+        dpre[i] = backward_element<kAct, kDropout>(dh[i], saved[i], i, scale, keep_threshold, seed, stream, t);
+}
+
+// The same dpre (n, cols), and db (cols) = Σ_rows dpre in the same kernel: each element is
+// computed and written once, by the thread that adds it to its column's sum, in column_sums's
+// order, so db has exactly the bits bias_grad would give for this dpre. dpre may alias dh.
+template <Activation kAct, bool kDropout>
+static __global__ void act_dropout_bias_backward_kernel(float* dpre, float* __restrict__ db, const float* dh,
+                                                        const float* __restrict__ saved, int n, int cols, float scale,
+                                                        uint32_t keep_threshold, uint64_t seed, uint32_t stream,
+                                                        const uint64_t* __restrict__ step) {
+    const uint64_t t = kDropout && kAct != Activation::Relu ? *step : 0;
+    column_sums(db, n, cols, [=](int, int, std::size_t i) {
+        const float v = backward_element<kAct, kDropout>(dh[i], saved[i], i, scale, keep_threshold, seed, stream, t);
+        dpre[i] = v;
+        return v;
+    });
 }
 
 // x = p · (1/255), the CPU backend's formula (multiplication by the float nearest 1/255).
@@ -109,10 +131,17 @@ void launch_forward(float* h, float* a, const float* bias, int n, int cols, floa
 }
 
 template <Activation kAct, bool kDropout>
-void launch_backward(float* dpre, const float* dh, const float* a, std::size_t total, float scale,
+void launch_backward(float* dpre, float* db, const float* dh, const float* saved, int n, int cols, float scale,
                      uint32_t keep_threshold, uint64_t seed, uint32_t stream, const uint64_t* step) {
-    act_dropout_backward_kernel<kAct, kDropout><<<grid_for(total), kBlockSize, 0, context().stream()>>>(
-        dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+    if (db != nullptr) {
+        act_dropout_bias_backward_kernel<kAct, kDropout><<<column_sums_grid(cols), column_sums_block(), 0,
+                                                           context().stream()>>>(dpre, db, dh, saved, n, cols, scale,
+                                                                                 keep_threshold, seed, stream, step);
+    } else {
+        const std::size_t total = static_cast<std::size_t>(n) * static_cast<std::size_t>(cols);
+        act_dropout_backward_kernel<kAct, kDropout><<<grid_for(total), kBlockSize, 0, context().stream()>>>(
+            dpre, dh, saved, total, scale, keep_threshold, seed, stream, step);
+    }
     CUMNIST_CHECK_LAUNCH();
 }
 
@@ -157,28 +186,24 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
 
 void act_dropout_backward(float* dpre, const float* dh, const float* saved, int n, int cols, Activation act,
                           float rate, uint32_t keep_threshold, uint64_t seed, uint32_t stream, bool dropout,
-                          const uint64_t* step) {
-    const std::size_t total = static_cast<std::size_t>(n) * static_cast<std::size_t>(cols);
-    if (total == 0) return;
+                          const uint64_t* step, float* db) {
+    if (n <= 0 || cols <= 0) return;
     const float scale = dropout ? dropout_scale(rate) : 1.0f;
-    const float* a = saved;  // sigmoid, tanh, none: the activation before dropout
     switch (act) {
-    case Activation::Relu:  // saved is the forward's output h
-        relu_dropout_backward_kernel<<<grid_for(total), kBlockSize, 0, context().stream()>>>(dpre, dh, saved, total,
-                                                                                            scale);
-        CUMNIST_CHECK_LAUNCH();
+    case Activation::Relu:  // saved is the forward's output h; no mask is redrawn
+        launch_backward<Activation::Relu, false>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
         break;
     case Activation::Sigmoid:
-        if (dropout) launch_backward<Activation::Sigmoid, true>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
-        else launch_backward<Activation::Sigmoid, false>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+        if (dropout) launch_backward<Activation::Sigmoid, true>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
+        else launch_backward<Activation::Sigmoid, false>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
         break;
     case Activation::Tanh:
-        if (dropout) launch_backward<Activation::Tanh, true>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
-        else launch_backward<Activation::Tanh, false>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+        if (dropout) launch_backward<Activation::Tanh, true>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
+        else launch_backward<Activation::Tanh, false>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
         break;
     case Activation::None:
-        if (dropout) launch_backward<Activation::None, true>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
-        else launch_backward<Activation::None, false>(dpre, dh, a, total, scale, keep_threshold, seed, stream, step);
+        if (dropout) launch_backward<Activation::None, true>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
+        else launch_backward<Activation::None, false>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
         break;
     }
 }

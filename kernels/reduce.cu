@@ -1,40 +1,16 @@
 // Deterministic reductions: the bias gradient (column sums) and the per-epoch metric totals.
 // Fixed summation order, no float atomics: two runs give bitwise identical results.
 #include "backend.h"
+#include "column_sums.cuh"
 #include "cuda_common.cuh"
 
 namespace cumnist::cuda {
 
 namespace {
 
-// bias_grad tiles: 32 columns (one warp's coalesced row segment) × 8 row groups.
-constexpr unsigned kTileCols = 32;
-constexpr unsigned kRowGroups = 8;
-
-// db[c] = Σ_r dy[r, c] for dy (n, cols). Thread (x, y) of a block sums rows y, y + 8, y + 16, ...
-// of column tile·32 + x in ascending order; then the 8 partial sums are added in order y = 0..7.
-// The order depends only on (n, cols), never on timing.
+// db[c] = Σ_r dy[r, c] for dy (n, cols), in column_sums's fixed order.
 static __global__ void bias_grad_kernel(float* __restrict__ db, const float* __restrict__ dy, int n, int cols) {
-    __shared__ float partial[kRowGroups][kTileCols + 1];
-    const unsigned tx = threadIdx.x, ty = threadIdx.y;
-    // The tile loop's condition is the same for the whole block, so the barriers are uniform.
-    for (unsigned tile = blockIdx.x; static_cast<std::size_t>(tile) * kTileCols < static_cast<std::size_t>(cols);
-         tile += gridDim.x) {
-        const int c = static_cast<int>(tile * kTileCols + tx);
-        float sum = 0.0f;
-        if (c < cols) {
-            for (int r = static_cast<int>(ty); r < n; r += static_cast<int>(kRowGroups))
-                sum += dy[static_cast<std::size_t>(r) * static_cast<std::size_t>(cols) + static_cast<std::size_t>(c)];
-        }
-        partial[ty][tx] = sum;
-        __syncthreads();
-        if (ty == 0 && c < cols) {
-            float total = partial[0][tx];
-            for (unsigned g = 1; g < kRowGroups; ++g) total += partial[g][tx];
-            db[c] = total;
-        }
-        __syncthreads();  // partial[] is reused by the next tile
-    }
+    column_sums(db, n, cols, [dy](int, int, std::size_t i) { return dy[i]; });
 }
 
 constexpr unsigned kMetricsBlock = 256;  // a power of two (tree reduction below)
@@ -75,10 +51,7 @@ void bias_grad(float* db, const float* dy, int n, int cols) {
         CUDA_CHECK(cudaMemsetAsync(db, 0, static_cast<std::size_t>(cols) * sizeof(float), context().stream()));
         return;
     }
-    const std::size_t tiles = (static_cast<std::size_t>(cols) + kTileCols - 1) / kTileCols;
-    const dim3 block(kTileCols, kRowGroups);
-    const unsigned grid = grid_for(tiles, 1);  // one block per tile, capped; the tile loop covers the rest
-    bias_grad_kernel<<<grid, block, 0, context().stream()>>>(db, dy, n, cols);
+    bias_grad_kernel<<<column_sums_grid(cols), column_sums_block(), 0, context().stream()>>>(db, dy, n, cols);
     CUMNIST_CHECK_LAUNCH();
 }
 

@@ -1,5 +1,6 @@
-// Softmax cross-entropy (loss, correctness and the logits' gradient in one kernel) and plain
-// softmax, one warp per row, max-subtracted, with expf/logf (no fast math). Any classes ≥ 1.
+// Softmax cross-entropy (loss, correctness, the logits' gradient and, for training batches, the
+// metric totals, in one kernel) and plain softmax, one warp per row, max-subtracted, with
+// expf/logf (no fast math). Any classes ≥ 1.
 #include <climits>
 #include <cmath>
 
@@ -62,42 +63,93 @@ __device__ __forceinline__ RowStats row_stats(const float* z, int classes, unsig
     return {best, best_index, sum};
 }
 
-// For each row r of logits (n, classes):
+// Row r of logits (n, classes), by the 32 lanes of a warp:
 //   sum = Σ_c exp(z_c − max z)
 //   row_loss[r] = (max z − z[label]) + log sum        (= −log softmax(z)[label])
 //   row_correct[r] = [first argmax z == label]
 //   dlogits[r, c] = (exp(z_c − max z) / sum − [c == label]) · grad_scale     (skipped when dlogits == null)
+// and returns the row's loss and correctness (every lane gets the values written).
 // p is formed from the max-shifted exponentials, never from a rounded lse: at logits of ±100 the
 // rounding of lse alone would cost ~4e-6 in p − 1. Same formulas as the CPU backend.
 // dlogits may alias logits: the only cross-lane read, z[label], happens before a __syncwarp that
-// precedes every write, and each lane then re-reads exactly the elements it overwrites.
+// precedes every write, and each lane then re-reads exactly the elements it overwrites; the
+// closing __syncwarp keeps the warp's next row's reads after this row's writes.
 // A label outside [0, classes) yields a NaN loss (caught by the trainer's divergence check)
 // instead of an out-of-bounds read.
+struct RowResult {
+    float loss, correct;
+};
+__device__ __forceinline__ RowResult xent_row(float* dlogits, float* __restrict__ row_loss,
+                                              float* __restrict__ row_correct, const float* logits,
+                                              const uint8_t* __restrict__ labels, int r, int classes, float grad_scale,
+                                              unsigned lane) {
+    const std::size_t row_start = static_cast<std::size_t>(r) * static_cast<std::size_t>(classes);
+    const float* z = logits + row_start;
+    const RowStats s = row_stats(z, classes, lane);
+    const int label = labels[r];
+    const bool valid = label < classes;
+    const float z_label = valid ? z[label] : NAN;
+    __syncwarp();
+    const RowResult result{(s.max - z_label) + logf(s.sum), valid && s.argmax == label ? 1.0f : 0.0f};
+    if (lane == 0) {
+        row_loss[r] = result.loss;
+        row_correct[r] = result.correct;
+    }
+    if (dlogits != nullptr) {
+        float* dz = dlogits + row_start;
+        for (int c = static_cast<int>(lane); c < classes; c += kWarpSize) {
+            const float p = expf(z[c] - s.max) / s.sum;
+            dz[c] = (p - (c == label ? 1.0f : 0.0f)) * grad_scale;
+        }
+    }
+    __syncwarp();
+    return result;
+}
+
+// xent_row for every row, one warp per row, grid-strided.
 static __global__ void softmax_xent_kernel(float* dlogits, float* __restrict__ row_loss, float* __restrict__ row_correct,
                                            const float* logits, const uint8_t* __restrict__ labels, int n, int classes,
                                            float grad_scale) {
     const unsigned lane = threadIdx.x % kWarpSize;
     const unsigned warp = threadIdx.x / kWarpSize;
-    for (int r = static_cast<int>(blockIdx.x * kRowsPerBlock + warp); r < n; r += static_cast<int>(gridDim.x * kRowsPerBlock)) {
-        const std::size_t row_start = static_cast<std::size_t>(r) * static_cast<std::size_t>(classes);
-        const float* z = logits + row_start;
-        const RowStats s = row_stats(z, classes, lane);
-        const int label = labels[r];
-        const bool valid = label < classes;
-        const float z_label = valid ? z[label] : NAN;
-        __syncwarp();
-        if (lane == 0) {
-            row_loss[r] = (s.max - z_label) + logf(s.sum);
-            row_correct[r] = valid && s.argmax == label ? 1.0f : 0.0f;
+    for (int r = static_cast<int>(blockIdx.x * kRowsPerBlock + warp); r < n; r += static_cast<int>(gridDim.x * kRowsPerBlock))
+        xent_row(dlogits, row_loss, row_correct, logits, labels, r, classes, grad_scale, lane);
+}
+
+// The metrics in the same kernel, for batches of up to kFusedMetricsRows rows: one block of
+// kFusedMetricsBlock threads, warp w doing rows w, w + 32, ... and adding their loss and
+// correctness in double in that order; then thread 0 adds the 32 warps' sums in warp order to
+// totals[0] and totals[1]. A fixed order (deterministic), though not accumulate_metrics's.
+constexpr unsigned kFusedMetricsBlock = 1024;
+constexpr unsigned kFusedMetricsWarps = kFusedMetricsBlock / kWarpSize;
+constexpr int kFusedMetricsRows = 2048;  // up to 64 rows per warp
+static __global__ void __launch_bounds__(kFusedMetricsBlock)
+    softmax_xent_metrics_kernel(float* dlogits, float* __restrict__ row_loss, float* __restrict__ row_correct,
+                                const float* logits, const uint8_t* __restrict__ labels, int n, int classes,
+                                float grad_scale, double* __restrict__ totals) {
+    __shared__ double warp_loss[kFusedMetricsWarps];
+    __shared__ double warp_correct[kFusedMetricsWarps];
+    const unsigned lane = threadIdx.x % kWarpSize;
+    const unsigned warp = threadIdx.x / kWarpSize;
+    double loss = 0.0, correct = 0.0;
+    for (int r = static_cast<int>(warp); r < n; r += static_cast<int>(kFusedMetricsWarps)) {
+        const RowResult row = xent_row(dlogits, row_loss, row_correct, logits, labels, r, classes, grad_scale, lane);
+        loss += static_cast<double>(row.loss);
+        correct += static_cast<double>(row.correct);
+    }
+    if (lane == 0) {
+        warp_loss[warp] = loss;
+        warp_correct[warp] = correct;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double l = 0.0, c = 0.0;
+        for (unsigned w = 0; w < kFusedMetricsWarps; ++w) {
+            l += warp_loss[w];
+            c += warp_correct[w];
         }
-        if (dlogits != nullptr) {
-            float* dz = dlogits + row_start;
-            for (int c = static_cast<int>(lane); c < classes; c += kWarpSize) {
-                const float p = expf(z[c] - s.max) / s.sum;
-                dz[c] = (p - (c == label ? 1.0f : 0.0f)) * grad_scale;
-            }
-        }
-        __syncwarp();  // the next row's reads stay after this row's writes (aliasing)
+        totals[0] += l;
+        totals[1] += c;
     }
 }
 
@@ -122,11 +174,18 @@ unsigned grid_for_warp_rows(int n) { return grid_for(static_cast<std::size_t>(n)
 }  // namespace
 
 void softmax_xent(float* dlogits, float* row_loss, float* row_correct, const float* logits, const uint8_t* labels,
-                  int n, int classes, float grad_scale) {
+                  int n, int classes, float grad_scale, double* totals) {
     if (n <= 0 || classes <= 0) return;
+    if (totals != nullptr && n <= kFusedMetricsRows) {  // one kernel (one node of a captured step)
+        softmax_xent_metrics_kernel<<<1, kFusedMetricsBlock, 0, context().stream()>>>(
+            dlogits, row_loss, row_correct, logits, labels, n, classes, grad_scale, totals);
+        CUMNIST_CHECK_LAUNCH();
+        return;
+    }
     softmax_xent_kernel<<<grid_for_warp_rows(n), kBlockSize, 0, context().stream()>>>(
         dlogits, row_loss, row_correct, logits, labels, n, classes, grad_scale);
     CUMNIST_CHECK_LAUNCH();
+    if (totals != nullptr) accumulate_metrics(totals, row_loss, row_correct, n);  // more rows: all the SMs, then a sum
 }
 
 void softmax(float* probs, const float* logits, int n, int classes) {

@@ -110,7 +110,7 @@ void bias_act_dropout_forward(MatrixView<float> h, MatrixView<float> a, MatrixVi
 }
 
 void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, MatrixView<const float> saved,
-                          Activation act, const Dropout& dropout, const uint64_t* step) {
+                          Activation act, const Dropout& dropout, const uint64_t* step, MatrixView<float> db) {
     constexpr const char* op = "act_dropout_backward";
     require_data(op, "dpre", dpre), require_data(op, "dh", dh), require_data(op, "saved", saved);
     require_device(op, dpre.device, dh, saved);
@@ -119,10 +119,20 @@ void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, Ma
     check_dropout(op, dropout, step);
     CUMNIST_CHECK(!overlaps(dpre, dh) || same_view(dpre, dh), "{}: dpre partially overlaps dh", op);
     CUMNIST_CHECK(!overlaps(dpre, saved), "{}: dpre overlaps saved", op);
+    if (db.data != nullptr) {
+        require_device(op, dpre.device, db);
+        require_shape(op, "db", db, 1, dpre.cols);
+        CUMNIST_CHECK(!overlaps(db, dpre) && !overlaps(db, dh) && !overlaps(db, saved), "{}: db overlaps an operand",
+                      op);
+        if (dpre.rows == 0) {  // the bias gradient of an empty batch: zeros, as bias_grad gives
+            bias_grad(db, dpre);
+            return;
+        }
+    }
     if (dpre.size() == 0) return;
     CUMNIST_DISPATCH(dpre.device, act_dropout_backward, dpre.data, dh.data, saved.data, dpre.rows, dpre.cols, act,
                      dropout.rate, dropout_keep_threshold(dropout.rate), dropout.seed, dropout.stream,
-                     dropout.active(), step);
+                     dropout.active(), step, db.data);
 }
 
 void act_dropout_forward(MatrixView<float> y, MatrixView<const float> x, Activation act, const Dropout& dropout,
@@ -310,7 +320,8 @@ void maxpool2d_backward(MatrixView<float> dx, MatrixView<const float> dy, Matrix
 }
 
 void softmax_xent(MatrixView<float> dlogits, MatrixView<float> row_loss, MatrixView<float> row_correct,
-                  MatrixView<const float> logits, MatrixView<const uint8_t> labels, float grad_scale) {
+                  MatrixView<const float> logits, MatrixView<const uint8_t> labels, float grad_scale,
+                  double* totals) {
     constexpr const char* op = "softmax_xent";
     require_data(op, "logits", logits), require_data(op, "labels", labels);
     require_data(op, "row_loss", row_loss), require_data(op, "row_correct", row_correct);
@@ -329,7 +340,7 @@ void softmax_xent(MatrixView<float> dlogits, MatrixView<float> row_loss, MatrixV
     }
     if (n == 0) return;
     CUMNIST_DISPATCH(logits.device, softmax_xent, dlogits.data, row_loss.data, row_correct.data, logits.data,
-                     labels.data, n, logits.cols, grad_scale);
+                     labels.data, n, logits.cols, grad_scale, totals);
 }
 
 void softmax(MatrixView<float> probs, MatrixView<const float> logits) {
@@ -404,33 +415,36 @@ void check_state(const char* op, const char* name, MatrixView<float> s, MatrixVi
 }  // namespace
 
 void adam_step(MatrixView<float> w, MatrixView<float> m, MatrixView<float> v, MatrixView<const float> g,
-               const AdamConfig& cfg, const uint64_t* step) {
+               const AdamConfig& cfg, const uint64_t* step, uint64_t* advance) {
     constexpr const char* op = "adam_step";
     check_update(op, w, g);
     check_state(op, "m", m, w);
     check_state(op, "v", v, w);
     CUMNIST_CHECK(!overlaps(m, v), "{}: m overlaps v", op);
     CUMNIST_CHECK(step != nullptr, "{}: no step counter", op);
-    if (w.size() == 0) return;
+    if (w.size() == 0 && advance == nullptr) return;
     CUMNIST_DISPATCH(w.device, adam_step, w.data, m.data, v.data, g.data, w.size(), cfg.lr, cfg.lr_scale, cfg.beta1,
-                     cfg.beta2, cfg.epsilon, step);
+                     cfg.beta2, cfg.epsilon, step, advance);
 }
 
-void sgd_step(MatrixView<float> w, MatrixView<float> velocity, MatrixView<const float> g, const SgdConfig& cfg) {
+void sgd_step(MatrixView<float> w, MatrixView<float> velocity, MatrixView<const float> g, const SgdConfig& cfg,
+              uint64_t* advance) {
     constexpr const char* op = "sgd_step";
     check_update(op, w, g);
     check_state(op, "velocity", velocity, w);
-    if (w.size() == 0) return;
-    CUMNIST_DISPATCH(w.device, sgd_step, w.data, velocity.data, g.data, w.size(), cfg.lr, cfg.lr_scale, cfg.momentum);
+    if (w.size() == 0 && advance == nullptr) return;
+    CUMNIST_DISPATCH(w.device, sgd_step, w.data, velocity.data, g.data, w.size(), cfg.lr, cfg.lr_scale, cfg.momentum,
+                     advance);
 }
 
-void rmsprop_step(MatrixView<float> w, MatrixView<float> s, MatrixView<const float> g, const RmsPropConfig& cfg) {
+void rmsprop_step(MatrixView<float> w, MatrixView<float> s, MatrixView<const float> g, const RmsPropConfig& cfg,
+                  uint64_t* advance) {
     constexpr const char* op = "rmsprop_step";
     check_update(op, w, g);
     check_state(op, "s", s, w);
-    if (w.size() == 0) return;
+    if (w.size() == 0 && advance == nullptr) return;
     CUMNIST_DISPATCH(w.device, rmsprop_step, w.data, s.data, g.data, w.size(), cfg.lr, cfg.lr_scale, cfg.rho,
-                     cfg.epsilon);
+                     cfg.epsilon, advance);
 }
 
 void fill_zero(MatrixView<float> x) {

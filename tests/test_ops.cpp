@@ -305,6 +305,52 @@ TEST_P(ActDropoutBackward, MatchesReference) {
 }
 CUMNIST_SHAPE_SUITE(ActDropoutBackward, kShapes);
 
+// With db, the op also gives the bias gradient (ops.h): dpre with the very bits of the call
+// without db, and db with the very bits bias_grad gives for that dpre, on each device (on the GPU
+// that is one kernel, and the same column-sum order as bias_grad's). The wide shape has more
+// column tiles than the GPU's grid holds (a second pass of the tile loop).
+class ActDropoutBiasBackward : public OnDevice<ShapeParam> {};
+
+TEST_P(ActDropoutBiasBackward, EqualsTheBackwardThenBiasGrad) {
+    const auto [dev, s] = GetParam();
+    const std::size_t size = static_cast<std::size_t>(s.rows) * s.cols;
+    const std::vector<float> dh = uniform_floats(size, -1.0f, 1.0f, 311);
+    const std::vector<float> saved = uniform_floats(size, -0.5f, 1.0f, 312);  // negatives: ReLU's gate closed
+    Buffer<float> dh_buf = Buffer<float>::from_host(dh, dev), saved_buf = Buffer<float>::from_host(saved, dev);
+    const MatrixView<const float> dhv = dh_buf.view(s.rows, s.cols), sv = saved_buf.view(s.rows, s.cols);
+    for (Activation act : {Activation::None, Activation::Relu, Activation::Sigmoid, Activation::Tanh}) {
+        for (const DropoutCase& dc : dropout_cases()) {
+            SCOPED_TRACE(::testing::Message() << "activation " << cumnist::to_string(act) << ", dropout " << dc.name);
+            Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{dc.step}, dev);
+            Buffer<float> dpre(size, dev), db_want(static_cast<std::size_t>(s.cols), dev);
+            ops::act_dropout_backward(dpre.view(s.rows, s.cols), dhv, sv, act, dc.dropout, step.data());
+            ops::bias_grad(db_want.view(1, s.cols), dpre.view(s.rows, s.cols));
+
+            Buffer<float> fused = Buffer<float>::from_host(std::vector<float>(size, kNaN), dev);
+            Buffer<float> db = Buffer<float>::from_host(std::vector<float>(static_cast<std::size_t>(s.cols), kNaN), dev);
+            ops::act_dropout_backward(fused.view(s.rows, s.cols), dhv, sv, act, dc.dropout, step.data(),
+                                      db.view(1, s.cols));
+            EXPECT_EQ(fused.to_host(), dpre.to_host()) << "dpre";
+            EXPECT_EQ(db.to_host(), db_want.to_host()) << "db";
+
+            // In place (dpre the same view as dh), as a Dense layer calls it.
+            Buffer<float> inplace = Buffer<float>::from_host(dh, dev);
+            ops::act_dropout_backward(inplace.view(s.rows, s.cols), inplace.view(s.rows, s.cols), sv, act, dc.dropout,
+                                      step.data(), db.view(1, s.cols));
+            EXPECT_EQ(inplace.to_host(), dpre.to_host()) << "dpre aliasing dh";
+            EXPECT_EQ(db.to_host(), db_want.to_host()) << "db (dpre aliasing dh)";
+        }
+    }
+    // An empty batch: the bias gradient is zero.
+    Buffer<float> db = Buffer<float>::from_host(std::vector<float>(static_cast<std::size_t>(s.cols), kNaN), dev);
+    Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{0}, dev);
+    ops::act_dropout_backward(dh_buf.view(0, s.cols), dh_buf.view(0, s.cols), saved_buf.view(0, s.cols),
+                              Activation::Relu, Dropout{}, step.data(), db.view(1, s.cols));
+    EXPECT_EQ(db.to_host(), std::vector<float>(static_cast<std::size_t>(s.cols), 0.0f));
+}
+const std::vector<Shape> kBiasBackwardShapes = {{1, 1}, {7, 33}, {33, 784}, {1000, 7}, {9, 140001}};
+CUMNIST_SHAPE_SUITE(ActDropoutBiasBackward, kBiasBackwardShapes);
+
 // The dropout mask over a large tensor: exactly the shared spec's bits, the right kept fraction,
 // a fresh mask for every step, stream and seed, the same mask forward and backward, and the same
 // mask when repeated.
@@ -461,6 +507,54 @@ TEST_P(SoftmaxXent, MatchesReference) {
     }
 }
 CUMNIST_SHAPE_SUITE(SoftmaxXent, kXentShapes);
+
+// With totals, softmax_xent also accumulates the batch's metrics (ops.h): the rows' results are
+// those of the call without totals, bit for bit, and the totals are accumulate_metrics's over
+// them: its very bits on the CPU; on the GPU, where batches of up to 2,048 rows sum in the
+// softmax kernel in an order of their own, equal within double rounding (n · 2⁻⁵³ ≪ 1e-12
+// relative; correctness counts are integers, exact). 2,048 and 2,049 rows are the two sides of
+// the GPU's one-kernel limit; 5,000 rows take several blocks.
+class SoftmaxXentTotals : public OnDevice<DeviceParam> {};
+
+TEST_P(SoftmaxXentTotals, AccumulateTheRowsMetrics) {
+    const Device dev = device();
+    for (int n : {1, 33, 2048, 2049, 5000}) {
+        SCOPED_TRACE(::testing::Message() << "n = " << n);
+        constexpr int classes = 10;
+        const std::size_t size = static_cast<std::size_t>(n) * classes;
+        const std::vector<float> z = uniform_floats(size, -4.0f, 4.0f, 611);
+        Buffer<float> logits = Buffer<float>::from_host(z, dev);
+        Buffer<uint8_t> labels =
+            Buffer<uint8_t>::from_host(uniform_bytes(static_cast<std::size_t>(n), 0, classes - 1, 612), dev);
+        const auto run = [&](double* totals, Buffer<float>& dz, Buffer<float>& loss, Buffer<float>& correct) {
+            ops::softmax_xent(dz.view(n, classes), loss.view(1, n), correct.view(1, n), logits.view(n, classes),
+                              labels.view(1, n), 0.5f, totals);
+        };
+        Buffer<float> dz(size, dev), loss(static_cast<std::size_t>(n), dev), correct(static_cast<std::size_t>(n), dev);
+        run(nullptr, dz, loss, correct);
+        Buffer<double> want = Buffer<double>::from_host(std::vector<double>{1.25, 3.0}, dev);
+        ops::accumulate_metrics(want.data(), loss.view(1, n), correct.view(1, n));
+        ops::accumulate_metrics(want.data(), loss.view(1, n), correct.view(1, n));
+
+        Buffer<float> dz2(size, dev), loss2(static_cast<std::size_t>(n), dev), correct2(static_cast<std::size_t>(n), dev);
+        Buffer<double> totals = Buffer<double>::from_host(std::vector<double>{1.25, 3.0}, dev);
+        run(totals.data(), dz2, loss2, correct2);
+        run(totals.data(), dz2, loss2, correct2);  // accumulates onto what is there
+        EXPECT_EQ(dz2.to_host(), dz.to_host()) << "dlogits";
+        EXPECT_EQ(loss2.to_host(), loss.to_host()) << "row_loss";
+        EXPECT_EQ(correct2.to_host(), correct.to_host()) << "row_correct";
+        const std::vector<double> got = totals.to_host(), expect = want.to_host();
+        if (dev == Device::Cpu) EXPECT_EQ(got, expect);
+        EXPECT_NEAR(got[0], expect[0], 1e-12 * expect[0]);
+        EXPECT_EQ(got[1], expect[1]);
+        // Deterministic: the same again gives the same bits.
+        Buffer<double> again = Buffer<double>::from_host(std::vector<double>{1.25, 3.0}, dev);
+        run(again.data(), dz2, loss2, correct2);
+        run(again.data(), dz2, loss2, correct2);
+        EXPECT_EQ(again.to_host(), got);
+    }
+}
+CUMNIST_DEVICE_SUITE(SoftmaxXentTotals);
 
 // Hand-made rows: ties (the first maximum decides correctness), extreme logits (±100), one class.
 class SoftmaxXentEdges : public OnDevice<DeviceParam> {};
@@ -853,6 +947,55 @@ TEST(OptimizerStepsOnTheGpu, EqualTheCpusBitForBit) {
         EXPECT_EQ(differ, 0u) << "values that differ between the CPU and the GPU";
     }
 }
+
+// An optimizer step given `advance` (ops.h) ends the training step: the parameters and state get
+// exactly the bits of the same step without it (so Adam read the step counter before it moved, in
+// every block: 3,000,001 parameters are ~12,000 blocks on a GPU, more than run at once), and the
+// step counter and batch index are one higher, the zero slot zero again. Three steps in a row
+// (the slot is reused), and an empty parameter view (the counters still advance).
+class OptimizerAdvance : public OnDevice<DeviceParam> {};
+
+TEST_P(OptimizerAdvance, EndsTheStepWithTheSameUpdate) {
+    const Device dev = device();
+    for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{1000}, std::size_t{3000001}}) {
+        const int cols = static_cast<int>(n);
+        const std::vector<float> w0 = uniform_floats(n, -1.0f, 1.0f, 1801), g0 = uniform_floats(n, -0.1f, 0.1f, 1802);
+        const std::vector<float> m0 = uniform_floats(n, -0.01f, 0.01f, 1803), v0 = uniform_floats(n, 0.0f, 1e-4f, 1804);
+        for (int kind = 0; kind < 3; ++kind) {
+            SCOPED_TRACE(::testing::Message() << (kind == 0 ? "adam" : kind == 1 ? "sgd" : "rmsprop") << ", " << n
+                                              << " parameters");
+            const auto run = [&](bool advance, std::vector<uint64_t>& counters_out) {
+                Buffer<float> w = Buffer<float>::from_host(w0, dev), g = Buffer<float>::from_host(g0, dev);
+                Buffer<float> a = Buffer<float>::from_host(m0, dev), b = Buffer<float>::from_host(v0, dev);
+                // {step, batch index, 0}; steps from 41 so the bias correction differs per step.
+                Buffer<uint64_t> counters = Buffer<uint64_t>::from_host(std::vector<uint64_t>{41, 7, 0}, dev);
+                uint64_t* adv = advance ? counters.data() : nullptr;
+                for (int k = 0; k < 3; ++k) {
+                    if (kind == 0)
+                        ops::adam_step(w.view(1, cols), a.view(1, cols), b.view(1, cols), g.view(1, cols), {},
+                                       counters.data(), adv);
+                    else if (kind == 1)
+                        ops::sgd_step(w.view(1, cols), a.view(1, cols), g.view(1, cols), {0.05f, 0.9f}, adv);
+                    else
+                        ops::rmsprop_step(w.view(1, cols), b.view(1, cols), g.view(1, cols), {}, adv);
+                    if (!advance) {  // the two increments the advance replaces
+                        ops::increment(counters.data(), dev);
+                        ops::increment(counters.data() + 1, dev);
+                    }
+                }
+                counters_out = counters.to_host();
+                return std::vector<std::vector<float>>{w.to_host(), a.to_host(), b.to_host()};
+            };
+            std::vector<uint64_t> plain_counters, advanced_counters;
+            const auto plain = run(false, plain_counters);
+            const auto advanced = run(true, advanced_counters);
+            EXPECT_TRUE(plain == advanced) << "the update differs with advance";
+            EXPECT_EQ(plain_counters, (std::vector<uint64_t>{44, 10, 0}));
+            EXPECT_EQ(advanced_counters, (std::vector<uint64_t>{44, 10, 0}));
+        }
+    }
+}
+CUMNIST_DEVICE_SUITE(OptimizerAdvance);
 
 // ================================================================================================
 // ops.cpp rejects bad shapes, aliasing and mixed devices with a cumnist::Error naming the op

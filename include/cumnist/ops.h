@@ -90,9 +90,11 @@ void bias_act_dropout_forward(MatrixView<float> h, MatrixView<float> a, MatrixVi
 //         exactly [h > 0], so dpre = [h > 0] · dh / (1 − rate) and no mask is redrawn;
 //   sigmoid, tanh, none: the activation a before dropout (sigmoid' = a (1 − a), tanh' = 1 − a²);
 //         the mask is redrawn from Philox at *step.
-// Overwrites dpre; dpre may be the same view as dh.
+// Overwrites dpre; dpre may be the same view as dh. When db.data is set, also db (1, cols) =
+// Σ_rows dpre, the layer's bias gradient, with exactly the bits bias_grad(db, dpre) gives; on the
+// GPU in the same kernel, as each element is written (one node less in a captured step).
 void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, MatrixView<const float> saved,
-                          Activation act, const Dropout& dropout, const uint64_t* step);
+                          Activation act, const Dropout& dropout, const uint64_t* step, MatrixView<float> db = {});
 
 // A standalone activation or dropout layer (one not fused into the layer before it):
 //   y (n, cols) = act(x) · keep / (1 − rate)   (dropout active)   or   act(x)   (otherwise)
@@ -157,8 +159,13 @@ void maxpool2d_backward(MatrixView<float> dx, MatrixView<const float> dy, Matrix
 //   row_correct[r] = 1 if argmax(z) == label (first maximum on ties), else 0
 //   dlogits = (p − onehot(label)) · grad_scale   (grad_scale = 1/batch: the only place the mean's 1/n is applied)
 // Overwrites row_loss, row_correct and, unless dlogits.data is null, dlogits (which may alias logits).
+// When `totals` is set (two values on the device), also accumulates the batch's metrics into it
+// as accumulate_metrics does: on the CPU with its very bits; on the GPU, for batches of up to
+// 2,048 rows, in the same kernel (one block; a fixed order of its own, so deterministic but not
+// accumulate_metrics's bits), and for larger ones by a second kernel.
 void softmax_xent(MatrixView<float> dlogits, MatrixView<float> row_loss, MatrixView<float> row_correct,
-                  MatrixView<const float> logits, MatrixView<const uint8_t> labels, float grad_scale);
+                  MatrixView<const float> logits, MatrixView<const uint8_t> labels, float grad_scale,
+                  double* totals = nullptr);
 
 // probs (n, classes) = softmax(logits) per row, max-subtracted. Overwrites probs (may alias logits).
 void softmax(MatrixView<float> probs, MatrixView<const float> logits);
@@ -187,6 +194,12 @@ void increment(uint64_t* counter, Device device);
 
 // Optimizer steps over the whole flat parameter buffer, one launch each. w, g and the state views
 // are (1, n) and alias nothing. `step` is the 0-based index of this step (bias correction uses t = *step + 1).
+// `advance`, when set, is the end of a training step folded into its last op: three uint64 values
+// on the parameters' device; after the update (and so after every read of *step, which may be
+// advance[0]) advance[0] (the step counter) and advance[1] (the batch index) are incremented.
+// advance[2] must be 0, and is 0 again afterwards: on the GPU the kernel's blocks count
+// themselves there to find the last one, which does the increments. With advance set, w may be
+// empty (the counters still advance).
 // `lr_scale`, when set, is one value on the parameters' device, read at every step: the rate used
 // is lr · *lr_scale (a learning-rate schedule's factor; a captured step follows it without being
 // captured again). A scale of 1 gives exactly lr.
@@ -195,19 +208,21 @@ struct AdamConfig {
     const float* lr_scale = nullptr;
 };
 void adam_step(MatrixView<float> w, MatrixView<float> m, MatrixView<float> v, MatrixView<const float> g,
-               const AdamConfig& cfg, const uint64_t* step);
+               const AdamConfig& cfg, const uint64_t* step, uint64_t* advance = nullptr);
 
 struct SgdConfig {
     float lr = 1e-2f, momentum = 0.0f;
     const float* lr_scale = nullptr;
 };
-void sgd_step(MatrixView<float> w, MatrixView<float> velocity, MatrixView<const float> g, const SgdConfig& cfg);
+void sgd_step(MatrixView<float> w, MatrixView<float> velocity, MatrixView<const float> g, const SgdConfig& cfg,
+              uint64_t* advance = nullptr);
 
 struct RmsPropConfig {
     float lr = 1e-3f, rho = 0.9f, epsilon = 1e-7f;
     const float* lr_scale = nullptr;
 };
-void rmsprop_step(MatrixView<float> w, MatrixView<float> s, MatrixView<const float> g, const RmsPropConfig& cfg);
+void rmsprop_step(MatrixView<float> w, MatrixView<float> s, MatrixView<const float> g, const RmsPropConfig& cfg,
+                  uint64_t* advance = nullptr);
 
 // Sets all elements to zero.
 void fill_zero(MatrixView<float> x);

@@ -30,8 +30,10 @@ class Optimizer {
 public:
     Optimizer(OptimizerConfig config, std::size_t n_params, Device device);
 
-    // w ← update(w, g, state); `step` is the 0-based step index on the device.
-    void step(Buffer<float>& params, const Buffer<float>& grads, const uint64_t* step);
+    // w ← update(w, g, state); `step` is the 0-based step index on the device. `advance`, when
+    // set, is ops.h's: the step counter, the batch index and a zero slot, the first two
+    // incremented by the same op after the update (the end of a training step, no node of its own).
+    void step(Buffer<float>& params, const Buffer<float>& grads, const uint64_t* step, uint64_t* advance = nullptr);
 
     const OptimizerConfig& config() const { return m_config; }
     // The state buffers (Adam: m, v; SGD: velocity; RMSprop: s), for checkpoints.

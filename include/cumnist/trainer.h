@@ -129,7 +129,7 @@ private:
     Workspace m_ws;
     Buffer<float> m_x;
     Buffer<uint8_t> m_y;
-    Buffer<uint64_t> m_counters;  // [0] optimizer step, [1] batch index in the epoch
+    Buffer<uint64_t> m_counters;  // [0] optimizer step, [1] batch index in the epoch, [2] 0 (ops.h: advance)
     Buffer<double> m_totals;      // [0] loss sum, [1] correct count
     Buffer<uint64_t> m_eval_index;  // evaluate(): the batch index, and its loss sum and correct count
     Buffer<double> m_eval_totals;   // (allocated once: an evaluation allocates nothing)

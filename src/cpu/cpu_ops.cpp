@@ -157,9 +157,10 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
     });
 }
 
-void act_dropout_backward(float* dpre, const float* dh, const float* saved, int n, int cols, Activation act,
-                          float rate, uint32_t keep_threshold, uint64_t seed, uint32_t stream, bool dropout,
-                          const uint64_t* step) {
+namespace {
+void act_dropout_backward_only(float* dpre, const float* dh, const float* saved, int n, int cols, Activation act,
+                               float rate, uint32_t keep_threshold, uint64_t seed, uint32_t stream, bool dropout,
+                               const uint64_t* step) {
     const std::size_t total = static_cast<std::size_t>(n) * cols;
     if (act == Activation::Relu) {
         // saved is the forward's output h: h > 0 exactly when the unit was kept and active.
@@ -184,6 +185,14 @@ void act_dropout_backward(float* dpre, const float* dh, const float* saved, int 
             dpre[i] = select_or_zero(words[i - first] < keep_threshold, grad * scale);
         }
     });
+}
+}  // namespace
+
+void act_dropout_backward(float* dpre, const float* dh, const float* saved, int n, int cols, Activation act,
+                          float rate, uint32_t keep_threshold, uint64_t seed, uint32_t stream, bool dropout,
+                          const uint64_t* step, float* db) {
+    act_dropout_backward_only(dpre, dh, saved, n, cols, act, rate, keep_threshold, seed, stream, dropout, step);
+    if (db != nullptr) bias_grad(db, dpre, n, cols);
 }
 
 void act_dropout_forward(float* y, const float* x, int n, int cols, Activation act, float rate, uint32_t keep_threshold,
@@ -373,7 +382,7 @@ void maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const
 }
 
 void softmax_xent(float* dlogits, float* row_loss, float* row_correct, const float* logits, const uint8_t* labels,
-                  int n, int classes, float grad_scale) {
+                  int n, int classes, float grad_scale, double* totals) {
     for (int r = 0; r < n; ++r) {
         const float* z = logits + static_cast<std::size_t>(r) * classes;
         // sum = Σ exp(z − max z); −log p[label] = (max z − z[label]) + log sum. p is formed from the
@@ -396,6 +405,7 @@ void softmax_xent(float* dlogits, float* row_loss, float* row_correct, const flo
             }
         }
     }
+    if (totals != nullptr) accumulate_metrics(totals, row_loss, row_correct, n);
 }
 
 void softmax(float* probs, const float* logits, int n, int classes) {
@@ -441,25 +451,37 @@ void u8_to_float(float* x, const uint8_t* pixels, std::size_t count) {
 
 void increment(uint64_t* counter) { ++*counter; }
 
+namespace {
+// The end of a training step (ops.h, `advance`), after the update that read the step counter.
+void advance_step(uint64_t* advance) {
+    if (advance == nullptr) return;
+    ++advance[0];
+    ++advance[1];
+}
+}  // namespace
+
 void adam_step(float* w, float* m, float* v, const float* g, std::size_t count, float lr, const float* lr_scale,
-               float beta1, float beta2, float epsilon, const uint64_t* step) {
+               float beta1, float beta2, float epsilon, const uint64_t* step, uint64_t* advance) {
     const float alpha = adam_alpha(scaled_rate(lr, lr_scale), beta1, beta2, *step + 1);
 #pragma omp parallel for schedule(static) if (count >= kParallelThreshold)
     for (std::size_t i = 0; i < count; ++i) adam_update(w[i], m[i], v[i], g[i], alpha, beta1, beta2, epsilon);
+    advance_step(advance);
 }
 
 void sgd_step(float* w, float* velocity, const float* g, std::size_t count, float lr, const float* lr_scale,
-              float momentum) {
+              float momentum, uint64_t* advance) {
     const float rate = scaled_rate(lr, lr_scale);
 #pragma omp parallel for schedule(static) if (count >= kParallelThreshold)
     for (std::size_t i = 0; i < count; ++i) sgd_update(w[i], velocity[i], g[i], rate, momentum);
+    advance_step(advance);
 }
 
 void rmsprop_step(float* w, float* s, const float* g, std::size_t count, float lr, const float* lr_scale, float rho,
-                  float epsilon) {
+                  float epsilon, uint64_t* advance) {
     const float rate = scaled_rate(lr, lr_scale);
 #pragma omp parallel for schedule(static) if (count >= kParallelThreshold)
     for (std::size_t i = 0; i < count; ++i) rmsprop_update(w[i], s[i], g[i], rate, rho, epsilon);
+    advance_step(advance);
 }
 
 void fill_zero(float* x, std::size_t count) { std::memset(x, 0, count * sizeof(float)); }

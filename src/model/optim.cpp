@@ -68,19 +68,19 @@ void Optimizer::set_lr_scale(float scale) {
     m_lr_scale.copy_from_host(&m_lr_scale_host, 1);
 }
 
-void Optimizer::step(Buffer<float>& params, const Buffer<float>& grads, const uint64_t* step) {
+void Optimizer::step(Buffer<float>& params, const Buffer<float>& grads, const uint64_t* step, uint64_t* advance) {
     switch (m_config.kind) {
         case OptimizerKind::Adam:
             ops::adam_step(params.flat(), m_state[0].flat(), m_state[1].flat(), grads.flat(),
-                           {m_config.lr, m_config.beta1, m_config.beta2, m_config.epsilon, m_lr_scale.data()}, step);
+                           {m_config.lr, m_config.beta1, m_config.beta2, m_config.epsilon, m_lr_scale.data()}, step, advance);
             break;
         case OptimizerKind::Sgd:
             ops::sgd_step(params.flat(), m_state[0].flat(), grads.flat(),
-                          {m_config.lr, m_config.momentum, m_lr_scale.data()});
+                          {m_config.lr, m_config.momentum, m_lr_scale.data()}, advance);
             break;
         case OptimizerKind::RmsProp:
             ops::rmsprop_step(params.flat(), m_state[0].flat(), grads.flat(),
-                              {m_config.lr, m_config.rho, m_config.epsilon, m_lr_scale.data()});
+                              {m_config.lr, m_config.rho, m_config.epsilon, m_lr_scale.data()}, advance);
             break;
     }
 }

@@ -135,7 +135,7 @@ Trainer::Trainer(const ModelSpec& model, const OptimizerConfig& optimizer, const
       m_ws(m_model, std::max(config.batch, config.eval_batch)),
       m_x(static_cast<std::size_t>(std::max(config.batch, config.eval_batch)) * model.inputs(), config.device),
       m_y(static_cast<std::size_t>(std::max(config.batch, config.eval_batch)), config.device),
-      m_counters(2, config.device),
+      m_counters(3, config.device),
       m_totals(2, config.device),
       m_eval_index(1, config.device),
       m_eval_totals(2, config.device),
@@ -196,12 +196,11 @@ void Trainer::run_step(int rows) {
     // The loss is the batch mean: its 1/rows is applied here, in the gradient, and nowhere else.
     MatrixView<float> dlogits = m_ws.dlogits(rows);
     MatrixView<float> row_loss = m_ws.row_loss.view(1, rows), row_correct = m_ws.row_correct.view(1, rows);
-    ops::softmax_xent(dlogits, row_loss, row_correct, logits, y, 1.0f / static_cast<float>(rows));
-    ops::accumulate_metrics(m_totals.data(), row_loss, row_correct);
+    ops::softmax_xent(dlogits, row_loss, row_correct, logits, y, 1.0f / static_cast<float>(rows), m_totals.data());
     m_model.backward(m_ws, x, true, m_config.seed, step);
-    m_optimizer.step(m_model.parameters(), m_model.gradients(), step);
-    ops::increment(m_counters.data(), dev);
-    ops::increment(batch_index, dev);
+    // The update also ends the step: it advances the step counter and the batch index (m_counters
+    // is {step, batch index, 0}), in its own kernel on the GPU.
+    m_optimizer.step(m_model.parameters(), m_model.gradients(), step, m_counters.data());
 }
 
 void Trainer::full_batch_step() {
@@ -369,8 +368,7 @@ Evaluation Trainer::evaluate(const ResidentData& data) {
                           data.order.view(1, data.n), batch_index.data(), eval_batch);
         const MatrixView<float> logits = m_model.forward(m_ws, x, false, m_config.seed, nullptr);
         MatrixView<float> row_loss = m_ws.row_loss.view(1, rows), row_correct = m_ws.row_correct.view(1, rows);
-        ops::softmax_xent({}, row_loss, row_correct, logits, y, 1.0f);
-        ops::accumulate_metrics(totals.data(), row_loss, row_correct);
+        ops::softmax_xent({}, row_loss, row_correct, logits, y, 1.0f, totals.data());
         ops::increment(batch_index.data(), dev);
     }
     const std::vector<double> t = totals.to_host();

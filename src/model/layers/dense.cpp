@@ -25,15 +25,17 @@ public:
     void backward(const Pass& pass, const LayerIO& io) override {
         const Dropout d = m_dropout.at(pass);
         MatrixView<float> dpre = io.dy;
+        // db = Σ_rows dpre
         if (m_act != Activation::None || d.active()) {
-            // ∂loss/∂pre = ∂loss/∂y · keep/(1 − rate) · act'(pre), in place. ReLU's backward reads the
-            // output y (after dropout), the others the activation before dropout (ops.h).
+            // ∂loss/∂pre = ∂loss/∂y · keep/(1 − rate) · act'(pre), in place, and db with it. ReLU's
+            // backward reads the output y (after dropout), the others the activation before dropout (ops.h).
             const bool from_output = m_act == Activation::Relu || !d.active();
-            ops::act_dropout_backward(dpre, dpre, from_output ? io.y : io.aux, m_act, d, pass.step);
+            ops::act_dropout_backward(dpre, dpre, from_output ? io.y : io.aux, m_act, d, pass.step, io.db);
+        } else {
+            ops::bias_grad(io.db, dpre);
         }
-        // dw (out, in) = dpreᵀ (out, n) · x (n, in);  db = Σ_rows dpre;  dx (n, in) = dpre · w
+        // dw (out, in) = dpreᵀ (out, n) · x (n, in);  dx (n, in) = dpre · w
         ops::gemm(io.dw, dpre, Trans::Yes, io.x, Trans::No);
-        ops::bias_grad(io.db, dpre);
         if (io.dx.data != nullptr) ops::gemm(io.dx, dpre, Trans::No, io.w, Trans::No);
     }
 

@@ -796,24 +796,63 @@ TEST_P(BatchLoaderTest, DestructionMidEpochDoesNotHang) {
 INSTANTIATE_TEST_SUITE_P(Devices, BatchLoaderTest, ::testing::Values(Device::Cpu, Device::Cuda),
                          [](const auto& param_info) { return std::string(to_string(param_info.param)); });
 
-// GPU against CPU from one seed, dropout on: the same losses and parameters within tolerance
-// (expf/sqrtf and GEMM summation order differ in the last bits; over a few dozen Adam steps the
-// differences stay far below 1e-3).
+// GPU against CPU, step by step from the CPU's state (compare_training_steps in selftest.h), on
+// the ReLU MLP whose gates stay farther from zero than any rounding can reach
+// (relu_gate_margin() > 0 before every step, which the CPU test below establishes): no gate can
+// differ, so the gradients must agree to summation-order rounding, the loss to the forward's, and
+// the update must be the CPU's formula applied to the GPU's gradient. A correct backend passes
+// whatever its rounding; a wrong kernel misses by orders of magnitude.
 TEST(TrainerParity, CpuAndGpuAgree) {
     CUMNIST_SKIP_WITHOUT_GPU();
-    const Dataset train = synthetic_dataset(200, 5);
-    Trainer cpu(small_model(), {}, small_train(Device::Cpu), train);
-    Trainer gpu(small_model(), {}, small_train(Device::Cuda), train);
-    for (int epoch = 1; epoch <= 2; ++epoch) {
-        const EpochMetrics mc = cpu.train_epoch(epoch, nullptr), mg = gpu.train_epoch(epoch, nullptr);
-        EXPECT_NEAR(mc.train_loss, mg.train_loss, 1e-4 * (1.0 + std::abs(mc.train_loss)));
-        EXPECT_EQ(mc.train_accuracy, mg.train_accuracy);
-    }
-    const auto pc = cpu.model().parameters().to_host(), pg = gpu.model().parameters().to_host();
-    ASSERT_EQ(pc.size(), pg.size());
-    float worst = 0.0f;
-    for (std::size_t i = 0; i < pc.size(); ++i) worst = std::max(worst, std::abs(pc[i] - pg[i]));
-    EXPECT_LT(worst, 1e-3f);
+    const SelftestResult r = compare_training_steps(gate_margin_case());
+    EXPECT_TRUE(r.passed) << r.detail << " (worst " << r.worst_error << " of the tolerance " << r.tolerance << ")";
+}
+
+// The construction behind it, on the CPU: the case's gates keep their margin over its 20 steps
+// (compare_training_steps fails the first step where relu_gate_margin() is not > 0), and the
+// machinery itself, the CPU against itself, finds no difference at all.
+TEST(TrainerParity, GateMarginCaseKeepsItsMarginAndMatchesItselfOnTheCpu) {
+    const TrainingParityCase c = gate_margin_case();
+    const SelftestResult r = compare_training_steps(c, Device::Cpu, Device::Cpu);
+    EXPECT_TRUE(r.passed) << r.detail;
+    EXPECT_EQ(r.worst_error, 0.0);
+    EXPECT_EQ(r.worst_abs, 0.0);
+    // Both gate states occur, with room to spare at the start.
+    const MlpConfig mlp = *as_mlp(c.model);
+    EXPECT_GT(relu_gate_margin(mlp, c.init, c.data), 0.5);
+}
+
+// A case that loses its margin fails, naming the gate, instead of comparing gradients that may
+// legitimately differ.
+TEST(TrainerParity, ACaseWithoutAGateMarginFailsSayingSo) {
+    TrainingParityCase c = gate_margin_case();
+    const LayerLayout first = layer_layout(c.model)[0];
+    c.init[first.b_offset + 3] = 0.0f;  // a unit whose gate sits at zero
+    const SelftestResult r = compare_training_steps(c, Device::Cpu, Device::Cpu);
+    EXPECT_FALSE(r.passed);
+    EXPECT_NE(r.detail.find("step 1: a ReLU gate comes within"), std::string::npos) << r.detail;
+}
+
+// The margin is a bound, not an estimate: a unit whose bias no longer clears its inputs' reach
+// has none, and the value is exact on a hand-checked MLP.
+TEST(TrainerParity, ReluGateMarginIsTheBiasLessTheInputsReach) {
+    MlpConfig mlp;
+    mlp.inputs = 2;
+    mlp.hidden = {2};
+    mlp.classes = 2;
+    mlp.dropout = 0.0f;
+    Dataset ds;
+    ds.n = 2, ds.rows = 1, ds.cols = 2;
+    ds.images = {255, 0, 51, 102};  // largest inputs 1.0 and 0.4
+    ds.labels = {0, 1};
+    // Layer 1 (out, in) = [[0.5, -0.25], [1, 1]], bias [2, -3]; the output layer's values do not matter.
+    std::vector<float> p = {0.5f, -0.25f, 1.0f, 1.0f, 2.0f, -3.0f, 0, 0, 0, 0, 0, 0};
+    // Unit 0: 2 − (0.5 + 0.1) = 1.4; unit 1: 3 − (1 + 0.4) = 1.6; less rounding of order 1e-7.
+    EXPECT_NEAR(relu_gate_margin(mlp, p, ds), 1.4, 1e-6);
+    p[4] = 0.55f;  // unit 0's bias within its inputs' reach: its gate may differ between backends
+    EXPECT_LT(relu_gate_margin(mlp, p, ds), 0.0);
+    mlp.activation = Activation::Tanh;
+    EXPECT_THROW(relu_gate_margin(mlp, p, ds), Error);
 }
 
 // GPU against CPU with plain SGD, which (unlike Adam) passes a gradient scale error straight into

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <optional>
 #include <random>
 
 #include "cumnist/model.h"
@@ -61,6 +62,20 @@ struct Case {
 template <class T>
 Buffer<T> on(Device d, const std::vector<T>& host) {
     return Buffer<T>::from_host(host, d);
+}
+
+// Float rounding of a sum of k terms, in any order, with or without fused multiply-adds:
+// |computed − exact| ≤ γ_k·Σ|terms| (Higham, Accuracy and Stability, §3.1), γ_k = k·u/(1 − k·u).
+double gamma_k(int k) {
+    const double u = std::ldexp(1.0, -24), ku = k * u;
+    return ku / (1.0 - ku);
+}
+
+// compare() over [begin, begin + count) of two vectors.
+void compare_range(SelftestResult& r, const std::vector<float>& gpu, const std::vector<float>& cpu, std::size_t begin,
+                   std::size_t count, Tol tol, const std::string& what) {
+    compare(r, std::vector<float>(gpu.begin() + begin, gpu.begin() + begin + count),
+            std::vector<float>(cpu.begin() + begin, cpu.begin() + begin + count), tol, what.c_str());
 }
 
 std::vector<Case> op_cases() {
@@ -330,22 +345,31 @@ TrainConfig training_config(Device device) {
 
 std::vector<Case> training_cases() {
     std::vector<Case> cases;
-    // The default model for one epoch of 20 steps from one seed, dropout on: losses and
-    // parameters within tolerance (expf/sqrtf and summation order differ in the last bits).
-    cases.push_back({"training: 20 Adam steps, GPU vs CPU", {1e-4, 1e-3}, [](SelftestResult& r) {
-                         const Dataset ds = synthetic(640);
-                         TrainConfig t = training_config(Device::Cpu);
-                         std::vector<float> params[2];
-                         std::vector<double> loss[2];
-                         for (Device d : {Device::Cpu, Device::Cuda}) {
-                             t.device = d;
-                             Trainer trainer(MlpConfig{}, OptimizerConfig{}, t, ds);
-                             loss[d == Device::Cuda] = {trainer.train_epoch(1, nullptr).train_loss};
-                             params[d == Device::Cuda] = trainer.model().parameters().to_host();
-                         }
-                         compare(r, loss[1], loss[0], {1e-4, 1e-3}, "loss");
-                         compare(r, params[1], params[0], {1e-4, 1e-3}, "parameters");
-                     }});
+    // Training, step by step from the CPU's state (compare_training_steps): the default model and
+    // a CNN (loss, update, counter), and a ReLU MLP whose gates cannot differ (gradients too).
+    const auto parity = [](TrainingParityCase c) {
+        const std::string name = c.name;
+        return Case{name, {1e-4, 1e-4}, [c = std::move(c)](SelftestResult& r) {
+                        const SelftestResult got = compare_training_steps(c);
+                        r.worst_error = got.worst_error, r.worst_abs = got.worst_abs;
+                        r.tolerance = got.tolerance, r.detail = got.detail;
+                    }};
+    };
+    {
+        TrainingParityCase c;
+        c.name = "training: 20 Adam steps of the default model, each from the CPU's state";
+        c.model = MlpConfig{};
+        c.data = synthetic(640);
+        cases.push_back(parity(std::move(c)));
+    }
+    {
+        TrainingParityCase c;
+        c.name = "training: 20 Adam steps of a CNN, each from the CPU's state";
+        c.model = selftest_cnn();
+        c.data = synthetic(640);
+        cases.push_back(parity(std::move(c)));
+    }
+    cases.push_back(parity(gate_margin_case()));
     cases.push_back({"CUDA Graph replay vs plain launches", {0, 0}, [](SelftestResult& r) {
                          const Dataset ds = synthetic(640);
                          TrainConfig t = training_config(Device::Cuda);
@@ -359,22 +383,8 @@ std::vector<Case> training_cases() {
                          }
                          compare(r, params[1], params[0], {0, 0}, "parameters");
                      }});
-    // A small convolutional model: convolutions, pooling, standalone dropout and the fused dense
-    // epilogue in training, against the CPU, and its captured step against plain launches.
-    cases.push_back({"training: 20 Adam steps of a CNN, GPU vs CPU", {1e-4, 1e-3}, [](SelftestResult& r) {
-                         const Dataset ds = synthetic(640);
-                         TrainConfig t = training_config(Device::Cpu);
-                         std::vector<float> params[2];
-                         std::vector<double> loss[2];
-                         for (Device d : {Device::Cpu, Device::Cuda}) {
-                             t.device = d;
-                             Trainer trainer(selftest_cnn(), OptimizerConfig{}, t, ds);
-                             loss[d == Device::Cuda] = {trainer.train_epoch(1, nullptr).train_loss};
-                             params[d == Device::Cuda] = trainer.model().parameters().to_host();
-                         }
-                         compare(r, loss[1], loss[0], {1e-4, 1e-3}, "loss");
-                         compare(r, params[1], params[0], {1e-4, 1e-3}, "parameters");
-                     }});
+    // The CNN's captured step (convolutions, pooling, standalone dropout, the fused dense epilogue)
+    // against plain launches.
     cases.push_back({"CNN: CUDA Graph replay vs plain launches", {0, 0}, [](SelftestResult& r) {
                          const Dataset ds = synthetic(650);  // the last batch is short
                          TrainConfig t = training_config(Device::Cuda);
@@ -411,6 +421,174 @@ std::vector<Case> training_cases() {
 }
 
 }  // namespace
+
+SelftestResult compare_training_steps(const TrainingParityCase& c, Device reference, Device tested) {
+    // The loss: the forward's rounding (float sums of ≤ 785 terms, each off by far less than
+    // 1e-5 relative in practice) against a defect's O(1). The update: the same per-element
+    // formula on the same inputs (the optimizer op cases' tolerance). The gradients, where no gate
+    // can differ: summation order and the forward's rounding, per tensor relative to its largest
+    // element.
+    constexpr Tol kLoss{1e-4, 1e-4}, kUpdate = kElementwise;
+    constexpr double kGradAbs = 1e-4, kGradRel = 1e-3;
+    SelftestResult r;
+    r.name = c.name;
+    r.tolerance = fmt::format("loss {}, update {}", kLoss.text(), kUpdate.text());
+    std::optional<MlpConfig> gated;
+    if (c.compare_gradients) {
+        gated = as_mlp(c.model);
+        if (!gated) throw Error(fmt::format("{}: comparing gradients needs a ReLU MLP", c.name));
+        r.tolerance += fmt::format(", gradients {:g}·max|g| + {:g}·|g| per tensor", kGradAbs, kGradRel);
+    }
+    TrainConfig t = training_config(reference);
+    t.batch = c.batch;
+    Trainer ref(c.model, c.optimizer, t, c.data);
+    t.device = tested;
+    Trainer dut(c.model, c.optimizer, t, c.data);
+    const std::size_t n = ref.model().parameters().size();
+    if (!c.init.empty()) {
+        CUMNIST_CHECK(c.init.size() == n, "{}: {} initial parameters for a model of {}", c.name, c.init.size(), n);
+        ref.model().parameters().copy_from_host(c.init.data(), n);
+    }
+    Optimizer update(c.optimizer, n, Device::Cpu);  // the reference formula, on the tested gradient
+    const std::vector<std::string> state_names = update.state_names();
+    Buffer<uint64_t> counter(1, Device::Cpu);
+    for (int s = 1; s <= c.steps; ++s) {
+        const std::vector<float> w0 = ref.model().parameters().to_host();
+        std::vector<std::vector<float>> state0;
+        for (const Buffer<float>& b : ref.optimizer().state()) state0.push_back(b.to_host());
+        const uint64_t step0 = ref.step();
+        if (gated) {
+            const double margin = relu_gate_margin(*gated, w0, c.data);
+            if (!(margin > 0)) {
+                r.worst_error = HUGE_VAL;
+                r.detail = fmt::format("step {}: a ReLU gate comes within {:g} of zero; the case no longer keeps "
+                                       "its gates apart, so its gradients may differ on a correct backend",
+                                       s, margin);
+                return r;
+            }
+        }
+        dut.model().parameters().copy_from_host(w0.data(), n);
+        for (std::size_t k = 0; k < state0.size(); ++k)
+            dut.optimizer().state()[k].copy_from_host(state0[k].data(), state0[k].size());
+        dut.set_step(step0);
+        const double before[2] = {ref.metric_totals()[0], dut.metric_totals()[0]};
+        ref.train_steps(1);
+        dut.train_steps(1);
+        const std::vector<double> loss_ref = {(ref.metric_totals()[0] - before[0]) / c.batch};
+        const std::vector<double> loss_dut = {(dut.metric_totals()[0] - before[1]) / c.batch};
+        compare(r, loss_dut, loss_ref, kLoss, fmt::format("step {} loss", s).c_str());
+        if (dut.step() != step0 + 1) {
+            r.worst_error = HUGE_VAL;
+            r.detail = fmt::format("step {}: the step counter is {}, expected {}", s, dut.step(), step0 + 1);
+            return r;
+        }
+        const std::vector<float> g_dut = dut.model().gradients().to_host();
+        if (gated) {
+            const std::vector<float> g_ref = ref.model().gradients().to_host();
+            int layer = 0;
+            for (const LayerLayout& L : ref.model().layout()) {
+                ++layer;
+                const std::size_t sizes[2] = {static_cast<std::size_t>(L.in) * L.out, static_cast<std::size_t>(L.out)};
+                const std::size_t offsets[2] = {L.w_offset, L.b_offset};
+                for (int part = 0; part < 2; ++part) {
+                    double largest = 0;
+                    for (std::size_t i = offsets[part]; i < offsets[part] + sizes[part]; ++i)
+                        largest = std::max(largest, std::fabs(static_cast<double>(g_ref[i])));
+                    compare_range(r, g_dut, g_ref, offsets[part], sizes[part], {kGradAbs * largest, kGradRel},
+                                  fmt::format("step {} layer {} {} gradient", s, layer, part == 0 ? "weight" : "bias"));
+                }
+            }
+        }
+        Buffer<float> w = Buffer<float>::from_host(w0, Device::Cpu), g = Buffer<float>::from_host(g_dut, Device::Cpu);
+        for (std::size_t k = 0; k < state0.size(); ++k)
+            update.state()[k].copy_from_host(state0[k].data(), state0[k].size());
+        counter.copy_from_host(&step0, 1);
+        update.step(w, g, counter.data());
+        compare(r, dut.model().parameters().to_host(), w.to_host(), kUpdate,
+                fmt::format("step {} parameters", s).c_str());
+        for (std::size_t k = 0; k < state0.size(); ++k)
+            compare(r, dut.optimizer().state()[k].to_host(), update.state()[k].to_host(), kUpdate,
+                    fmt::format("step {} {}", s, state_names[k]).c_str());
+        if (!r.detail.empty()) return r;  // the first step that fails says it
+    }
+    r.passed = r.worst_error <= 1.0;
+    return r;
+}
+
+double relu_gate_margin(const MlpConfig& mlp, const std::vector<float>& params, const Dataset& data) {
+    if (mlp.activation != Activation::Relu) throw Error("relu_gate_margin: the MLP does not use ReLU");
+    const ModelSpec spec(mlp);
+    CUMNIST_CHECK(params.size() == parameter_count(spec), "{} parameters for a model of {}", params.size(),
+                  parameter_count(spec));
+    CUMNIST_CHECK(data.features() == mlp.inputs, "{} features for a model of {} inputs", data.features(), mlp.inputs);
+    const double u = std::ldexp(1.0, -24);
+    // The largest value each input takes over the data set (x = byte / 255, within an ulp).
+    std::vector<double> in_max(mlp.inputs, 0.0);
+    for (int i = 0; i < data.n; ++i)
+        for (int p = 0; p < mlp.inputs; ++p)
+            in_max[p] = std::max(in_max[p], data.images[static_cast<std::size_t>(i) * mlp.inputs + p] / 255.0 * (1 + u));
+    const double keep_scale = mlp.dropout > 0 ? 1.0 / (1.0 - static_cast<double>(mlp.dropout)) : 1.0;
+    const std::vector<LayerLayout> layout = layer_layout(spec);
+    double margin = HUGE_VAL;
+    for (std::size_t l = 0; l + 1 < layout.size(); ++l) {  // the hidden layers
+        const LayerLayout& L = layout[l];
+        const double gamma = gamma_k(L.in + 1);  // the dot product and the bias
+        std::vector<double> out_max(L.out);
+        for (int j = 0; j < L.out; ++j) {
+            double reach = 0;  // ≥ |Σ w·x| for every sample
+            for (int p = 0; p < L.in; ++p)
+                reach += std::fabs(static_cast<double>(params[L.w_offset + static_cast<std::size_t>(j) * L.in + p])) * in_max[p];
+            const double b = params[L.b_offset + j];
+            const double rounding = gamma * (reach + std::fabs(b));
+            margin = std::min(margin, std::fabs(b) - reach - rounding);
+            // What the unit passes on, on any backend and under any mask: 0 when its gate is shut
+            // for every sample, else at most its largest pre-activation, scaled by dropout.
+            out_max[j] = std::max(0.0, b + reach + rounding) * keep_scale * (1 + 4 * u);
+        }
+        in_max = std::move(out_max);
+    }
+    return margin;
+}
+
+TrainingParityCase gate_margin_case() {
+    MlpConfig mlp;
+    mlp.hidden = {64, 32};
+    mlp.dropout = 0.2f;
+    TrainingParityCase c;
+    c.name = "training: 20 Adam steps of a ReLU MLP whose gates stay away from zero, each from the CPU's state, "
+             "gradients included";
+    c.model = mlp;
+    c.compare_gradients = true;
+    // 640 images with the same 16 lit pixels, bright or dim by class, plus noise; the rest black.
+    Dataset& ds = c.data;
+    ds.name = "gate-margin";
+    ds.n = 640;
+    ds.rows = ds.cols = 28;
+    ds.images.assign(static_cast<std::size_t>(ds.n) * 784, 0);
+    ds.labels.resize(ds.n);
+    for (int i = 0; i < ds.n; ++i) {
+        const int label = static_cast<int>(philox_word(3, 7, 0, static_cast<uint64_t>(i)) % 10);
+        ds.labels[i] = static_cast<uint8_t>(label);
+        for (int k = 0; k < 16; ++k) {
+            const uint32_t noise = philox_word(4, 7, static_cast<uint64_t>(i), static_cast<uint64_t>(k)) >> 27;
+            ds.images[static_cast<std::size_t>(i) * 784 + 28 * (6 + k) + 6 + k] =
+                static_cast<uint8_t>(((label + k) % 10 < 5 ? 150 : 30) + noise);
+        }
+    }
+    // Glorot weights; the first layer's biases +2 on every 8th unit and −2 elsewhere (8 of 64
+    // live), the second's +8 and −8 alternately (16 of 32): they clear the bound on |Σ w·x| for
+    // every sample by 1.35 at the start, and by as much after 20 Adam steps (dead units never
+    // move; Adam moves a live unit's weights by about lr a step).
+    c.init = glorot_uniform_init(c.model, 42);
+    const std::vector<LayerLayout> layout = layer_layout(c.model);
+    for (int j = 0; j < layout[0].out; ++j) c.init[layout[0].b_offset + j] = j % 8 == 0 ? 2.0f : -2.0f;
+    for (int j = 0; j < layout[1].out; ++j) c.init[layout[1].b_offset + j] = j % 2 == 0 ? 8.0f : -8.0f;
+    // The output layer's weights a tenth of Glorot's, so that its inputs of ~10 make logits of a
+    // few units: a softmax that is not saturated, whose gradients are not just ±1.
+    for (std::size_t i = 0; i < static_cast<std::size_t>(layout[2].in) * layout[2].out; ++i)
+        c.init[layout[2].w_offset + i] *= 0.1f;
+    return c;
+}
 
 std::vector<SelftestResult> run_gpu_selftest() {
     const std::string why = cuda_unavailable_reason();

@@ -1,6 +1,7 @@
-// Internal to the CUDA backend: the deterministic column-sum tile loop shared by bias_grad and the
+// Internal to the CUDA backend: the deterministic column-sum tile loop shared by bias_grad, the
 // backward epilogue that produces the bias gradient as it writes dpre (act_dropout_backward with
-// db). One definition, so both give the same bits for the same values.
+// db) and the loss kernel that produces the output layer's (bias_softmax_xent). One definition, so
+// all give the same bits for the same values.
 #pragma once
 
 #include <cstddef>
@@ -13,6 +14,36 @@ namespace cumnist::cuda {
 constexpr unsigned kColumnTileCols = 32;
 constexpr unsigned kColumnRowGroups = 8;
 
+// column_sums (below) with the (32, 8) arrangement laid over any block: the thread is (tx, ty)
+// when `member`, and only meets the barriers otherwise (call from every thread of the block); this
+// block does tiles first_tile, first_tile + tile_stride, ... The bits are column_sums's.
+template <class Value>
+__device__ __forceinline__ void column_sums_by(float* __restrict__ db, int n, int cols, Value value, unsigned tx,
+                                               unsigned ty, bool member, unsigned first_tile, unsigned tile_stride) {
+    __shared__ float partial[kColumnRowGroups][kColumnTileCols + 1];
+    // The tile loop's condition is the same for the whole block, so the barriers are uniform.
+    for (unsigned tile = first_tile; static_cast<std::size_t>(tile) * kColumnTileCols < static_cast<std::size_t>(cols);
+         tile += tile_stride) {
+        const int c = static_cast<int>(tile * kColumnTileCols + tx);
+        if (member) {
+            float sum = 0.0f;
+            if (c < cols) {
+                for (int r = static_cast<int>(ty); r < n; r += static_cast<int>(kColumnRowGroups))
+                    sum += value(r, c, static_cast<std::size_t>(r) * static_cast<std::size_t>(cols) +
+                                           static_cast<std::size_t>(c));
+            }
+            partial[ty][tx] = sum;
+        }
+        __syncthreads();
+        if (member && ty == 0 && c < cols) {
+            float total = partial[0][tx];
+            for (unsigned g = 1; g < kColumnRowGroups; ++g) total += partial[g][tx];
+            db[c] = total;
+        }
+        __syncthreads();  // partial[] is reused by the next tile
+    }
+}
+
 // db[c] = Σ_r value(r, c, i) for r < n, c < cols, with i = r·cols + c the flat row-major index.
 // Thread (x, y) of a block sums rows y, y + 8, y + 16, ... of column tile·32 + x in ascending
 // order; then the 8 partial sums are added in order y = 0..7. The order depends only on (n,
@@ -21,26 +52,7 @@ constexpr unsigned kColumnRowGroups = 8;
 // from every thread of the block (it has barriers); the tile loop covers any grid size.
 template <class Value>
 __device__ __forceinline__ void column_sums(float* __restrict__ db, int n, int cols, Value value) {
-    __shared__ float partial[kColumnRowGroups][kColumnTileCols + 1];
-    const unsigned tx = threadIdx.x, ty = threadIdx.y;
-    // The tile loop's condition is the same for the whole block, so the barriers are uniform.
-    for (unsigned tile = blockIdx.x; static_cast<std::size_t>(tile) * kColumnTileCols < static_cast<std::size_t>(cols);
-         tile += gridDim.x) {
-        const int c = static_cast<int>(tile * kColumnTileCols + tx);
-        float sum = 0.0f;
-        if (c < cols) {
-            for (int r = static_cast<int>(ty); r < n; r += static_cast<int>(kColumnRowGroups))
-                sum += value(r, c, static_cast<std::size_t>(r) * static_cast<std::size_t>(cols) + static_cast<std::size_t>(c));
-        }
-        partial[ty][tx] = sum;
-        __syncthreads();
-        if (ty == 0 && c < cols) {
-            float total = partial[0][tx];
-            for (unsigned g = 1; g < kColumnRowGroups; ++g) total += partial[g][tx];
-            db[c] = total;
-        }
-        __syncthreads();  // partial[] is reused by the next tile
-    }
+    column_sums_by(db, n, cols, value, threadIdx.x, threadIdx.y, true, blockIdx.x, gridDim.x);
 }
 
 // The launch shape for column_sums over `cols` columns: one block per tile, capped (the tile loop

@@ -58,6 +58,10 @@ void maxpool2d_backward(float*, const float*, const int32_t*, const Pool2dGeomet
 
 void softmax_xent(float*, float*, float*, const float*, const uint8_t*, int, int, float, double*) { no_cuda(); }
 
+void bias_softmax_xent(float*, float*, float*, float*, float*, const float*, const uint8_t*, int, int, float, double*) {
+    no_cuda();
+}
+
 void softmax(float*, const float*, int, int) { no_cuda(); }
 
 void accumulate_metrics(double*, const float*, const float*, int) { no_cuda(); }

@@ -1,10 +1,11 @@
 // Softmax cross-entropy (loss, correctness, the logits' gradient and, for training batches, the
-// metric totals, in one kernel) and plain softmax, one warp per row, max-subtracted, with
-// expf/logf (no fast math). Any classes ≥ 1.
+// metric totals and optionally the output layer's bias add and bias gradient, in one kernel) and
+// plain softmax, one warp per row, max-subtracted, with expf/logf (no fast math). Any classes ≥ 1.
 #include <climits>
 #include <cmath>
 
 #include "backend.h"
+#include "column_sums.cuh"
 #include "cuda_common.cuh"
 
 namespace cumnist::cuda {
@@ -120,20 +121,35 @@ static __global__ void softmax_xent_kernel(float* dlogits, float* __restrict__ r
 // kFusedMetricsBlock threads, warp w doing rows w, w + 32, ... and adding their loss and
 // correctness in double in that order; then thread 0 adds the 32 warps' sums in warp order to
 // totals[0] and totals[1]. A fixed order (deterministic), though not accumulate_metrics's.
+// kFold (bias_softmax_xent): first biased_logits (== logits) = logits + bias per column, as the
+// output layer's epilogue computes it, and last db = Σ_rows dlogits in column_sums's order (the
+// threads of the first 8 warps laid out as its (32, 8) block), so db has bias_grad's bits. The
+// block's barriers make the biased logits visible to the rows' warps and every row's dlogits to
+// the column sums; both are read through plain (coherent) loads.
 constexpr unsigned kFusedMetricsBlock = 1024;
 constexpr unsigned kFusedMetricsWarps = kFusedMetricsBlock / kWarpSize;
 constexpr int kFusedMetricsRows = 2048;  // up to 64 rows per warp
+static_assert(kFusedMetricsBlock >= kColumnTileCols * kColumnRowGroups, "the column sums need a (32, 8) block's threads");
+template <bool kFold>
 static __global__ void __launch_bounds__(kFusedMetricsBlock)
     softmax_xent_metrics_kernel(float* dlogits, float* __restrict__ row_loss, float* __restrict__ row_correct,
                                 const float* logits, const uint8_t* __restrict__ labels, int n, int classes,
-                                float grad_scale, double* __restrict__ totals) {
+                                float grad_scale, double* __restrict__ totals, float* biased_logits,
+                                const float* __restrict__ bias, float* __restrict__ db) {
     __shared__ double warp_loss[kFusedMetricsWarps];
     __shared__ double warp_correct[kFusedMetricsWarps];
     const unsigned lane = threadIdx.x % kWarpSize;
     const unsigned warp = threadIdx.x / kWarpSize;
+    if constexpr (kFold) {
+        const unsigned count = static_cast<unsigned>(n) * static_cast<unsigned>(classes);  // ≤ 2048 · 256
+        for (unsigned i = threadIdx.x; i < count; i += kFusedMetricsBlock)
+            biased_logits[i] = logits[i] + bias[i % static_cast<unsigned>(classes)];
+        __syncthreads();
+    }
+    const float* z = kFold ? biased_logits : logits;
     double loss = 0.0, correct = 0.0;
     for (int r = static_cast<int>(warp); r < n; r += static_cast<int>(kFusedMetricsWarps)) {
-        const RowResult row = xent_row(dlogits, row_loss, row_correct, logits, labels, r, classes, grad_scale, lane);
+        const RowResult row = xent_row(dlogits, row_loss, row_correct, z, labels, r, classes, grad_scale, lane);
         loss += static_cast<double>(row.loss);
         correct += static_cast<double>(row.correct);
     }
@@ -150,6 +166,12 @@ static __global__ void __launch_bounds__(kFusedMetricsBlock)
         }
         totals[0] += l;
         totals[1] += c;
+    }
+    if constexpr (kFold) {
+        const unsigned t = threadIdx.x;
+        column_sums_by(
+            db, n, classes, [dlogits](int, int, std::size_t i) { return dlogits[i]; }, t % kColumnTileCols,
+            t / kColumnTileCols, t < kColumnTileCols * kColumnRowGroups, 0, 1);
     }
 }
 
@@ -177,8 +199,8 @@ void softmax_xent(float* dlogits, float* row_loss, float* row_correct, const flo
                   int n, int classes, float grad_scale, double* totals) {
     if (n <= 0 || classes <= 0) return;
     if (totals != nullptr && n <= kFusedMetricsRows) {  // one kernel (one node of a captured step)
-        softmax_xent_metrics_kernel<<<1, kFusedMetricsBlock, 0, context().stream()>>>(
-            dlogits, row_loss, row_correct, logits, labels, n, classes, grad_scale, totals);
+        softmax_xent_metrics_kernel<false><<<1, kFusedMetricsBlock, 0, context().stream()>>>(
+            dlogits, row_loss, row_correct, logits, labels, n, classes, grad_scale, totals, nullptr, nullptr, nullptr);
         CUMNIST_CHECK_LAUNCH();
         return;
     }
@@ -186,6 +208,21 @@ void softmax_xent(float* dlogits, float* row_loss, float* row_correct, const flo
         dlogits, row_loss, row_correct, logits, labels, n, classes, grad_scale);
     CUMNIST_CHECK_LAUNCH();
     if (totals != nullptr) accumulate_metrics(totals, row_loss, row_correct, n);  // more rows: all the SMs, then a sum
+}
+
+void bias_softmax_xent(float* dlogits, float* db, float* row_loss, float* row_correct, float* logits, const float* bias,
+                       const uint8_t* labels, int n, int classes, float grad_scale, double* totals) {
+    if (n <= 0 || classes <= 0) return;
+    if (totals != nullptr && n <= kFusedMetricsRows) {  // one kernel for the bias, the loss, the metrics and db
+        softmax_xent_metrics_kernel<true><<<1, kFusedMetricsBlock, 0, context().stream()>>>(
+            dlogits, row_loss, row_correct, logits, labels, n, classes, grad_scale, totals, logits, bias, db);
+        CUMNIST_CHECK_LAUNCH();
+        return;
+    }
+    // Larger batches: the three ops it fuses, each over all the SMs.
+    bias_act_dropout_forward(logits, logits, bias, n, classes, Activation::None, 0.0f, 0, 0, 0, false, nullptr);
+    softmax_xent(dlogits, row_loss, row_correct, logits, labels, n, classes, grad_scale, totals);
+    bias_grad(db, dlogits, n, classes);
 }
 
 void softmax(float* probs, const float* logits, int n, int classes) {

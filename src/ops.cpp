@@ -319,10 +319,11 @@ void maxpool2d_backward(MatrixView<float> dx, MatrixView<const float> dy, Matrix
     CUMNIST_DISPATCH(dx.device, maxpool2d_backward, dx.data, dy.data, argmax.data, g);
 }
 
-void softmax_xent(MatrixView<float> dlogits, MatrixView<float> row_loss, MatrixView<float> row_correct,
-                  MatrixView<const float> logits, MatrixView<const uint8_t> labels, float grad_scale,
-                  double* totals) {
-    constexpr const char* op = "softmax_xent";
+namespace {
+// softmax_xent's checks, shared with bias_softmax_xent.
+void check_softmax_xent(const char* op, MatrixView<float> dlogits, MatrixView<float> row_loss,
+                        MatrixView<float> row_correct, MatrixView<const float> logits,
+                        MatrixView<const uint8_t> labels) {
     require_data(op, "logits", logits), require_data(op, "labels", labels);
     require_data(op, "row_loss", row_loss), require_data(op, "row_correct", row_correct);
     const int n = logits.rows;
@@ -338,9 +339,41 @@ void softmax_xent(MatrixView<float> dlogits, MatrixView<float> row_loss, MatrixV
         CUMNIST_CHECK(!overlaps(dlogits, logits) || same_view(dlogits, logits), "{}: dlogits partially overlaps logits",
                       op);
     }
+}
+}  // namespace
+
+void softmax_xent(MatrixView<float> dlogits, MatrixView<float> row_loss, MatrixView<float> row_correct,
+                  MatrixView<const float> logits, MatrixView<const uint8_t> labels, float grad_scale,
+                  double* totals) {
+    check_softmax_xent("softmax_xent", dlogits, row_loss, row_correct, logits, labels);
+    const int n = logits.rows;
     if (n == 0) return;
     CUMNIST_DISPATCH(logits.device, softmax_xent, dlogits.data, row_loss.data, row_correct.data, logits.data,
                      labels.data, n, logits.cols, grad_scale, totals);
+}
+
+void bias_softmax_xent(MatrixView<float> dlogits, MatrixView<float> db, MatrixView<float> row_loss,
+                       MatrixView<float> row_correct, MatrixView<float> logits, MatrixView<const float> bias,
+                       MatrixView<const uint8_t> labels, float grad_scale, double* totals) {
+    constexpr const char* op = "bias_softmax_xent";
+    require_data(op, "dlogits", dlogits), require_data(op, "db", db), require_data(op, "bias", bias);
+    check_softmax_xent(op, dlogits, row_loss, row_correct, logits, labels);
+    const int n = logits.rows, classes = logits.cols;
+    require_shape(op, "dlogits", dlogits, n, classes);  // required here (check_softmax_xent allows none)
+    require_device(op, logits.device, dlogits, db, bias);
+    require_shape(op, "bias", bias, 1, classes);
+    require_shape(op, "db", db, 1, classes);
+    CUMNIST_CHECK(!overlaps(dlogits, logits), "{}: dlogits overlaps logits", op);
+    CUMNIST_CHECK(!overlaps(bias, logits) && !overlaps(bias, dlogits), "{}: bias overlaps an output", op);
+    CUMNIST_CHECK(!overlaps(db, logits) && !overlaps(db, dlogits) && !overlaps(db, bias) && !overlaps(db, row_loss) &&
+                      !overlaps(db, row_correct),
+                  "{}: db overlaps another tensor", op);
+    if (n == 0) {  // an empty batch: zeros, as bias_grad gives
+        bias_grad(db, dlogits);
+        return;
+    }
+    CUMNIST_DISPATCH(logits.device, bias_softmax_xent, dlogits.data, db.data, row_loss.data, row_correct.data,
+                     logits.data, bias.data, labels.data, n, classes, grad_scale, totals);
 }
 
 void softmax(MatrixView<float> probs, MatrixView<const float> logits) {

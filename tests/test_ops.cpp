@@ -556,6 +556,74 @@ TEST_P(SoftmaxXentTotals, AccumulateTheRowsMetrics) {
 }
 CUMNIST_DEVICE_SUITE(SoftmaxXentTotals);
 
+// The output layer's bias folded into the loss: bias_softmax_xent gives, bit for bit, what the
+// three ops it replaces give in a training step (the bias add of the epilogue with no activation
+// and no dropout, softmax_xent with totals, bias_grad): the biased logits, dlogits, the rows'
+// loss and correctness, the totals and db. 2,048 and 2,049 rows are the two sides of the GPU's
+// one-kernel limit; 37 classes take two column tiles, 1 class none but a part of one.
+class BiasSoftmaxXent : public OnDevice<DeviceParam> {};
+
+TEST_P(BiasSoftmaxXent, EqualsTheBiasAddTheLossAndTheBiasGradient) {
+    const Device dev = device();
+    for (int classes : {10, 37, 1}) {
+        for (int n : {0, 1, 33, 2048, 2049, 5000}) {
+            SCOPED_TRACE(::testing::Message() << "n = " << n << ", classes = " << classes);
+            const std::size_t size = static_cast<std::size_t>(n) * classes;
+            const std::vector<float> z = uniform_floats(size, -4.0f, 4.0f, 621);
+            Buffer<float> bias = Buffer<float>::from_host(uniform_floats(classes, -2.0f, 2.0f, 622), dev);
+            Buffer<uint8_t> labels =
+                Buffer<uint8_t>::from_host(uniform_bytes(static_cast<std::size_t>(n), 0, classes - 1, 623), dev);
+            struct Out {
+                Buffer<float> logits, dz, loss, correct, db;
+                Buffer<double> totals;
+            };
+            const auto make = [&] {
+                return Out{Buffer<float>::from_host(z, dev), Buffer<float>(size, dev),
+                           Buffer<float>(static_cast<std::size_t>(n), dev), Buffer<float>(static_cast<std::size_t>(n), dev),
+                           Buffer<float>::from_host(std::vector<float>(classes, 9.0f), dev),
+                           Buffer<double>::from_host(std::vector<double>{1.25, 3.0}, dev)};
+            };
+            Out want = make(), got = make();
+            ops::bias_act_dropout_forward(want.logits.view(n, classes), want.logits.view(n, classes), bias.view(1, classes),
+                                          Activation::None, Dropout{}, nullptr);
+            ops::softmax_xent(want.dz.view(n, classes), want.loss.view(1, n), want.correct.view(1, n),
+                              want.logits.view(n, classes), labels.view(1, n), 0.25f, want.totals.data());
+            ops::bias_grad(want.db.view(1, classes), want.dz.view(n, classes));
+            ops::bias_softmax_xent(got.dz.view(n, classes), got.db.view(1, classes), got.loss.view(1, n),
+                                   got.correct.view(1, n), got.logits.view(n, classes), bias.view(1, classes),
+                                   labels.view(1, n), 0.25f, got.totals.data());
+            EXPECT_EQ(got.logits.to_host(), want.logits.to_host()) << "biased logits";
+            EXPECT_EQ(got.dz.to_host(), want.dz.to_host()) << "dlogits";
+            EXPECT_EQ(got.loss.to_host(), want.loss.to_host()) << "row_loss";
+            EXPECT_EQ(got.correct.to_host(), want.correct.to_host()) << "row_correct";
+            EXPECT_EQ(got.totals.to_host(), want.totals.to_host()) << "totals";
+            EXPECT_EQ(got.db.to_host(), want.db.to_host()) << "db";
+            if (n == 0) {
+                EXPECT_EQ(got.db.to_host(), std::vector<float>(classes, 0.0f)) << "the empty sum";
+            }
+        }
+    }
+}
+
+TEST_P(BiasSoftmaxXent, RefusesOverlapsAndWrongShapes) {
+    const Device dev = device();
+    const int n = 4, classes = 3;
+    Buffer<float> logits(n * classes, dev), dz(n * classes, dev), loss(n, dev), correct(n, dev), bias(classes, dev),
+        db(classes, dev);
+    Buffer<uint8_t> labels(n, dev);
+    labels.zero();
+    const auto call = [&](MatrixView<float> d, MatrixView<float> g, MatrixView<const float> b) {
+        ops::bias_softmax_xent(d, g, loss.view(1, n), correct.view(1, n), logits.view(n, classes), b, labels.view(1, n),
+                               1.0f);
+    };
+    EXPECT_THROW(call(logits.view(n, classes), db.view(1, classes), bias.view(1, classes)), cumnist::Error);  // dlogits = logits
+    EXPECT_THROW(call(dz.view(n, classes), dz.view(1, classes), bias.view(1, classes)), cumnist::Error);      // db in dlogits
+    EXPECT_THROW(call(dz.view(n, classes), db.view(1, 2), bias.view(1, classes)), cumnist::Error);            // db too short
+    EXPECT_THROW(call(dz.view(n, classes), db.view(1, classes), bias.view(1, 2)), cumnist::Error);            // bias too short
+    EXPECT_THROW(call({}, db.view(1, classes), bias.view(1, classes)), cumnist::Error);                      // no dlogits
+}
+CUMNIST_DEVICE_SUITE(BiasSoftmaxXent);
+
 // Hand-made rows: ties (the first maximum decides correctness), extreme logits (±100), one class.
 class SoftmaxXentEdges : public OnDevice<DeviceParam> {};
 

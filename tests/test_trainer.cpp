@@ -810,20 +810,29 @@ TEST(TrainerParity, CpuAndGpuAgree) {
 
 // The construction behind it, on the CPU: the case's gates keep their margin over its 20 steps
 // (compare_training_steps fails the first step where relu_gate_margin() is not > 0), and the
-// machinery itself, the CPU against itself, finds no difference at all.
+// machinery itself, the CPU against itself, finds no difference at all (the tested trainer's own
+// optimizer state and step counter are overwritten first, so each step must take the copies).
 TEST(TrainerParity, GateMarginCaseKeepsItsMarginAndMatchesItselfOnTheCpu) {
     const TrainingParityCase c = gate_margin_case();
     const SelftestResult r = compare_training_steps(c, Device::Cpu, Device::Cpu);
     EXPECT_TRUE(r.passed) << r.detail;
     EXPECT_EQ(r.worst_error, 0.0);
     EXPECT_EQ(r.worst_abs, 0.0);
-    // Both gate states occur, with room to spare at the start.
+    // Room to spare at the start, and both gate states in every hidden layer (a positive bias is
+    // an open gate for every sample, a negative one a shut gate, given the margin).
     const MlpConfig mlp = *as_mlp(c.model);
     EXPECT_GT(relu_gate_margin(mlp, c.init, c.data), 0.5);
+    const std::vector<LayerLayout> layout = layer_layout(c.model);
+    for (std::size_t l = 0; l + 1 < layout.size(); ++l) {
+        int open = 0, shut = 0;
+        for (int j = 0; j < layout[l].out; ++j) (c.init[layout[l].b_offset + j] > 0 ? open : shut)++;
+        EXPECT_GT(open, 0) << "hidden layer " << l + 1;
+        EXPECT_GT(shut, 0) << "hidden layer " << l + 1;
+    }
 }
 
-// A case that loses its margin fails, naming the gate, instead of comparing gradients that may
-// legitimately differ.
+// A case that loses its margin fails, saying so at the step it happens, instead of comparing
+// gradients that may legitimately differ.
 TEST(TrainerParity, ACaseWithoutAGateMarginFailsSayingSo) {
     TrainingParityCase c = gate_margin_case();
     const LayerLayout first = layer_layout(c.model)[0];
@@ -834,8 +843,13 @@ TEST(TrainerParity, ACaseWithoutAGateMarginFailsSayingSo) {
 }
 
 // The margin is a bound, not an estimate: a unit whose bias no longer clears its inputs' reach
-// has none, and the value is exact on a hand-checked MLP.
+// has none, and the value is the hand-derived one, rounding allowance included, on a one- and a
+// two-hidden-layer MLP (dropout's scale and a dead unit's zeros carried to the second).
 TEST(TrainerParity, ReluGateMarginIsTheBiasLessTheInputsReach) {
+    const double u = std::ldexp(1.0, -24), gamma3 = 3 * u / (1 - 3 * u);
+    const double x_max = 1 + 2 * u;  // the bound on byte · fl(1/255) for byte 255
+    const double reach0 = 0.5 * x_max + 0.25 * (102 / 255.0) * x_max;  // unit 0 of the first layer
+    const double margin0 = 2 - reach0 - gamma3 * (reach0 + 2);
     MlpConfig mlp;
     mlp.inputs = 2;
     mlp.hidden = {2};
@@ -848,7 +862,22 @@ TEST(TrainerParity, ReluGateMarginIsTheBiasLessTheInputsReach) {
     // Layer 1 (out, in) = [[0.5, -0.25], [1, 1]], bias [2, -3]; the output layer's values do not matter.
     std::vector<float> p = {0.5f, -0.25f, 1.0f, 1.0f, 2.0f, -3.0f, 0, 0, 0, 0, 0, 0};
     // Unit 0: 2 − (0.5 + 0.1) = 1.4; unit 1: 3 − (1 + 0.4) = 1.6; less rounding of order 1e-7.
-    EXPECT_NEAR(relu_gate_margin(mlp, p, ds), 1.4, 1e-6);
+    EXPECT_NEAR(relu_gate_margin(mlp, p, ds), margin0, 1e-12);
+    EXPECT_NEAR(margin0, 1.4, 1e-6);
+    {
+        // A second hidden layer, dropout 0.5 (scale 2): (out, in) = [[1, 100], [-0.5, 0.25]], bias
+        // [-6, 4]. Its inputs reach at most 2 · (2 + 0.6) = 5.2 from the open unit 0, and exactly 0
+        // from the shut unit 1 (whose weight of 100 then does not count): unit 0 clears by 6 − 5.2.
+        MlpConfig deep = mlp;
+        deep.hidden = {2, 2};
+        deep.dropout = 0.5f;
+        std::vector<float> q = {0.5f, -0.25f, 1.0f, 1.0f, 2.0f, -3.0f, 1.0f, 100.0f, -0.5f, 0.25f, -6.0f, 4.0f};
+        q.resize(18, 0.0f);
+        const double h0 = (2 + reach0 + gamma3 * (reach0 + 2)) * 2 * (1 + 4 * u);
+        const double margin1 = 6 - h0 - gamma3 * (h0 + 6);
+        EXPECT_NEAR(relu_gate_margin(deep, q, ds), margin1, 1e-12);
+        EXPECT_NEAR(margin1, 0.8, 1e-5);
+    }
     p[4] = 0.55f;  // unit 0's bias within its inputs' reach: its gate may differ between backends
     EXPECT_LT(relu_gate_margin(mlp, p, ds), 0.0);
     mlp.activation = Activation::Tanh;

@@ -161,12 +161,22 @@ public:
 
     // logits (n, classes) = the model applied to x (n, inputs), in ws.logits(n). Dropout is
     // applied when `training`; its masks depend on (seed, dropout layer, *step).
+    // fold_output_bias (only when output_bias_foldable()): the logits are left without the last
+    // layer's bias, which the caller adds (ops::bias_softmax_xent).
     MatrixView<float> forward(Workspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed,
-                              const uint64_t* step);
+                              const uint64_t* step, bool fold_output_bias = false);
 
     // After forward(training) and with ws.dlogits(n) holding ∂loss/∂logits: overwrites
-    // gradients() with ∂loss/∂parameters.
-    void backward(Workspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed, const uint64_t* step);
+    // gradients() with ∂loss/∂parameters; with fold_output_bias, all but the last layer's bias
+    // gradient, which the caller computes (ops::bias_softmax_xent).
+    void backward(Workspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed, const uint64_t* step,
+                  bool fold_output_bias = false);
+
+    // Whether the last layer ends in a plain bias add (a dense layer with no activation and no
+    // dropout after it, as every preset's), so a training step can fold that bias and its
+    // gradient into the loss. Its bias in `flat` (parameters or gradients): output_bias().
+    bool output_bias_foldable() const;
+    MatrixView<float> output_bias(Buffer<float>& flat) const;
 
 private:
     friend struct Workspace;

@@ -167,6 +167,16 @@ void softmax_xent(MatrixView<float> dlogits, MatrixView<float> row_loss, MatrixV
                   MatrixView<const float> logits, MatrixView<const uint8_t> labels, float grad_scale,
                   double* totals = nullptr);
 
+// The output layer's bias add and bias gradient folded into the loss (a training step's one GPU
+// kernel for them, with totals, for batches of up to 2,048 rows; three kernels otherwise):
+//   logits (n, classes) ← logits + bias per column, in place (bias_act_dropout_forward's bits
+//   with no activation and no dropout); then softmax_xent as above; then db (1, classes) =
+//   Σ_rows dlogits (bias_grad's bits).
+// dlogits is required and must not overlap logits; totals as softmax_xent's.
+void bias_softmax_xent(MatrixView<float> dlogits, MatrixView<float> db, MatrixView<float> row_loss,
+                       MatrixView<float> row_correct, MatrixView<float> logits, MatrixView<const float> bias,
+                       MatrixView<const uint8_t> labels, float grad_scale, double* totals = nullptr);
+
 // probs (n, classes) = softmax(logits) per row, max-subtracted. Overwrites probs (may alias logits).
 void softmax(MatrixView<float> probs, MatrixView<const float> logits);
 

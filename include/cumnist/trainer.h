@@ -94,8 +94,9 @@ public:
     // Benchmarking: `n` full-batch training steps (graph replay on the GPU), continuing through
     // the current epoch's order and wrapping to its start; no read-back. Metrics keep accumulating.
     void train_steps(int n);
-    // The training metrics summed since the epoch began (train_steps() adds to them): the loss
-    // over samples and the correct count. Reads the device (waits for the queued steps).
+    // The training metrics summed since the epoch began, or since construction before the first
+    // epoch (train_steps() adds to them): the loss over samples and the correct count. Reads the
+    // device (waits for the queued steps).
     std::vector<double> metric_totals() const { return m_totals.to_host(); }
     // Waits until all queued device work has finished.
     void synchronize();

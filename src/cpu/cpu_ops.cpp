@@ -408,6 +408,14 @@ void softmax_xent(float* dlogits, float* row_loss, float* row_correct, const flo
     if (totals != nullptr) accumulate_metrics(totals, row_loss, row_correct, n);
 }
 
+void bias_softmax_xent(float* dlogits, float* db, float* row_loss, float* row_correct, float* logits, const float* bias,
+                       const uint8_t* labels, int n, int classes, float grad_scale, double* totals) {
+    // The three ops the unfused step runs, in its order: the same bits.
+    bias_act_dropout_forward(logits, logits, bias, n, classes, Activation::None, 0.0f, 0, 0, 0, false, nullptr);
+    softmax_xent(dlogits, row_loss, row_correct, logits, labels, n, classes, grad_scale, totals);
+    bias_grad(db, dlogits, n, classes);
+}
+
 void softmax(float* probs, const float* logits, int n, int classes) {
     for (int r = 0; r < n; ++r) {
         const float* z = logits + static_cast<std::size_t>(r) * classes;

@@ -40,6 +40,10 @@ public:
     virtual int index_size() const { return 0; }  // int32 per sample
     // Scratch memory for batches of up to max_batch rows (created before the first step).
     virtual std::size_t scratch_bytes(int /*max_batch*/, Device) const { return 0; }
+    // Whether the forward ends in a plain bias add (no activation, no dropout) and the backward
+    // then starts with the plain bias gradient: the two a caller may do itself, the layer's io.b
+    // and io.db then left without data (Model::forward/backward with fold_output_bias).
+    virtual bool ends_in_plain_bias() const { return false; }
     virtual void forward(const Pass& pass, const LayerIO& io) = 0;
     virtual void backward(const Pass& pass, const LayerIO& io) = 0;
 };

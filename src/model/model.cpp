@@ -109,8 +109,19 @@ MatrixView<float> Model::bias(Buffer<float>& flat, int layer) const {
     return flat.view(1, l.out, l.b_offset);
 }
 
+bool Model::output_bias_foldable() const {
+    // The last computing layer holds the last parameters (a model ends in its output layer).
+    return !m_layers.empty() && m_layers.back()->has_parameters() && m_layers.back()->ends_in_plain_bias();
+}
+
+MatrixView<float> Model::output_bias(Buffer<float>& flat) const {
+    CUMNIST_CHECK(!m_layout.empty(), "a model without parameters has no output bias");
+    return bias(flat, static_cast<int>(m_layout.size()) - 1);
+}
+
 MatrixView<float> Model::forward(Workspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed,
-                                 const uint64_t* step) {
+                                 const uint64_t* step, bool fold_output_bias) {
+    CUMNIST_CHECK(!fold_output_bias || output_bias_foldable(), "the model's last layer does not end in a plain bias");
     const int n = x.rows;
     CUMNIST_CHECK(n <= ws.max_batch, "batch of {} exceeds the workspace's {}", n, ws.max_batch);
     CUMNIST_CHECK(x.cols == inputs(), "input has {} values per image, the model expects {}", x.cols, inputs());
@@ -127,7 +138,7 @@ MatrixView<float> Model::forward(Workspace& ws, MatrixView<const float> x, bool 
         io.scratch = ws.scratch.flat();
         if (layer.has_parameters()) {
             io.w = weight(m_params, p);
-            io.b = bias(m_params, p);
+            if (!(fold_output_bias && i + 1 == m_layers.size())) io.b = bias(m_params, p);
             ++p;
         }
         layer.forward(pass, io);
@@ -137,7 +148,8 @@ MatrixView<float> Model::forward(Workspace& ws, MatrixView<const float> x, bool 
 }
 
 void Model::backward(Workspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed,
-                     const uint64_t* step) {
+                     const uint64_t* step, bool fold_output_bias) {
+    CUMNIST_CHECK(!fold_output_bias || output_bias_foldable(), "the model's last layer does not end in a plain bias");
     const int n = x.rows;
     const detail::Pass pass{n, training, dropout_seed, step};
     int p = static_cast<int>(m_layout.size());
@@ -157,7 +169,7 @@ void Model::backward(Workspace& ws, MatrixView<const float> x, bool training, ui
             io.w = weight(m_params, p);
             io.b = bias(m_params, p);
             io.dw = weight(m_grads, p);
-            io.db = bias(m_grads, p);
+            if (!(fold_output_bias && i + 1 == m_layers.size())) io.db = bias(m_grads, p);
         }
         layer.backward(pass, io);
     }

@@ -151,6 +151,8 @@ Trainer::Trainer(const ModelSpec& model, const OptimizerConfig& optimizer, const
     const std::vector<float> init = glorot_uniform_init(model, config.seed);
     m_model.parameters().copy_from_host(init.data(), init.size());
     m_counters.zero();
+    m_totals.zero();  // train_steps() before any epoch sums from zero
+    m_eval_totals.zero();
 }
 
 Trainer::~Trainer() {
@@ -192,12 +194,20 @@ void Trainer::run_step(int rows) {
         ops::gather_batch(x, y, s.images.view(ring_rows, m_features), s.labels.view(1, ring_rows),
                           s.order.view(1, m_n), batch_index, m_config.batch);
     }
-    const MatrixView<float> logits = m_model.forward(m_ws, x, true, m_config.seed, step);
+    // The output layer's bias add and bias gradient, when it ends in a plain bias (every preset),
+    // are done by the loss op: on the GPU one kernel instead of three, the same bits either way.
+    const bool fold = m_model.output_bias_foldable();
+    const MatrixView<float> logits = m_model.forward(m_ws, x, true, m_config.seed, step, fold);
     // The loss is the batch mean: its 1/rows is applied here, in the gradient, and nowhere else.
     MatrixView<float> dlogits = m_ws.dlogits(rows);
     MatrixView<float> row_loss = m_ws.row_loss.view(1, rows), row_correct = m_ws.row_correct.view(1, rows);
-    ops::softmax_xent(dlogits, row_loss, row_correct, logits, y, 1.0f / static_cast<float>(rows), m_totals.data());
-    m_model.backward(m_ws, x, true, m_config.seed, step);
+    const float grad_scale = 1.0f / static_cast<float>(rows);
+    if (fold)
+        ops::bias_softmax_xent(dlogits, m_model.output_bias(m_model.gradients()), row_loss, row_correct, logits,
+                               m_model.output_bias(m_model.parameters()), y, grad_scale, m_totals.data());
+    else
+        ops::softmax_xent(dlogits, row_loss, row_correct, logits, y, grad_scale, m_totals.data());
+    m_model.backward(m_ws, x, true, m_config.seed, step, fold);
     // The update also ends the step: it advances the step counter and the batch index (m_counters
     // is {step, batch index, 0}), in its own kernel on the GPU.
     m_optimizer.step(m_model.parameters(), m_model.gradients(), step, m_counters.data());

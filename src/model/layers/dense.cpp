@@ -13,12 +13,14 @@ public:
     bool has_parameters() const override { return true; }
     // The activation before dropout, kept apart from the output only when dropout is applied.
     int aux_size() const override { return m_dropout.rate > 0.0f ? m_out : 0; }
+    bool ends_in_plain_bias() const override { return m_act == Activation::None && m_dropout.rate == 0.0f; }
 
     void forward(const Pass& pass, const LayerIO& io) override {
         const Dropout d = m_dropout.at(pass);
         // a (n, out) = x (n, in) · wᵀ, then a ← act(a + b), y ← dropout(a) (or y is a)
         MatrixView<float> a = d.active() ? io.aux : io.y;
         ops::gemm(a, io.x, Trans::No, io.w, Trans::Yes);
+        if (io.b.data == nullptr) return;  // the caller adds the bias (ends_in_plain_bias)
         ops::bias_act_dropout_forward(io.y, a, io.b, m_act, d, pass.step);
     }
 
@@ -31,7 +33,7 @@ public:
             // backward reads the output y (after dropout), the others the activation before dropout (ops.h).
             const bool from_output = m_act == Activation::Relu || !d.active();
             ops::act_dropout_backward(dpre, dpre, from_output ? io.y : io.aux, m_act, d, pass.step, io.db);
-        } else {
+        } else if (io.db.data != nullptr) {  // else the caller computed it (ends_in_plain_bias)
             ops::bias_grad(io.db, dpre);
         }
         // dw (out, in) = dpreᵀ (out, n) · x (n, in);  dx (n, in) = dpre · w

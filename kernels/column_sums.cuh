@@ -28,9 +28,11 @@ __device__ __forceinline__ void column_sums_by(float* __restrict__ db, int n, in
         if (member) {
             float sum = 0.0f;
             if (c < cols) {
+                // __fadd_rn: never contracted with a product inside value() (the backward epilogue's
+                // dh · scale) into an FMA, so the sum adds the very values written, as bias_grad does.
                 for (int r = static_cast<int>(ty); r < n; r += static_cast<int>(kColumnRowGroups))
-                    sum += value(r, c, static_cast<std::size_t>(r) * static_cast<std::size_t>(cols) +
-                                           static_cast<std::size_t>(c));
+                    sum = __fadd_rn(sum, value(r, c, static_cast<std::size_t>(r) * static_cast<std::size_t>(cols) +
+                                                         static_cast<std::size_t>(c)));
             }
             partial[ty][tx] = sum;
         }

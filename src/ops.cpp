@@ -366,8 +366,13 @@ void bias_softmax_xent(MatrixView<float> dlogits, MatrixView<float> db, MatrixVi
     CUMNIST_CHECK(!overlaps(dlogits, logits), "{}: dlogits overlaps logits", op);
     CUMNIST_CHECK(!overlaps(bias, logits) && !overlaps(bias, dlogits), "{}: bias overlaps an output", op);
     CUMNIST_CHECK(!overlaps(db, logits) && !overlaps(db, dlogits) && !overlaps(db, bias) && !overlaps(db, row_loss) &&
-                      !overlaps(db, row_correct),
+                      !overlaps(db, row_correct) && !overlaps(db, labels),
                   "{}: db overlaps another tensor", op);
+    CUMNIST_CHECK(!overlaps(labels, logits) && !overlaps(labels, dlogits), "{}: labels overlap an output", op);
+    CUMNIST_CHECK(!overlaps(row_loss, logits) && !overlaps(row_loss, dlogits) && !overlaps(row_loss, bias) &&
+                      !overlaps(row_correct, logits) && !overlaps(row_correct, dlogits) && !overlaps(row_correct, bias) &&
+                      !overlaps(row_loss, row_correct),
+                  "{}: row_loss or row_correct overlaps another tensor", op);
     if (n == 0) {  // an empty batch: zeros, as bias_grad gives
         bias_grad(db, dlogits);
         return;

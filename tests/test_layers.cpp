@@ -467,6 +467,45 @@ TEST_P(ConvNetVsReference, ForwardAndBackwardMatchTheReference) {
     }
 }
 
+// A training step's output layer folded into the loss (what Trainer runs): forward and backward
+// with fold_output_bias and ops::bias_softmax_xent give the unfolded step's logits, losses and
+// gradients bit for bit, every gradient included (the output bias's from the loss op).
+TEST_P(ConvNetVsReference, FoldingTheOutputBiasIntoTheLossChangesNoBit) {
+    const int n = batch();
+    const ModelSpec s = spec();
+    const std::vector<float> xh = uniform_floats(static_cast<std::size_t>(n) * s.inputs(), 0.0f, 1.0f, 4012);
+    Buffer<float> x = Buffer<float>::from_host(xh, dev());
+    Buffer<uint8_t> y = Buffer<uint8_t>::from_host(uniform_bytes(static_cast<std::size_t>(n), 0, s.classes - 1, 4013), dev());
+    Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{3}, dev());
+    Buffer<double> totals[2] = {Buffer<double>(2, dev()), Buffer<double>(2, dev())};
+    std::vector<float> logits[2], loss[2], grads[2];
+    for (const bool fold : {false, true}) {
+        Model model(s, dev());
+        ASSERT_TRUE(model.output_bias_foldable());
+        load_parameters(model);
+        model.gradients().copy_from_host(
+            std::vector<float>(model.gradients().size(), std::numeric_limits<float>::quiet_NaN()).data(),
+            model.gradients().size());  // every gradient must be written, the folded db too
+        Workspace ws(model, n);
+        totals[fold].zero();
+        const MatrixView<float> z = model.forward(ws, x.view(n, s.inputs()), true, 99, step.data(), fold);
+        if (fold)
+            ops::bias_softmax_xent(ws.dlogits(n), model.output_bias(model.gradients()), ws.row_loss.view(1, n),
+                                   ws.row_correct.view(1, n), z, model.output_bias(model.parameters()), y.view(1, n),
+                                   1.0f / static_cast<float>(n), totals[fold].data());
+        else
+            ops::softmax_xent(ws.dlogits(n), ws.row_loss.view(1, n), ws.row_correct.view(1, n), z, y.view(1, n),
+                              1.0f / static_cast<float>(n), totals[fold].data());
+        model.backward(ws, x.view(n, s.inputs()), true, 99, step.data(), fold);
+        logits[fold] = read_back(z), loss[fold] = read_back(ws.row_loss.view(1, n));
+        grads[fold] = model.gradients().to_host();
+    }
+    EXPECT_EQ(logits[1], logits[0]);
+    EXPECT_EQ(loss[1], loss[0]);
+    EXPECT_EQ(totals[1].to_host(), totals[0].to_host());
+    EXPECT_EQ(grads[1], grads[0]);
+}
+
 std::string net_param_name(const ::testing::TestParamInfo<NetParam>& info) {
     return cumnist_test::device_label(std::get<0>(info.param)) + "_" + std::get<1>(info.param).name + "_n" +
            std::to_string(std::get<2>(info.param));
@@ -478,6 +517,22 @@ INSTANTIATE_TEST_SUITE_P(Layers, ConvNetVsReference,
                          ::testing::Combine(::testing::Values(Device::Cpu, Device::Cuda), ::testing::ValuesIn(kNets),
                                             ::testing::Values(1, 33)),
                          net_param_name);
+
+// Only a model whose last layer ends in a plain bias folds it into the loss: an activation or a
+// dropout after the last dense layer keeps the layer's own epilogue, and asking to fold is an error.
+TEST(ModelFold, OnlyAPlainOutputBiasFolds) {
+    EXPECT_TRUE(Model(parse("mlp"), Device::Cpu).output_bias_foldable());
+    EXPECT_TRUE(Model(parse("cnn"), Device::Cpu).output_bias_foldable());
+    for (const char* text : {"flatten,dense10,relu", "flatten,dense10,dropout0.5"}) {
+        SCOPED_TRACE(text);
+        Model model(parse(text), Device::Cpu);
+        EXPECT_FALSE(model.output_bias_foldable());
+        Workspace ws(model, 2);
+        Buffer<float> x(2 * 784, Device::Cpu);
+        x.zero();
+        EXPECT_THROW(model.forward(ws, x.view(2, 784), true, 1, nullptr, true), cumnist::Error);
+    }
+}
 
 // predict() refuses outputs that are not finite rather than report "0 (nan%)": finite parameters
 // of 3e38 overflow the logits to Inf.

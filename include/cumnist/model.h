@@ -176,7 +176,7 @@ public:
     // dropout after it, as every preset's), so a training step can fold that bias and its
     // gradient into the loss. Its bias in `flat` (parameters or gradients): output_bias().
     bool output_bias_foldable() const;
-    MatrixView<float> output_bias(Buffer<float>& flat) const;
+    MatrixView<float> output_bias(Buffer<float>& flat) const;  // the last layer with parameters' bias
 
 private:
     friend struct Workspace;

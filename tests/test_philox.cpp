@@ -156,33 +156,36 @@ void expect_close(double got, double want, const char* what, int step) {
     EXPECT_NEAR(got, want, 1e-6 + 1e-5 * std::fabs(want)) << what << " after step " << step;
 }
 
-// The CPU backend's blocks of 32 dropout words (src/cpu/philox_blocks.h), on both paths (the AVX2
-// one where the processor has it): exactly philox_group()'s words, including where the 32-bit
-// group counter wraps and with a step above 2^32.
+// The CPU backend's blocks of 64 dropout words (src/cpu/philox_blocks.h), on every path this
+// processor has (scalar always, AVX2 and AVX-512 where present): exactly philox_group()'s words,
+// on both sides of where the 32-bit group counter wraps (blocks end there: 2^32 is a multiple of
+// 16) and with a step above 2^32.
 TEST(Philox, BlockWordsMatchOneByOne) {
-    const std::size_t blocks[] = {0, 1, 125, (0xFFFFFFFCull / 8), (uint64_t{1} << 29) + 5};
+    using cumnist::cpu::PhiloxPath;
+    const std::size_t blocks[] = {0, 1, 125, (0xFFFFFFF0ull / 16), (uint64_t{1} << 28), (uint64_t{1} << 28) + 5};
     const uint64_t steps[] = {0, 1, 12345, (uint64_t{7} << 32) + 3};
     const uint64_t seeds[] = {0, 42, 0xDEADBEEFCAFEF00Dull};
-    std::vector<bool> paths = {false};
-    if (cumnist::cpu::use_avx2()) paths.push_back(true);
+    std::vector<PhiloxPath> paths = {PhiloxPath::Scalar};
+    const PhiloxPath best = cumnist::cpu::best_philox_path();
+    if (best != PhiloxPath::Scalar) paths.push_back(PhiloxPath::Avx2);  // AVX-512 implies AVX2
+    if (best == PhiloxPath::Avx512) paths.push_back(PhiloxPath::Avx512);
     int checked = 0;
-    for (bool avx2 : paths)
+    for (PhiloxPath path : paths)
         for (uint64_t seed : seeds)
             for (uint64_t step : steps)
                 for (std::size_t blk : blocks) {
-                    uint32_t words[32];
-                    cumnist::cpu::block_words(seed, 0x101u, step, blk, avx2, words);
-                    for (int l = 0; l < 8; ++l) {
-                        const uint64_t group = 8 * static_cast<uint64_t>(blk) + l;
+                    uint32_t words[cumnist::cpu::kPhiloxBlock];
+                    cumnist::cpu::block_words(seed, 0x101u, step, blk, path, words);
+                    for (int l = 0; l < 16; ++l) {
+                        const uint64_t group = 16 * static_cast<uint64_t>(blk) + l;
                         const Philox4 want = cumnist::philox_group(seed, 0x101u, step, group);
                         for (int j = 0; j < 4; ++j, ++checked)
-                            ASSERT_EQ(words[4 * l + j], want.v[j]) << (avx2 ? "AVX2" : "scalar") << " seed " << seed
-                                                                   << " step " << step << " group " << group
-                                                                   << " word " << j;
+                            ASSERT_EQ(words[4 * l + j], want.v[j]) << to_string(path) << " seed " << seed << " step "
+                                                                   << step << " group " << group << " word " << j;
                     }
                 }
-    EXPECT_EQ(checked, static_cast<int>(paths.size()) * 3 * 4 * 5 * 32);
-    if (paths.size() == 1) std::printf("(this processor has no AVX2: only the scalar path was checked)\n");
+    EXPECT_EQ(checked, static_cast<int>(paths.size()) * 3 * 4 * 6 * 64);
+    std::printf("(paths checked on this processor: %zu of 3, the widest %s)\n", paths.size(), to_string(best));
 }
 
 TEST(SharedMath, AdamUpdateAndAlphaMatchFormulas) {

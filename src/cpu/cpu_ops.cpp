@@ -70,18 +70,18 @@ inline float activation_derivative(Activation act, float a) {
     }
 }
 
-// Calls f(first, last, words) for each block of 32 elements of [0, total), the blocks spread over
+// Calls f(first, last, words) for each block of 64 elements of [0, total), the blocks spread over
 // the threads: words[e] is the Philox word of element first + e, the word dropout_keep() draws for
-// it (eight Philox groups at once, AVX2 where available, else one philox_group() per group).
+// it (sixteen Philox groups at once with AVX-512, eight with AVX2, else one philox_group() each).
 template <class F>
 void for_each_dropout_block(uint64_t seed, uint32_t stream, uint64_t t, std::size_t total, F&& f) {
-    const std::size_t n_blocks = (total + 31) / 32;
-    const bool avx2 = use_avx2();
+    const std::size_t n_blocks = (total + kPhiloxBlock - 1) / kPhiloxBlock;
+    const PhiloxPath path = best_philox_path();
 #pragma omp parallel for schedule(static) if (total >= kParallelThreshold)
     for (std::size_t blk = 0; blk < n_blocks; ++blk) {
-        uint32_t words[32];
-        block_words(seed, stream, t, blk, avx2, words);
-        const std::size_t first = 32 * blk, last = std::min(total, first + 32);
+        uint32_t words[kPhiloxBlock];
+        block_words(seed, stream, t, blk, path, words);
+        const std::size_t first = kPhiloxBlock * blk, last = std::min(total, first + kPhiloxBlock);
         f(first, last, words);
     }
 }
@@ -133,7 +133,7 @@ void bias_act_dropout_forward(float* h, float* a, const float* bias, int n, int 
             }
             return;
         }
-        // With dropout, walk the elements in blocks of 32: each run of consecutive columns inside a
+        // With dropout, walk the elements in blocks of 64: each run of consecutive columns inside a
         // block is one vector loop.
         const float scale = 1.0f / (1.0f - rate);
         for_each_dropout_block(seed, stream, *step, total, [&](std::size_t first, std::size_t last, const uint32_t* words) {
@@ -177,7 +177,7 @@ void act_dropout_backward_only(float* dpre, const float* dh, const float* saved,
         return;
     }
     // ∂loss/∂pre = ∂loss/∂h · act'(a) · keep / (1 − rate), the keep bits redrawn from Philox in
-    // the forward's blocks of 32 elements.
+    // the forward's blocks of 64 elements.
     const float scale = 1.0f / (1.0f - rate);
     for_each_dropout_block(seed, stream, *step, total, [&](std::size_t first, std::size_t last, const uint32_t* words) {
         for (std::size_t i = first; i < last; ++i) {
@@ -209,7 +209,7 @@ void act_dropout_forward(float* y, const float* x, int n, int cols, Activation a
             for (std::size_t i = 0; i < total; ++i) yp[i] = activate<kAct>(xp[i]);
             return;
         }
-        // The keep bits in bias_act_dropout_forward's blocks of 32 elements (the same masks).
+        // The keep bits in bias_act_dropout_forward's blocks of 64 elements (the same masks).
         const float scale = 1.0f / (1.0f - rate);
         for_each_dropout_block(seed, stream, *step, total, [&](std::size_t first, std::size_t last, const uint32_t* words) {
 #pragma omp simd

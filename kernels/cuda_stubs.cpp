@@ -26,6 +26,11 @@ void act_dropout_backward(float*, const float*, const float*, int, int, Activati
     no_cuda();
 }
 
+void act_dropout_backward_through(float*, const float*, const float*, int, const float*, int, int, Activation, float,
+                                  uint32_t, uint64_t, uint32_t, bool, const uint64_t*, float*) {
+    no_cuda();
+}
+
 void act_dropout_forward(float*, const float*, int, int, Activation, float, uint32_t, uint64_t, uint32_t, bool,
                          const uint64_t*) {
     no_cuda();

@@ -1,6 +1,8 @@
 // Elementwise CUDA ops: the fused layer epilogue (bias + activation + dropout) and its backward,
 // the standalone activation/dropout layer, uint8 → float conversion, the device-side counter increment and fill_zero. The dropout mask
 // comes from philox.h's dropout_keep(), so CPU and GPU drop exactly the same elements.
+#include <type_traits>
+
 #include "backend.h"
 #include "column_sums.cuh"
 #include "cuda_common.cuh"
@@ -113,6 +115,29 @@ static __global__ void act_dropout_bias_backward_kernel(float* dpre, float* __re
     });
 }
 
+// The same, with dh formed where it is used: dh(r, c) = Σ_q dy_next[r, q] · w_next[q, c] over the
+// next layer's k outputs, q ascending, one fused multiply-add per term (the next layer's dx GEMM,
+// folded in). A warp's lanes share r and take consecutive c: dy_next's row is one broadcast load
+// per term, w_next's row a coalesced one. dpre overlaps none of the inputs.
+template <Activation kAct, bool kDropout>
+static __global__ void act_dropout_bias_backward_through_kernel(float* __restrict__ dpre, float* __restrict__ db,
+                                                                const float* __restrict__ dy_next,
+                                                                const float* __restrict__ w_next, int k,
+                                                                const float* __restrict__ saved, int n, int cols,
+                                                                float scale, uint32_t keep_threshold, uint64_t seed,
+                                                                uint32_t stream, const uint64_t* __restrict__ step) {
+    const uint64_t t = kDropout && kAct != Activation::Relu ? *step : 0;
+    column_sums(db, n, cols, [=](int r, int c, std::size_t i) {
+        const float* dy = dy_next + static_cast<std::size_t>(r) * static_cast<std::size_t>(k);
+        float dh = 0.0f;
+        for (int q = 0; q < k; ++q)
+            dh = __fmaf_rn(dy[q], w_next[static_cast<std::size_t>(q) * static_cast<std::size_t>(cols) + c], dh);
+        const float v = backward_element<kAct, kDropout>(dh, saved[i], i, scale, keep_threshold, seed, stream, t);
+        dpre[i] = v;
+        return v;
+    });
+}
+
 // x = p · (1/255), the CPU backend's formula (multiplication by the float nearest 1/255).
 static __global__ void u8_to_float_kernel(float* __restrict__ x, const uint8_t* __restrict__ pixels, std::size_t count) {
     constexpr float kPixelScale = 1.0f / 255.0f;
@@ -155,6 +180,23 @@ void launch_act_dropout(float* y, const float* x, std::size_t total, float scale
 
 // Exactly the CPU's inverted-dropout scale: 1 / (1 − rate) in float, computed on the host.
 float dropout_scale(float rate) { return 1.0f / (1.0f - rate); }
+
+// f(activation tag, dropout tag) for the backward's template instance: ReLU's draws no mask (it
+// reads the forward's output), so it has only the kDropout = false one.
+template <class F>
+void with_backward_instance(Activation act, bool dropout, F&& f) {
+    using std::false_type, std::true_type;
+    const auto pick = [&](auto act_tag) {
+        if (dropout) f(act_tag, true_type{});
+        else f(act_tag, false_type{});
+    };
+    switch (act) {
+    case Activation::Relu: f(std::integral_constant<Activation, Activation::Relu>{}, false_type{}); break;
+    case Activation::Sigmoid: pick(std::integral_constant<Activation, Activation::Sigmoid>{}); break;
+    case Activation::Tanh: pick(std::integral_constant<Activation, Activation::Tanh>{}); break;
+    case Activation::None: pick(std::integral_constant<Activation, Activation::None>{}); break;
+    }
+}
 
 }  // namespace
 
@@ -206,6 +248,21 @@ void act_dropout_backward(float* dpre, const float* dh, const float* saved, int 
         else launch_backward<Activation::None, false>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
         break;
     }
+}
+
+void act_dropout_backward_through(float* dpre, const float* dy_next, const float* w_next, int k, const float* saved,
+                                  int n, int cols, Activation act, float rate, uint32_t keep_threshold, uint64_t seed,
+                                  uint32_t stream, bool dropout, const uint64_t* step, float* db) {
+    if (n <= 0 || cols <= 0) return;
+    const float scale = dropout ? dropout_scale(rate) : 1.0f;
+    with_backward_instance(act, dropout, [&](auto act_tag, auto dropout_tag) {
+        constexpr Activation kAct = decltype(act_tag)::value;
+        constexpr bool kDropout = decltype(dropout_tag)::value;
+        act_dropout_bias_backward_through_kernel<kAct, kDropout>
+            <<<column_sums_grid(cols), column_sums_block(), 0, context().stream()>>>(
+                dpre, db, dy_next, w_next, k, saved, n, cols, scale, keep_threshold, seed, stream, step);
+    });
+    CUMNIST_CHECK_LAUNCH();
 }
 
 void act_dropout_forward(float* y, const float* x, int n, int cols, Activation act, float rate, uint32_t keep_threshold,

@@ -135,6 +135,35 @@ void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, Ma
                      dropout.active(), step, db.data);
 }
 
+void act_dropout_backward_through(MatrixView<float> dpre, MatrixView<const float> dy_next,
+                                  MatrixView<const float> w_next, MatrixView<const float> saved, Activation act,
+                                  const Dropout& dropout, const uint64_t* step, MatrixView<float> db) {
+    constexpr const char* op = "act_dropout_backward_through";
+    require_data(op, "dpre", dpre), require_data(op, "dy_next", dy_next), require_data(op, "w_next", w_next);
+    require_data(op, "saved", saved), require_data(op, "db", db);
+    const int n = dpre.rows, cols = dpre.cols, k = dy_next.cols;
+    CUMNIST_CHECK(k >= 1 && k <= kMaxNextOutputs, "{}: the next layer has {} outputs, expected 1 to {}", op, k,
+                  kMaxNextOutputs);
+    require_device(op, dpre.device, dy_next, w_next, saved, db);
+    require_shape(op, "dy_next", dy_next, n, k);
+    require_shape(op, "w_next", w_next, k, cols);
+    require_shape(op, "saved", saved, n, cols);
+    require_shape(op, "db", db, 1, cols);
+    check_dropout(op, dropout, step);
+    CUMNIST_CHECK(!overlaps(dpre, dy_next) && !overlaps(dpre, w_next) && !overlaps(dpre, saved) && !overlaps(dpre, db),
+                  "{}: dpre overlaps another operand", op);
+    CUMNIST_CHECK(!overlaps(db, dy_next) && !overlaps(db, w_next) && !overlaps(db, saved), "{}: db overlaps an input",
+                  op);
+    if (cols == 0) return;
+    if (n == 0) {  // the bias gradient of an empty batch: zeros, as bias_grad gives
+        bias_grad(db, dpre);
+        return;
+    }
+    CUMNIST_DISPATCH(dpre.device, act_dropout_backward_through, dpre.data, dy_next.data, w_next.data, k, saved.data, n,
+                     cols, act, dropout.rate, dropout_keep_threshold(dropout.rate), dropout.seed, dropout.stream,
+                     dropout.active(), step, db.data);
+}
+
 void act_dropout_forward(MatrixView<float> y, MatrixView<const float> x, Activation act, const Dropout& dropout,
                          const uint64_t* step) {
     constexpr const char* op = "act_dropout_forward";

@@ -467,43 +467,63 @@ TEST_P(ConvNetVsReference, ForwardAndBackwardMatchTheReference) {
     }
 }
 
-// A training step's output layer folded into the loss (what Trainer runs): forward and backward
-// with fold_output_bias and ops::bias_softmax_xent give the unfolded step's logits, losses and
-// gradients bit for bit, every gradient included (the output bias's from the loss op).
-TEST_P(ConvNetVsReference, FoldingTheOutputBiasIntoTheLossChangesNoBit) {
+// A training step's folds (what Trainer runs): the output bias into the loss op, the output
+// layer's dx GEMM into the layer before it, each alone and both, give the unfolded step's logits,
+// losses and gradients bit for bit, every gradient included (the output bias's from the loss op).
+// On the CPU the folded ops run the same ops. On the GPU the folded loss kernel must match too; the
+// folded dx forms each element's k-term dot product itself (ascending, fused multiply-adds) where
+// cuBLAS forms it in an order of its own, so there the gradients agree to that rounding (the
+// gates read the forward's outputs, untouched: dpre is continuous in dh).
+TEST_P(ConvNetVsReference, TrainingFoldsChangeNoBit) {
     const int n = batch();
     const ModelSpec s = spec();
     const std::vector<float> xh = uniform_floats(static_cast<std::size_t>(n) * s.inputs(), 0.0f, 1.0f, 4012);
     Buffer<float> x = Buffer<float>::from_host(xh, dev());
     Buffer<uint8_t> y = Buffer<uint8_t>::from_host(uniform_bytes(static_cast<std::size_t>(n), 0, s.classes - 1, 4013), dev());
     Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{3}, dev());
-    Buffer<double> totals[2] = {Buffer<double>(2, dev()), Buffer<double>(2, dev())};
-    std::vector<float> logits[2], loss[2], grads[2];
-    for (const bool fold : {false, true}) {
+    const std::vector<Model::StepFolds> variants = {{false, false}, {true, false}, {false, true}, {true, true}};
+    std::vector<float> logits[4], loss[4], grads[4];
+    std::vector<double> totals[4];
+    for (std::size_t v = 0; v < variants.size(); ++v) {
+        const Model::StepFolds folds = variants[v];
+        SCOPED_TRACE(::testing::Message() << "output_bias " << folds.output_bias << ", output_dx " << folds.output_dx);
         Model model(s, dev());
-        ASSERT_TRUE(model.output_bias_foldable());
+        const Model::StepFolds allowed = model.step_folds();
+        ASSERT_TRUE(allowed.output_bias);
+        if (folds.output_dx && !allowed.output_dx) {  // a net whose layer before the last is not dense
+            Workspace ws(model, n);
+            EXPECT_THROW(model.backward(ws, x.view(n, s.inputs()), true, 99, step.data(), folds), cumnist::Error);
+            logits[v] = logits[0], loss[v] = loss[0], grads[v] = grads[0], totals[v] = totals[0];
+            continue;
+        }
         load_parameters(model);
         model.gradients().copy_from_host(
             std::vector<float>(model.gradients().size(), std::numeric_limits<float>::quiet_NaN()).data(),
             model.gradients().size());  // every gradient must be written, the folded db too
         Workspace ws(model, n);
-        totals[fold].zero();
-        const MatrixView<float> z = model.forward(ws, x.view(n, s.inputs()), true, 99, step.data(), fold);
-        if (fold)
+        Buffer<double> sums(2, dev());
+        sums.zero();
+        const MatrixView<float> z = model.forward(ws, x.view(n, s.inputs()), true, 99, step.data(), folds);
+        if (folds.output_bias)
             ops::bias_softmax_xent(ws.dlogits(n), model.output_bias(model.gradients()), ws.row_loss.view(1, n),
                                    ws.row_correct.view(1, n), z, model.output_bias(model.parameters()), y.view(1, n),
-                                   1.0f / static_cast<float>(n), totals[fold].data());
+                                   1.0f / static_cast<float>(n), sums.data());
         else
             ops::softmax_xent(ws.dlogits(n), ws.row_loss.view(1, n), ws.row_correct.view(1, n), z, y.view(1, n),
-                              1.0f / static_cast<float>(n), totals[fold].data());
-        model.backward(ws, x.view(n, s.inputs()), true, 99, step.data(), fold);
-        logits[fold] = read_back(z), loss[fold] = read_back(ws.row_loss.view(1, n));
-        grads[fold] = model.gradients().to_host();
+                              1.0f / static_cast<float>(n), sums.data());
+        model.backward(ws, x.view(n, s.inputs()), true, 99, step.data(), folds);
+        logits[v] = read_back(z), loss[v] = read_back(ws.row_loss.view(1, n));
+        grads[v] = model.gradients().to_host(), totals[v] = sums.to_host();
+        if (v == 0) continue;
+        EXPECT_EQ(logits[v], logits[0]);
+        EXPECT_EQ(loss[v], loss[0]);
+        EXPECT_EQ(totals[v], totals[0]);
+        if (dev() == Device::Cuda && folds.output_dx) {
+            EXPECT_TRUE(all_close(grads[v], widen(grads[0]), scaled_to_max(widen(grads[0]), 1e-5), "gradients"));
+        } else {
+            EXPECT_EQ(grads[v], grads[0]);
+        }
     }
-    EXPECT_EQ(logits[1], logits[0]);
-    EXPECT_EQ(loss[1], loss[0]);
-    EXPECT_EQ(totals[1].to_host(), totals[0].to_host());
-    EXPECT_EQ(grads[1], grads[0]);
 }
 
 std::string net_param_name(const ::testing::TestParamInfo<NetParam>& info) {
@@ -520,18 +540,30 @@ INSTANTIATE_TEST_SUITE_P(Layers, ConvNetVsReference,
 
 // Only a model whose last layer ends in a plain bias folds it into the loss: an activation or a
 // dropout after the last dense layer keeps the layer's own epilogue, and asking to fold is an error.
-TEST(ModelFold, OnlyAPlainOutputBiasFolds) {
-    EXPECT_TRUE(Model(parse("mlp"), Device::Cpu).output_bias_foldable());
-    EXPECT_TRUE(Model(parse("cnn"), Device::Cpu).output_bias_foldable());
-    for (const char* text : {"flatten,dense10,relu", "flatten,dense10,dropout0.5"}) {
-        SCOPED_TRACE(text);
-        Model model(parse(text), Device::Cpu);
-        EXPECT_FALSE(model.output_bias_foldable());
+TEST(ModelFold, EachFoldOnlyWhereItApplies) {
+    struct Case {
+        const char* text;
+        bool output_bias, output_dx;
+    };
+    for (const Case& c : {Case{"mlp", true, true}, Case{"cnn", true, true}, Case{"flatten,dense10,relu", false, false},
+                          Case{"flatten,dense10,dropout0.5", false, false}, Case{"flatten,dense64,relu,dense10,tanh", false, true},
+                          Case{"conv4k3,relu,flatten,dense10", true, false}}) {
+        SCOPED_TRACE(c.text);
+        Model model(parse(c.text), Device::Cpu);
+        const Model::StepFolds f = model.step_folds();
+        EXPECT_EQ(f.output_bias, c.output_bias);
+        EXPECT_EQ(f.output_dx, c.output_dx);
         Workspace ws(model, 2);
         Buffer<float> x(2 * 784, Device::Cpu);
         x.zero();
-        EXPECT_THROW(model.forward(ws, x.view(2, 784), true, 1, nullptr, true), cumnist::Error);
+        if (!c.output_bias)
+            EXPECT_THROW(model.forward(ws, x.view(2, 784), true, 1, nullptr, {true, false}), cumnist::Error);
+        if (!c.output_dx)
+            EXPECT_THROW(model.backward(ws, x.view(2, 784), true, 1, nullptr, {false, true}), cumnist::Error);
     }
+    // More outputs than the inline dot products take: no dx fold.
+    Model wide(parse("flatten,dense64,relu,dense40", {1, 28, 28}, 40), Device::Cpu);
+    EXPECT_FALSE(wide.step_folds().output_dx);
 }
 
 // predict() refuses outputs that are not finite rather than report "0 (nan%)": finite parameters

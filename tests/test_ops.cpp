@@ -44,6 +44,7 @@ using cumnist_test::all_close;
 using cumnist_test::Tolerance;
 using cumnist_test::uniform_bytes;
 using cumnist_test::uniform_floats;
+using cumnist_test::scaled_to_max;
 using cumnist_test::widen;
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
@@ -350,6 +351,75 @@ TEST_P(ActDropoutBiasBackward, EqualsTheBackwardThenBiasGrad) {
 }
 const std::vector<Shape> kBiasBackwardShapes = {{1, 1}, {7, 33}, {33, 784}, {1000, 7}, {9, 140001}};
 CUMNIST_SHAPE_SUITE(ActDropoutBiasBackward, kBiasBackwardShapes);
+
+// The backward epilogue that forms dh from the next (output) layer: act_dropout_backward_through
+// equals the next layer's dx GEMM followed by act_dropout_backward with db. On the CPU it runs
+// those two ops, so bit for bit; on the GPU each element's k-term dot product is its own
+// (ascending fused multiply-adds, where cuBLAS sums in an order of its own), so dpre and db agree
+// to that rounding: 1e-5 of the largest value (k ≤ 32 terms; the gates and masks do not depend
+// on dh). k = 1, the default model's 10 and the largest, 32.
+class ActDropoutBackwardThrough : public OnDevice<ShapeParam> {};
+
+TEST_P(ActDropoutBackwardThrough, EqualsTheNextLayersDxGemmThenTheBackward) {
+    const auto [dev, s] = GetParam();
+    const std::size_t size = static_cast<std::size_t>(s.rows) * s.cols;
+    const std::vector<float> saved = uniform_floats(size, -0.5f, 1.0f, 331);  // negatives: ReLU's gate closed
+    Buffer<float> saved_buf = Buffer<float>::from_host(saved, dev);
+    const MatrixView<const float> sv = saved_buf.view(s.rows, s.cols);
+    for (int k : {1, 10, 32}) {
+        Buffer<float> dy_next =
+            Buffer<float>::from_host(uniform_floats(static_cast<std::size_t>(s.rows) * k, -1.0f, 1.0f, 332), dev);
+        Buffer<float> w_next =
+            Buffer<float>::from_host(uniform_floats(static_cast<std::size_t>(k) * s.cols, -0.3f, 0.3f, 333), dev);
+        const MatrixView<const float> dyv = dy_next.view(s.rows, k), wv = w_next.view(k, s.cols);
+        for (Activation act : {Activation::None, Activation::Relu, Activation::Sigmoid, Activation::Tanh}) {
+            for (const DropoutCase& dc : dropout_cases()) {
+                SCOPED_TRACE(::testing::Message() << "k " << k << ", activation " << cumnist::to_string(act)
+                                                  << ", dropout " << dc.name);
+                Buffer<uint64_t> step = Buffer<uint64_t>::from_host(std::vector<uint64_t>{dc.step}, dev);
+                Buffer<float> want(size, dev), db_want(static_cast<std::size_t>(s.cols), dev);
+                ops::gemm(want.view(s.rows, s.cols), dyv, Trans::No, wv, Trans::No);
+                ops::act_dropout_backward(want.view(s.rows, s.cols), want.view(s.rows, s.cols), sv, act, dc.dropout,
+                                          step.data(), db_want.view(1, s.cols));
+                Buffer<float> got = Buffer<float>::from_host(std::vector<float>(size, kNaN), dev);
+                Buffer<float> db =
+                    Buffer<float>::from_host(std::vector<float>(static_cast<std::size_t>(s.cols), kNaN), dev);
+                ops::act_dropout_backward_through(got.view(s.rows, s.cols), dyv, wv, sv, act, dc.dropout, step.data(),
+                                                  db.view(1, s.cols));
+                if (dev == Device::Cpu) {
+                    EXPECT_EQ(got.to_host(), want.to_host()) << "dpre";
+                    EXPECT_EQ(db.to_host(), db_want.to_host()) << "db";
+                } else {
+                    const std::vector<double> w = widen(want.to_host()), d = widen(db_want.to_host());
+                    EXPECT_TRUE(all_close(got.to_host(), w, scaled_to_max(w, 1e-5), "dpre"));
+                    EXPECT_TRUE(all_close(db.to_host(), d, scaled_to_max(d, 1e-5), "db"));
+                }
+            }
+        }
+    }
+}
+
+TEST_P(ActDropoutBackwardThrough, RefusesWhatItCannotFold) {
+    const auto [dev, s] = GetParam();
+    if (s.rows != 7) GTEST_SKIP() << "one shape is enough";
+    const int n = s.rows, cols = s.cols;
+    Buffer<float> dpre(static_cast<std::size_t>(n) * cols, dev), saved(static_cast<std::size_t>(n) * cols, dev),
+        db(static_cast<std::size_t>(cols), dev), dy(static_cast<std::size_t>(n) * 33, dev),
+        w(static_cast<std::size_t>(33) * cols, dev);
+    const char* op = "act_dropout_backward_through";
+    const MatrixView<const float> sv = saved.view(n, cols);
+    const auto call = [=](MatrixView<const float> dyv, MatrixView<const float> wv, MatrixView<float> d,
+                          MatrixView<float> g) {
+        return [=] { ops::act_dropout_backward_through(d, dyv, wv, sv, Activation::Relu, {}, nullptr, g); };
+    };
+    EXPECT_NO_THROW(call(dy.view(n, 10), w.view(10, cols), dpre.view(n, cols), db.view(1, cols))());
+    expect_rejected(call(dy.view(n, 33), w.view(33, cols), dpre.view(n, cols), db.view(1, cols)), op, "33 outputs");
+    expect_rejected(call(dy.view(n, 10), w.view(9, cols), dpre.view(n, cols), db.view(1, cols)), op, "w_next");
+    expect_rejected(call(dy.view(n, 10), w.view(10, cols), dpre.view(n, cols), {}), op, "db");
+    expect_rejected(call(dpre.view(n, 10), w.view(10, cols), dpre.view(n, cols), db.view(1, cols)), op, "overlaps");
+}
+const std::vector<Shape> kThroughShapes = {{1, 1}, {7, 33}, {33, 256}, {1000, 7}, {3, 70001}};
+CUMNIST_SHAPE_SUITE(ActDropoutBackwardThrough, kThroughShapes);
 
 // The dropout mask over a large tensor: exactly the shared spec's bits, the right kept fraction,
 // a fresh mask for every step, stream and seed, the same mask forward and backward, and the same

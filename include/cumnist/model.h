@@ -138,6 +138,17 @@ private:
     int classes;
 };
 
+// Work a training step moves out of the model's layers' own ops, each with the same bits
+// (Model::step_folds() says which a model allows):
+//   output_bias: the last layer's bias add and bias gradient, into the loss op (the caller's:
+//     ops::bias_softmax_xent); the logits are left without that bias;
+//   output_dx: the last layer's dx GEMM, into the backward epilogue of the dense layer before it
+//     (ops::act_dropout_backward_through).
+struct StepFolds {
+    bool output_bias = false;
+    bool output_dx = false;
+};
+
 class Model {
 public:
     Model(ModelSpec spec, Device device);
@@ -159,24 +170,26 @@ public:
     MatrixView<float> weight(Buffer<float>& flat, int layer) const;
     MatrixView<float> bias(Buffer<float>& flat, int layer) const;
 
+    using StepFolds = ::cumnist::StepFolds;
+    // Every fold this model allows: output_bias when the last layer ends in a plain bias add (a
+    // dense layer with no activation and no dropout after it, as every preset's); output_dx when
+    // the last layer is dense with at most ops::kMaxNextOutputs outputs and the layer before it
+    // is dense too.
+    StepFolds step_folds() const;
+    bool output_bias_foldable() const { return step_folds().output_bias; }
+    MatrixView<float> output_bias(Buffer<float>& flat) const;  // the last layer with parameters' bias
+
     // logits (n, classes) = the model applied to x (n, inputs), in ws.logits(n). Dropout is
-    // applied when `training`; its masks depend on (seed, dropout layer, *step).
-    // fold_output_bias (only when output_bias_foldable()): the logits are left without the last
-    // layer's bias, which the caller adds (ops::bias_softmax_xent).
+    // applied when `training`; its masks depend on (seed, dropout layer, *step). `folds` (a
+    // subset of step_folds()) as above.
     MatrixView<float> forward(Workspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed,
-                              const uint64_t* step, bool fold_output_bias = false);
+                              const uint64_t* step, const StepFolds& folds = {});
 
     // After forward(training) and with ws.dlogits(n) holding ∂loss/∂logits: overwrites
-    // gradients() with ∂loss/∂parameters; with fold_output_bias, all but the last layer's bias
-    // gradient, which the caller computes (ops::bias_softmax_xent).
+    // gradients() with ∂loss/∂parameters, all but the last layer's bias gradient when
+    // folds.output_bias (the caller computes it).
     void backward(Workspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed, const uint64_t* step,
-                  bool fold_output_bias = false);
-
-    // Whether the last layer ends in a plain bias add (a dense layer with no activation and no
-    // dropout after it, as every preset's), so a training step can fold that bias and its
-    // gradient into the loss. Its bias in `flat` (parameters or gradients): output_bias().
-    bool output_bias_foldable() const;
-    MatrixView<float> output_bias(Buffer<float>& flat) const;  // the last layer with parameters' bias
+                  const StepFolds& folds = {});
 
 private:
     friend struct Workspace;

@@ -96,6 +96,17 @@ void bias_act_dropout_forward(MatrixView<float> h, MatrixView<float> a, MatrixVi
 void act_dropout_backward(MatrixView<float> dpre, MatrixView<const float> dh, MatrixView<const float> saved,
                           Activation act, const Dropout& dropout, const uint64_t* step, MatrixView<float> db = {});
 
+// The same backward, with dh formed from the next layer, a dense one with few outputs (the output
+// layer): dh (n, cols) = dy_next (n, k) · w_next (k, cols), then dpre and db (required) as
+// act_dropout_backward(dpre, dh, ...) gives them. On the GPU one kernel, each element's k-term dot
+// product (k ≤ kMaxNextOutputs, in ascending order, fused multiply-adds) formed where it is used:
+// the next layer's dx GEMM is not a node of its own. On the CPU the GEMM and then the epilogue,
+// with those ops' bits. dpre must not overlap the inputs.
+constexpr int kMaxNextOutputs = 32;
+void act_dropout_backward_through(MatrixView<float> dpre, MatrixView<const float> dy_next,
+                                  MatrixView<const float> w_next, MatrixView<const float> saved, Activation act,
+                                  const Dropout& dropout, const uint64_t* step, MatrixView<float> db);
+
 // A standalone activation or dropout layer (one not fused into the layer before it):
 //   y (n, cols) = act(x) · keep / (1 − rate)   (dropout active)   or   act(x)   (otherwise)
 // Overwrites y; y may be the same view as x only without active dropout (an in-place

@@ -195,6 +195,14 @@ void act_dropout_backward(float* dpre, const float* dh, const float* saved, int 
     if (db != nullptr) bias_grad(db, dpre, n, cols);
 }
 
+void act_dropout_backward_through(float* dpre, const float* dy_next, const float* w_next, int k, const float* saved,
+                                  int n, int cols, Activation act, float rate, uint32_t keep_threshold, uint64_t seed,
+                                  uint32_t stream, bool dropout, const uint64_t* step, float* db) {
+    // The two ops the unfused step runs: the next layer's dx GEMM into dpre, then the epilogue in place.
+    gemm(dpre, dy_next, w_next, n, cols, k, Trans::No, Trans::No, 1.0f, 0.0f);
+    act_dropout_backward(dpre, dpre, saved, n, cols, act, rate, keep_threshold, seed, stream, dropout, step, db);
+}
+
 void act_dropout_forward(float* y, const float* x, int n, int cols, Activation act, float rate, uint32_t keep_threshold,
                          uint64_t seed, uint32_t stream, bool dropout, const uint64_t* step) {
     const std::size_t total = static_cast<std::size_t>(n) * cols;

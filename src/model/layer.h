@@ -29,6 +29,9 @@ struct LayerIO {
     MatrixView<uint8_t> scratch;
     MatrixView<const float> w, b;
     MatrixView<float> dw, db;
+    // Backward, when next_w has data (Model::StepFolds::output_dx): dy was not filled by the next
+    // layer, which left its dx GEMM to this one: dy = next_dy · next_w.
+    MatrixView<const float> next_dy, next_w;
 };
 
 class Layer {
@@ -44,6 +47,9 @@ public:
     // then starts with the plain bias gradient: the two a caller may do itself, the layer's io.b
     // and io.db then left without data (Model::forward/backward with fold_output_bias).
     virtual bool ends_in_plain_bias() const { return false; }
+    // A dense layer's outputs (0 for the others): one that can be given next_dy and next_w, or,
+    // as the last layer, leave its dx GEMM to the dense layer before it.
+    virtual int dense_outputs() const { return 0; }
     virtual void forward(const Pass& pass, const LayerIO& io) = 0;
     virtual void backward(const Pass& pass, const LayerIO& io) = 0;
 };

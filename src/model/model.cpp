@@ -1,6 +1,7 @@
 // The sequential model: its layers built from the spec (fusing activations and dropout into the
 // layer before them), the flat parameter buffer with per-layer views, the workspace, and forward
 // and backward as the layers' op sequences.
+#include "cumnist/ops.h"
 #include "cumnist/philox.h"
 #include "layer.h"
 
@@ -109,10 +110,22 @@ MatrixView<float> Model::bias(Buffer<float>& flat, int layer) const {
     return flat.view(1, l.out, l.b_offset);
 }
 
-bool Model::output_bias_foldable() const {
+Model::StepFolds Model::step_folds() const {
+    StepFolds f;
+    if (m_layers.empty() || !m_layers.back()->has_parameters()) return f;
     // The last computing layer holds the last parameters (a model ends in its output layer).
-    return !m_layers.empty() && m_layers.back()->has_parameters() && m_layers.back()->ends_in_plain_bias();
+    const detail::Layer& last = *m_layers.back();
+    f.output_bias = last.ends_in_plain_bias();
+    f.output_dx = m_layers.size() >= 2 && last.dense_outputs() > 0 && last.dense_outputs() <= ops::kMaxNextOutputs &&
+                  m_layers[m_layers.size() - 2]->dense_outputs() > 0;
+    return f;
 }
+
+namespace {
+bool subset(const Model::StepFolds& a, const Model::StepFolds& b) {
+    return (!a.output_bias || b.output_bias) && (!a.output_dx || b.output_dx);
+}
+}  // namespace
 
 MatrixView<float> Model::output_bias(Buffer<float>& flat) const {
     CUMNIST_CHECK(!m_layout.empty(), "a model without parameters has no output bias");
@@ -120,8 +133,9 @@ MatrixView<float> Model::output_bias(Buffer<float>& flat) const {
 }
 
 MatrixView<float> Model::forward(Workspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed,
-                                 const uint64_t* step, bool fold_output_bias) {
-    CUMNIST_CHECK(!fold_output_bias || output_bias_foldable(), "the model's last layer does not end in a plain bias");
+                                 const uint64_t* step, const StepFolds& folds) {
+    CUMNIST_CHECK(subset(folds, step_folds()), "a training fold this model does not allow");
+    const bool fold_output_bias = folds.output_bias;
     const int n = x.rows;
     CUMNIST_CHECK(n <= ws.max_batch, "batch of {} exceeds the workspace's {}", n, ws.max_batch);
     CUMNIST_CHECK(x.cols == inputs(), "input has {} values per image, the model expects {}", x.cols, inputs());
@@ -148,8 +162,10 @@ MatrixView<float> Model::forward(Workspace& ws, MatrixView<const float> x, bool 
 }
 
 void Model::backward(Workspace& ws, MatrixView<const float> x, bool training, uint64_t dropout_seed,
-                     const uint64_t* step, bool fold_output_bias) {
-    CUMNIST_CHECK(!fold_output_bias || output_bias_foldable(), "the model's last layer does not end in a plain bias");
+                     const uint64_t* step, const StepFolds& folds) {
+    CUMNIST_CHECK(subset(folds, step_folds()), "a training fold this model does not allow");
+    const bool fold_output_bias = folds.output_bias;
+    const std::size_t n_layers = m_layers.size();
     const int n = x.rows;
     const detail::Pass pass{n, training, dropout_seed, step};
     int p = static_cast<int>(m_layout.size());
@@ -160,7 +176,12 @@ void Model::backward(Workspace& ws, MatrixView<const float> x, bool training, ui
         io.x = i > 0 ? MatrixView<const float>(ws.y[i - 1].view(n, in_size)) : x;
         io.y = ws.y[i].view(n, layer.out_size());
         io.dy = ws.dy[i].view(n, layer.out_size());
-        if (i > 0) io.dx = ws.dy[i - 1].view(n, in_size);
+        if (i > 0 && !(folds.output_dx && i + 1 == n_layers)) io.dx = ws.dy[i - 1].view(n, in_size);
+        if (folds.output_dx && i + 2 == n_layers) {  // the last layer left its dx GEMM to this one
+            const detail::Layer& last = *m_layers.back();
+            io.next_dy = ws.dy.back().view(n, last.out_size());
+            io.next_w = weight(m_params, static_cast<int>(m_layout.size()) - 1);
+        }
         io.aux = ws.aux[i].view(n, layer.aux_size());
         io.index = ws.index[i].view(n, layer.index_size());
         io.scratch = ws.scratch.flat();

@@ -175,6 +175,57 @@ std::vector<Case> op_cases() {
                          compare(r, probs[1], probs[0], kElementwise, "softmax");
                          compare(r, totals[1], totals[0], kGemm, "totals");
                      }});
+    // The training step's folds: the output layer's bias in the loss kernel, and its dx GEMM in the
+    // layer before's backward epilogue (own dot products: GEMM tolerance).
+    cases.push_back({"bias_softmax_xent 1000x10 (bias, loss, metrics, db in one kernel)", kGemm, [](SelftestResult& r) {
+                         const int n = 1000, k = 10;
+                         const auto z = random_floats(static_cast<std::size_t>(n) * k, -8, 8, 31);
+                         const auto b = random_floats(k, -2, 2, 32);
+                         std::vector<uint8_t> labels(n);
+                         for (int i = 0; i < n; ++i) labels[i] = static_cast<uint8_t>((i * 3) % k);
+                         std::vector<float> logits[2], dz[2], loss[2], db[2];
+                         std::vector<double> totals[2];
+                         for (Device d : {Device::Cpu, Device::Cuda}) {
+                             auto Z = on(d, z), B = on(d, b);
+                             auto L = on(d, labels);
+                             Buffer<float> DZ(z.size(), d), RL(n, d), RC(n, d), DB(k, d);
+                             Buffer<double> T(2, d);
+                             T.zero();
+                             ops::bias_softmax_xent(DZ.view(n, k), DB.view(1, k), RL.view(1, n), RC.view(1, n),
+                                                    Z.view(n, k), B.view(1, k), L.view(1, n), 1.0f / n, T.data());
+                             const int i = d == Device::Cuda;
+                             logits[i] = Z.to_host(), dz[i] = DZ.to_host(), loss[i] = RL.to_host();
+                             db[i] = DB.to_host(), totals[i] = T.to_host();
+                         }
+                         compare(r, logits[1], logits[0], {0, 0}, "biased logits");
+                         compare(r, dz[1], dz[0], kElementwise, "dlogits");
+                         compare(r, loss[1], loss[0], kElementwise, "loss");
+                         compare(r, db[1], db[0], kGemm, "db");
+                         compare(r, totals[1], totals[0], kGemm, "totals");
+                     }});
+    for (Activation act : {Activation::Relu, Activation::Tanh}) {
+        cases.push_back({fmt::format("act_dropout_backward_through {}+dropout 33x256, next layer 10", to_string(act)),
+                         kGemm, [=](SelftestResult& r) {
+                             const int n = 33, cols = 256, k = 10;
+                             const auto dy = random_floats(static_cast<std::size_t>(n) * k, -1, 1, 33);
+                             const auto w = random_floats(static_cast<std::size_t>(k) * cols, -0.3f, 0.3f, 34);
+                             const auto saved = random_floats(static_cast<std::size_t>(n) * cols, -0.5f, 1, 35);
+                             Dropout drop;
+                             drop.rate = 0.2f, drop.seed = 5, drop.stream = kDropoutStreamBase + 1, drop.training = true;
+                             const std::vector<uint64_t> step = {77};
+                             std::vector<float> dpre[2], db[2];
+                             for (Device d : {Device::Cpu, Device::Cuda}) {
+                                 auto DY = on(d, dy), W = on(d, w), S = on(d, saved);
+                                 auto T = on(d, step);
+                                 Buffer<float> P(saved.size(), d), DB(cols, d);
+                                 ops::act_dropout_backward_through(P.view(n, cols), DY.view(n, k), W.view(k, cols),
+                                                                   S.view(n, cols), act, drop, T.data(), DB.view(1, cols));
+                                 dpre[d == Device::Cuda] = P.to_host(), db[d == Device::Cuda] = DB.to_host();
+                             }
+                             compare(r, dpre[1], dpre[0], kGemm, "dpre");
+                             compare(r, db[1], db[0], kGemm, "db");
+                         }});
+    }
     cases.push_back({"gather_batch 20x784, batch 2 of 40", {0, 0}, [](SelftestResult& r) {
                          const int n = 100, f = 784, batch = 40, rows = 20;
                          std::vector<uint8_t> images(static_cast<std::size_t>(n) * f), labels(n);

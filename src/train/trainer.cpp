@@ -195,19 +195,20 @@ void Trainer::run_step(int rows) {
                           s.order.view(1, m_n), batch_index, m_config.batch);
     }
     // The output layer's bias add and bias gradient, when it ends in a plain bias (every preset),
-    // are done by the loss op: on the GPU one kernel instead of three, the same bits either way.
-    const bool fold = m_model.output_bias_foldable();
-    const MatrixView<float> logits = m_model.forward(m_ws, x, true, m_config.seed, step, fold);
+    // are done by the loss op, and its dx GEMM by the layer before it (Model::StepFolds): on the
+    // GPU four kernels fewer, the same bits either way on the CPU.
+    const Model::StepFolds folds = m_model.step_folds();
+    const MatrixView<float> logits = m_model.forward(m_ws, x, true, m_config.seed, step, folds);
     // The loss is the batch mean: its 1/rows is applied here, in the gradient, and nowhere else.
     MatrixView<float> dlogits = m_ws.dlogits(rows);
     MatrixView<float> row_loss = m_ws.row_loss.view(1, rows), row_correct = m_ws.row_correct.view(1, rows);
     const float grad_scale = 1.0f / static_cast<float>(rows);
-    if (fold)
+    if (folds.output_bias)
         ops::bias_softmax_xent(dlogits, m_model.output_bias(m_model.gradients()), row_loss, row_correct, logits,
                                m_model.output_bias(m_model.parameters()), y, grad_scale, m_totals.data());
     else
         ops::softmax_xent(dlogits, row_loss, row_correct, logits, y, grad_scale, m_totals.data());
-    m_model.backward(m_ws, x, true, m_config.seed, step, fold);
+    m_model.backward(m_ws, x, true, m_config.seed, step, folds);
     // The update also ends the step: it advances the step counter and the batch index (m_counters
     // is {step, batch index, 0}), in its own kernel on the GPU.
     m_optimizer.step(m_model.parameters(), m_model.gradients(), step, m_counters.data());

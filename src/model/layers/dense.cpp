@@ -14,6 +14,7 @@ public:
     // The activation before dropout, kept apart from the output only when dropout is applied.
     int aux_size() const override { return m_dropout.rate > 0.0f ? m_out : 0; }
     bool ends_in_plain_bias() const override { return m_act == Activation::None && m_dropout.rate == 0.0f; }
+    int dense_outputs() const override { return m_out; }
 
     void forward(const Pass& pass, const LayerIO& io) override {
         const Dropout d = m_dropout.at(pass);
@@ -27,14 +28,18 @@ public:
     void backward(const Pass& pass, const LayerIO& io) override {
         const Dropout d = m_dropout.at(pass);
         MatrixView<float> dpre = io.dy;
+        const bool through = io.next_w.data != nullptr;  // dy is next_dy · next_w, not yet formed
         // db = Σ_rows dpre
         if (m_act != Activation::None || d.active()) {
             // ∂loss/∂pre = ∂loss/∂y · keep/(1 − rate) · act'(pre), in place, and db with it. ReLU's
             // backward reads the output y (after dropout), the others the activation before dropout (ops.h).
             const bool from_output = m_act == Activation::Relu || !d.active();
-            ops::act_dropout_backward(dpre, dpre, from_output ? io.y : io.aux, m_act, d, pass.step, io.db);
-        } else if (io.db.data != nullptr) {  // else the caller computed it (ends_in_plain_bias)
-            ops::bias_grad(io.db, dpre);
+            const MatrixView<const float> saved = from_output ? io.y : io.aux;
+            if (through) ops::act_dropout_backward_through(dpre, io.next_dy, io.next_w, saved, m_act, d, pass.step, io.db);
+            else ops::act_dropout_backward(dpre, dpre, saved, m_act, d, pass.step, io.db);
+        } else {
+            if (through) ops::gemm(dpre, io.next_dy, Trans::No, io.next_w, Trans::No);
+            if (io.db.data != nullptr) ops::bias_grad(io.db, dpre);  // else the caller computed it (ends_in_plain_bias)
         }
         // dw (out, in) = dpreᵀ (out, n) · x (n, in);  dx (n, in) = dpre · w
         ops::gemm(io.dw, dpre, Trans::Yes, io.x, Trans::No);

@@ -231,23 +231,10 @@ void act_dropout_backward(float* dpre, const float* dh, const float* saved, int 
                           const uint64_t* step, float* db) {
     if (n <= 0 || cols <= 0) return;
     const float scale = dropout ? dropout_scale(rate) : 1.0f;
-    switch (act) {
-    case Activation::Relu:  // saved is the forward's output h; no mask is redrawn
-        launch_backward<Activation::Relu, false>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
-        break;
-    case Activation::Sigmoid:
-        if (dropout) launch_backward<Activation::Sigmoid, true>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
-        else launch_backward<Activation::Sigmoid, false>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
-        break;
-    case Activation::Tanh:
-        if (dropout) launch_backward<Activation::Tanh, true>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
-        else launch_backward<Activation::Tanh, false>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
-        break;
-    case Activation::None:
-        if (dropout) launch_backward<Activation::None, true>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
-        else launch_backward<Activation::None, false>(dpre, db, dh, saved, n, cols, scale, keep_threshold, seed, stream, step);
-        break;
-    }
+    with_backward_instance(act, dropout, [&](auto act_tag, auto dropout_tag) {
+        launch_backward<decltype(act_tag)::value, decltype(dropout_tag)::value>(dpre, db, dh, saved, n, cols, scale,
+                                                                               keep_threshold, seed, stream, step);
+    });
 }
 
 void act_dropout_backward_through(float* dpre, const float* dy_next, const float* w_next, int k, const float* saved,

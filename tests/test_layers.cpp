@@ -365,6 +365,9 @@ const std::vector<NetCase> kNets = {
     // dense + tanh fused, and a 1x1 image.
     {"standalone_layers", "conv3k3,pool3s1,relu,dropout0.5,flatten,dense5,tanh,dense2", {1, 6, 6}, 2},
     {"one_pixel", "conv3k1,relu,flatten,dense6,sigmoid,dropout0.2,dense2", {2, 1, 1}, 2},
+    // A ReLU + dropout dense layer before an output layer with an activation of its own (which
+    // overwrites its ∂loss/∂y in place before the layer before it reads it).
+    {"relu_dropout_then_tanh_output", "conv2k3same,relu,flatten,dense7,relu,dropout0.4,dense3,tanh", {1, 4, 4}, 3},
 };
 
 using NetParam = std::tuple<Device, NetCase, int>;
@@ -489,11 +492,14 @@ TEST_P(ConvNetVsReference, TrainingFoldsChangeNoBit) {
         SCOPED_TRACE(::testing::Message() << "output_bias " << folds.output_bias << ", output_dx " << folds.output_dx);
         Model model(s, dev());
         const Model::StepFolds allowed = model.step_folds();
-        ASSERT_TRUE(allowed.output_bias);
-        if (folds.output_dx && !allowed.output_dx) {  // a net whose layer before the last is not dense
+        if ((folds.output_bias && !allowed.output_bias) || (folds.output_dx && !allowed.output_dx)) {
+            // A fold this net does not allow (an output activation; a layer before the last that
+            // is not dense) is refused.
             Workspace ws(model, n);
-            EXPECT_THROW(model.backward(ws, x.view(n, s.inputs()), true, 99, step.data(), folds), cumnist::Error);
-            logits[v] = logits[0], loss[v] = loss[0], grads[v] = grads[0], totals[v] = totals[0];
+            if (folds.output_bias && !allowed.output_bias)
+                EXPECT_THROW(model.forward(ws, x.view(n, s.inputs()), true, 99, step.data(), folds), cumnist::Error);
+            else
+                EXPECT_THROW(model.backward(ws, x.view(n, s.inputs()), true, 99, step.data(), folds), cumnist::Error);
             continue;
         }
         load_parameters(model);
@@ -519,7 +525,17 @@ TEST_P(ConvNetVsReference, TrainingFoldsChangeNoBit) {
         EXPECT_EQ(loss[v], loss[0]);
         EXPECT_EQ(totals[v], totals[0]);
         if (dev() == Device::Cuda && folds.output_dx) {
-            EXPECT_TRUE(all_close(grads[v], widen(grads[0]), scaled_to_max(widen(grads[0]), 1e-5), "gradients"));
+            for (const cumnist::LayerLayout& L : model.layout()) {  // each tensor against its own scale
+                const std::size_t sizes[2] = {static_cast<std::size_t>(L.in) * L.out, static_cast<std::size_t>(L.out)};
+                const std::size_t offsets[2] = {L.w_offset, L.b_offset};
+                for (int part = 0; part < 2; ++part) {
+                    const auto first = static_cast<std::ptrdiff_t>(offsets[part]);
+                    const auto last = first + static_cast<std::ptrdiff_t>(sizes[part]);
+                    const std::vector<float> g(grads[v].begin() + first, grads[v].begin() + last);
+                    const std::vector<double> want(grads[0].begin() + first, grads[0].begin() + last);
+                    EXPECT_TRUE(all_close(g, want, scaled_to_max(want, 1e-5), part == 0 ? "dW" : "db"));
+                }
+            }
         } else {
             EXPECT_EQ(grads[v], grads[0]);
         }
@@ -538,8 +554,11 @@ INSTANTIATE_TEST_SUITE_P(Layers, ConvNetVsReference,
                                             ::testing::Values(1, 33)),
                          net_param_name);
 
-// Only a model whose last layer ends in a plain bias folds it into the loss: an activation or a
-// dropout after the last dense layer keeps the layer's own epilogue, and asking to fold is an error.
+// Each fold only where it applies: the bias one when the last layer ends in a plain bias (an
+// activation or a dropout after the last dense layer keeps that layer's own epilogue); the dx one
+// when the last layer is dense with at most 32 outputs and the computing layer before it is dense
+// (a standalone layer between them, or a convolution, is not). Asking for either elsewhere is an
+// error.
 TEST(ModelFold, EachFoldOnlyWhereItApplies) {
     struct Case {
         const char* text;
@@ -547,7 +566,8 @@ TEST(ModelFold, EachFoldOnlyWhereItApplies) {
     };
     for (const Case& c : {Case{"mlp", true, true}, Case{"cnn", true, true}, Case{"flatten,dense10,relu", false, false},
                           Case{"flatten,dense10,dropout0.5", false, false}, Case{"flatten,dense64,relu,dense10,tanh", false, true},
-                          Case{"conv4k3,relu,flatten,dense10", true, false}}) {
+                          Case{"conv4k3,relu,flatten,dense10", true, false},
+                          Case{"flatten,dense64,dropout0.5,relu,dense10", true, false}}) {
         SCOPED_TRACE(c.text);
         Model model(parse(c.text), Device::Cpu);
         const Model::StepFolds f = model.step_folds();
@@ -561,9 +581,9 @@ TEST(ModelFold, EachFoldOnlyWhereItApplies) {
         if (!c.output_dx)
             EXPECT_THROW(model.backward(ws, x.view(2, 784), true, 1, nullptr, {false, true}), cumnist::Error);
     }
-    // More outputs than the inline dot products take: no dx fold.
-    Model wide(parse("flatten,dense64,relu,dense40", {1, 28, 28}, 40), Device::Cpu);
-    EXPECT_FALSE(wide.step_folds().output_dx);
+    // Up to 32 outputs for the inline dot products, not more.
+    EXPECT_TRUE(Model(parse("flatten,dense64,relu,dense32", {1, 28, 28}, 32), Device::Cpu).step_folds().output_dx);
+    EXPECT_FALSE(Model(parse("flatten,dense64,relu,dense33", {1, 28, 28}, 33), Device::Cpu).step_folds().output_dx);
 }
 
 // predict() refuses outputs that are not finite rather than report "0 (nan%)": finite parameters

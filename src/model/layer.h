@@ -45,7 +45,7 @@ public:
     virtual std::size_t scratch_bytes(int /*max_batch*/, Device) const { return 0; }
     // Whether the forward ends in a plain bias add (no activation, no dropout) and the backward
     // then starts with the plain bias gradient: the two a caller may do itself, the layer's io.b
-    // and io.db then left without data (Model::forward/backward with fold_output_bias).
+    // and io.db then left without data (Model::forward/backward with StepFolds::output_bias).
     virtual bool ends_in_plain_bias() const { return false; }
     // A dense layer's outputs (0 for the others): one that can be given next_dy and next_w, or,
     // as the last layer, leave its dx GEMM to the dense layer before it.

@@ -2,6 +2,7 @@
 // Context, device and pinned memory, synchronous copies, TF32, CUDA Graph capture, the streaming
 // path's copy stream and event timers.
 // No numeric op lives here.
+#include <utility>
 #include <cstring>
 #include <vector>
 
@@ -295,12 +296,19 @@ StepGraph::~StepGraph() = default;
 StepGraph::StepGraph(StepGraph&&) noexcept = default;
 StepGraph& StepGraph::operator=(StepGraph&&) noexcept = default;
 
+namespace {
+thread_local bool t_fail_next_capture = false;
+}  // namespace
+
+void fail_next_capture_for_testing() { t_fail_next_capture = true; }
+
 void StepGraph::capture(const std::function<void()>& step) {
     const cudaStream_t stream = Context::get().stream();
     // Thread-local mode: only this thread's capture-unsafe calls (cudaMalloc, synchronisation)
     // invalidate the capture; the loader thread's pinned allocations do not.
     CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
     try {
+        if (std::exchange(t_fail_next_capture, false)) CUDA_CHECK(cudaStreamSynchronize(stream));  // refused
         step();
     } catch (...) {
         // Always leave capture mode, or the stream stays unusable; then report the original error.

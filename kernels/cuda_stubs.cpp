@@ -12,6 +12,8 @@ constexpr const char* kNoCuda = "built without CUDA support";
 [[noreturn]] void no_cuda() { throw Error(kNoCuda); }
 }  // namespace
 
+void fail_next_capture_for_testing() { no_cuda(); }
+
 // --- Ops (backend_ops.inc) -----------------------------------------------------------------------
 
 void gemm(float*, const float*, const float*, int, int, int, Trans, Trans, float, float) { no_cuda(); }

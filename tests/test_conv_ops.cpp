@@ -302,7 +302,9 @@ TEST_P(Conv2dVsReference, AllDirectionsMatchReference) {
         EXPECT_TRUE(all_close(got, want, {y_tol.abs + 1e-6, y_tol.rel + 1e-6}, fmt::format("act({}) y", to_string(act))));
         if (act == Activation::Relu)
             for (std::size_t i = 0; i < got.size(); ++i)
-                if (want[i] < -y_tol.abs) ASSERT_EQ(got[i], 0.0f) << "ReLU of a negative sum, element " << i;
+                if (want[i] < -y_tol.abs) {
+                    ASSERT_EQ(got[i], 0.0f) << "ReLU of a negative sum, element " << i;
+                }
         // Bit for bit what the convolution then act_dropout_forward give (the promise of ops.h),
         // NaN included: an input NaN makes the sums of its windows NaN, which the ReLU makes +0.
         std::vector<float> hx_nan = hx;

@@ -576,10 +576,12 @@ TEST(ModelFold, EachFoldOnlyWhereItApplies) {
         Workspace ws(model, 2);
         Buffer<float> x(2 * 784, Device::Cpu);
         x.zero();
-        if (!c.output_bias)
+        if (!c.output_bias) {
             EXPECT_THROW(model.forward(ws, x.view(2, 784), true, 1, nullptr, {true, false}), cumnist::Error);
-        if (!c.output_dx)
+        }
+        if (!c.output_dx) {
             EXPECT_THROW(model.backward(ws, x.view(2, 784), true, 1, nullptr, {false, true}), cumnist::Error);
+        }
     }
     // Up to 32 outputs for the inline dot products, not more.
     EXPECT_TRUE(Model(parse("flatten,dense64,relu,dense32", {1, 28, 28}, 32), Device::Cpu).step_folds().output_dx);

@@ -64,7 +64,8 @@ struct Shape {
 };
 // Odd sizes: single elements, sizes that are no multiple of a warp or a vector width, MNIST's 784
 // and a 1000.
-const std::vector<Shape> kShapes = {{1, 1}, {7, 33}, {33, 784}, {1000, 7}, {1, 1000}};
+// {3, 700001}: 2.1 M elements, past one pass of the GPU's grid-stride loops and column tiles.
+const std::vector<Shape> kShapes = {{1, 1}, {7, 33}, {33, 784}, {1000, 7}, {1, 1000}, {3, 700001}};
 
 ref::Act to_ref(Activation a) {
     switch (a) {
@@ -181,8 +182,9 @@ TEST_P(Gemm, BetaOneAccumulatesRepeatedly) {
     EXPECT_TRUE(all_close(c.to_host(), want, Tolerance{3e-4 * scale, 1e-4}, "C"));
 }
 
-const std::vector<GemmShape> kGemmShapes = {{1, 1, 1},    {7, 33, 1},    {33, 7, 784},
-                                            {1, 1000, 7}, {1000, 1, 33}, {784, 33, 1000}};
+// {7, 33, 0}: an empty product (C = beta · C; an overwrite with zeros at beta = 0).
+const std::vector<GemmShape> kGemmShapes = {{1, 1, 1},    {7, 33, 1},    {33, 7, 784},   {1, 1000, 7},
+                                            {1000, 1, 33}, {784, 33, 1000}, {7, 33, 0}};
 
 INSTANTIATE_TEST_SUITE_P(Ops, Gemm,
                          ::testing::Combine(::testing::ValuesIn(kDevices), ::testing::ValuesIn(kGemmShapes),
@@ -551,6 +553,9 @@ TEST_P(BiasGrad, MatchesReference) {
     const std::vector<float> first = db.to_host();
     ops::bias_grad(db.view(1, s.cols), dy_buf.view(s.rows, s.cols));
     EXPECT_EQ(db.to_host(), first);
+    // No rows: the empty sum, zeros over what was there.
+    ops::bias_grad(db.view(1, s.cols), dy_buf.view(0, s.cols));
+    EXPECT_EQ(db.to_host(), std::vector<float>(static_cast<std::size_t>(s.cols), 0.0f));
 }
 CUMNIST_SHAPE_SUITE(BiasGrad, kShapes);
 
@@ -559,7 +564,8 @@ CUMNIST_SHAPE_SUITE(BiasGrad, kShapes);
 // ================================================================================================
 
 // Classes ≤ 256: labels are uint8.
-const std::vector<Shape> kXentShapes = {{1, 1}, {7, 10}, {33, 7}, {1000, 10}, {7, 256}};
+// {40001, 10}: more rows than one pass of the GPU's warp-per-row grid.
+const std::vector<Shape> kXentShapes = {{1, 1}, {7, 10}, {33, 7}, {1000, 10}, {7, 256}, {40001, 10}};
 
 class SoftmaxXent : public OnDevice<ShapeParam> {};
 
@@ -648,7 +654,9 @@ TEST_P(SoftmaxXentTotals, AccumulateTheRowsMetrics) {
         EXPECT_EQ(loss2.to_host(), loss.to_host()) << "row_loss";
         EXPECT_EQ(correct2.to_host(), correct.to_host()) << "row_correct";
         const std::vector<double> got = totals.to_host(), expect = want.to_host();
-        if (dev == Device::Cpu) EXPECT_EQ(got, expect);
+        if (dev == Device::Cpu) {
+            EXPECT_EQ(got, expect);
+        }
         EXPECT_NEAR(got[0], expect[0], 1e-12 * expect[0]);
         EXPECT_EQ(got[1], expect[1]);
         // Deterministic: the same again gives the same bits.
@@ -786,7 +794,7 @@ TEST_P(SoftmaxXentEdges, TiesAndExtremeLogits) {
 }
 CUMNIST_DEVICE_SUITE(SoftmaxXentEdges);
 
-const std::vector<Shape> kSoftmaxShapes = {{1, 1}, {7, 10}, {33, 784}, {1000, 10}, {1, 1000}};
+const std::vector<Shape> kSoftmaxShapes = {{1, 1}, {7, 10}, {33, 784}, {1000, 10}, {1, 1000}, {40001, 10}};
 
 class Softmax : public OnDevice<ShapeParam> {};
 

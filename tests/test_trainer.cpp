@@ -21,6 +21,7 @@
 #include "core/cuda_host.h"
 #include "cumnist/data.h"
 #include "cumnist/loader.h"
+#include "cumnist/predict.h"
 #include "cumnist/selftest.h"
 #include "cumnist/trainer.h"
 #include "test_support.h"
@@ -960,6 +961,102 @@ TEST(TrainerParity, GraphReplayMatchesPlainLaunches) {
     EXPECT_GT(g.graph_nodes(), 0u);
     EXPECT_EQ(p.graph_nodes(), 0u);
     EXPECT_EQ(g.model().parameters().to_host(), p.model().parameters().to_host());
+}
+
+// ---- GPU paths nothing else reaches (run wherever a GPU is usable) -------------------------------
+
+// StreamTimer times the work queued between start() and stop(), and Trainer::synchronize() returns
+// only once that work is done: the host's wall time over the steps and the wait covers the GPU's
+// own time for them (replayed steps are queued far faster than they run).
+TEST(GpuPaths, StreamTimerTimesQueuedWorkAndSynchronizeWaitsForIt) {
+    CUMNIST_SKIP_WITHOUT_GPU();
+    const Dataset train = synthetic_dataset(4096, 21);
+    TrainConfig t = small_train(Device::Cuda, 1024);
+    Trainer trainer(small_model(), {}, t, train);
+    trainer.train_steps(3);  // warm-up and capture
+    trainer.synchronize();
+    cuda::StreamTimer timer;
+    const auto t0 = std::chrono::steady_clock::now();
+    timer.start();
+    trainer.train_steps(200);
+    timer.stop();
+    trainer.synchronize();
+    const double wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    const float gpu_ms = timer.elapsed_ms();
+    EXPECT_TRUE(std::isfinite(gpu_ms));
+    EXPECT_GT(gpu_ms, 0.0f);
+    EXPECT_GE(wall_ms, 0.95 * gpu_ms) << "synchronize() returned before the queued steps had run";
+    EXPECT_EQ(trainer.step(), 203u);
+}
+
+// A capture that fails (here: the capturing stream synchronised inside the step, which CUDA
+// refuses under capture) leaves the stream in a usable state and the graph not ready; the same
+// StepGraph captures a correct step afterwards.
+TEST(GpuPaths, AFailedCaptureLeavesTheStreamUsable) {
+    CUMNIST_SKIP_WITHOUT_GPU();
+    const std::vector<float> ha = {1, 2, 3, 4, 5, 6}, hb = {1, 0, 0, 1, 1, 1};  // (2, 3) · (3, 2)
+    Buffer<float> a = Buffer<float>::from_host(ha, Device::Cuda), b = Buffer<float>::from_host(hb, Device::Cuda);
+    Buffer<float> c(4, Device::Cuda);
+    cuda::StepGraph graph;
+    EXPECT_THROW(graph.capture([&] {
+        ops::gemm(c.view(2, 2), a.view(2, 3), Trans::No, b.view(3, 2), Trans::No);
+        cuda::synchronize();
+    }),
+                 Error);
+    EXPECT_FALSE(graph.ready());
+    ops::gemm(c.view(2, 2), a.view(2, 3), Trans::No, b.view(3, 2), Trans::No);  // plain launches work
+    EXPECT_EQ(c.to_host(), (std::vector<float>{4, 5, 10, 11}));
+    c.zero();
+    graph.capture([&] { ops::gemm(c.view(2, 2), a.view(2, 3), Trans::No, b.view(3, 2), Trans::No); });
+    ASSERT_TRUE(graph.ready());
+    EXPECT_EQ(c.to_host(), (std::vector<float>(4, 0.0f))) << "captured work ran during the capture";
+    graph.launch();
+    EXPECT_EQ(c.to_host(), (std::vector<float>{4, 5, 10, 11}));
+}
+
+// A trainer whose capture fails goes on with plain launches for the rest of the run (no capture at
+// every step, no exception), says why, and trains exactly like one that never captures.
+TEST(GpuPaths, ATrainerWhoseCaptureFailsTrainsOnWithPlainLaunches) {
+    CUMNIST_SKIP_WITHOUT_GPU();
+    const Dataset train = synthetic_dataset(200, 22);
+    TrainConfig plain = small_train(Device::Cuda);
+    plain.use_graph = false;
+    Trainer failing(small_model(), {}, small_train(Device::Cuda), train), reference(small_model(), {}, plain, train);
+    cuda::fail_next_capture_for_testing();
+    for (int epoch = 1; epoch <= 2; ++epoch)
+        EXPECT_EQ(failing.train_epoch(epoch, nullptr).train_loss, reference.train_epoch(epoch, nullptr).train_loss);
+    EXPECT_NE(failing.graph_failure(), "");
+    EXPECT_EQ(failing.graph_nodes(), 0u);
+    EXPECT_EQ(failing.model().parameters().to_host(), reference.model().parameters().to_host());
+    EXPECT_EQ(failing.step(), reference.step());
+}
+
+// predict() on the GPU: the same rankings as on the CPU, probabilities within float rounding.
+TEST(GpuPaths, PredictOnTheGpuMatchesTheCpu) {
+    CUMNIST_SKIP_WITHOUT_GPU();
+    const Dataset train = synthetic_dataset(300, 23);
+    Trainer trainer(small_model(), {}, small_train(Device::Cpu), train);
+    trainer.train_epoch(1, nullptr);
+    const std::vector<float> params = trainer.model().parameters().to_host();
+    Model cpu(ModelSpec(small_model()), Device::Cpu), gpu(ModelSpec(small_model()), Device::Cuda);
+    cpu.parameters().copy_from_host(params.data(), params.size());
+    gpu.parameters().copy_from_host(params.data(), params.size());
+    const int n = 1100;  // more than one batch of the predictor
+    std::vector<uint8_t> images(static_cast<std::size_t>(n) * 64);
+    for (std::size_t i = 0; i < images.size(); ++i) images[i] = static_cast<uint8_t>((i * 2654435761u) >> 24);
+    const std::vector<Prediction> pc = predict(cpu, images, n), pg = predict(gpu, images, n);
+    ASSERT_EQ(pc.size(), pg.size());
+    for (int i = 0; i < n; ++i) {
+        ASSERT_EQ(pc[i].probabilities.size(), pg[i].probabilities.size());
+        for (std::size_t k = 0; k < pc[i].probabilities.size(); ++k)
+            EXPECT_NEAR(pg[i].probabilities[k], pc[i].probabilities[k], 1e-5) << "image " << i << ", class " << k;
+        // The top class may differ only where the two classes' probabilities tie within rounding.
+        if (pc[i].top() != pg[i].top()) {
+            const std::vector<float>& p = pc[i].probabilities;
+            EXPECT_NEAR(p[static_cast<std::size_t>(pc[i].top())], p[static_cast<std::size_t>(pg[i].top())], 2e-5)
+                << "image " << i;
+        }
+    }
 }
 
 // `cumnist selftest`: without a GPU it refuses with the reason; on a GPU every check passes.

@@ -61,7 +61,7 @@ void channel_bias_grad(float*, const float*, int, int, int) { no_cuda(); }
 
 void maxpool2d_forward(float*, int32_t*, const float*, const Pool2dGeometry&) { no_cuda(); }
 
-void maxpool2d_backward(float*, const float*, const int32_t*, const Pool2dGeometry&) { no_cuda(); }
+void maxpool2d_backward(float*, const float*, const int32_t*, const float*, const Pool2dGeometry&) { no_cuda(); }
 
 void softmax_xent(float*, float*, float*, const float*, const uint8_t*, int, int, float, double*) { no_cuda(); }
 

@@ -52,7 +52,8 @@ static __global__ void maxpool2d_forward_kernel(float* __restrict__ y, int32_t* 
 // iy < k_h) to ⌊iy / stride_h⌋, clipped to out_h − 1; likewise ox. Inputs covered by no window
 // (the rows and columns a stride leaves over) get 0.
 static __global__ void maxpool2d_backward_kernel(float* __restrict__ dx, const float* __restrict__ dy,
-                                                 const int32_t* __restrict__ argmax, std::size_t total, int in_h,
+                                                 const int32_t* __restrict__ argmax, const float* __restrict__ relu_y,
+                                                 std::size_t total, int in_h,
                                                  int in_w, int out_h, int out_w, int k_h, int k_w, int stride_h,
                                                  int stride_w) {
     const std::size_t out_plane = static_cast<std::size_t>(out_h) * static_cast<std::size_t>(out_w);
@@ -74,7 +75,9 @@ static __global__ void maxpool2d_backward_kernel(float* __restrict__ dx, const f
             const std::size_t row = base + static_cast<std::size_t>(oy) * static_cast<std::size_t>(out_w);
             for (int ox = ox_first; ox <= ox_last; ++ox) {
                 const std::size_t o = row + static_cast<std::size_t>(ox);
-                if (argmax[o] == self) sum += dy[o];
+                // With relu_y, only where the ReLU passed x (x = y at the argmax): a gated element
+                // sums nothing and is +0, as the ReLU backward's select writes it.
+                if (argmax[o] == self && (relu_y == nullptr || relu_y[o] > 0.0f)) sum += dy[o];
             }
         }
         dx[i] = sum;
@@ -93,7 +96,8 @@ void maxpool2d_forward(float* y, int32_t* argmax, const float* x, const Pool2dGe
     CUMNIST_CHECK_LAUNCH();
 }
 
-void maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const Pool2dGeometry& g) {
+void maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const float* relu_y,
+                        const Pool2dGeometry& g) {
     if (g.n <= 0 || g.c <= 0 || g.in_h <= 0 || g.in_w <= 0) return;
     const std::size_t total = static_cast<std::size_t>(g.n) * static_cast<std::size_t>(g.c) *
                               static_cast<std::size_t>(g.in_h) * static_cast<std::size_t>(g.in_w);
@@ -103,7 +107,7 @@ void maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const
         return;
     }
     maxpool2d_backward_kernel<<<grid_for(total), kBlockSize, 0, context().stream()>>>(
-        dx, dy, argmax, total, g.in_h, g.in_w, out_h, out_w, g.k_h, g.k_w, g.stride_h, g.stride_w);
+        dx, dy, argmax, relu_y, total, g.in_h, g.in_w, out_h, out_w, g.k_h, g.k_w, g.stride_h, g.stride_w);
     CUMNIST_CHECK_LAUNCH();
 }
 

@@ -16,6 +16,9 @@ namespace cumnist::cpu {
 // formulas agree, and the CPU never takes the microcode assists that a denormal costs (Adam's
 // moments decay into that range for rarely active inputs; training slowed 2.5x without it).
 void prepare_thread();
+
+// ops::conv2d_preferred_layouts on the CPU (the GPU's are NCHW, asked of no backend).
+ImageLayouts conv2d_preferred_layouts(const Conv2dGeometry& g);
 }  // namespace cumnist::cpu
 
 namespace cumnist::cuda {

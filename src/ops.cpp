@@ -17,10 +17,29 @@ const char* to_string(Activation a) {
     return "?";
 }
 
+const char* to_string(ImageLayout layout) {
+    switch (layout) {
+        case ImageLayout::Nchw: return "nchw";
+        case ImageLayout::Nchw8c: return "nChw8c";
+        case ImageLayout::Nchw16c: return "nChw16c";
+    }
+    return "?";
+}
+
+int channel_block(ImageLayout layout) {
+    switch (layout) {
+        case ImageLayout::Nchw: return 1;
+        case ImageLayout::Nchw8c: return 8;
+        case ImageLayout::Nchw16c: return 16;
+    }
+    return 1;
+}
+
 bool Conv2dGeometry::operator==(const Conv2dGeometry& o) const {
     return n == o.n && in_c == o.in_c && in_h == o.in_h && in_w == o.in_w && out_c == o.out_c && k_h == o.k_h &&
            k_w == o.k_w && stride_h == o.stride_h && stride_w == o.stride_w && pad_top == o.pad_top &&
-           pad_left == o.pad_left && pad_bottom == o.pad_bottom && pad_right == o.pad_right;
+           pad_left == o.pad_left && pad_bottom == o.pad_bottom && pad_right == o.pad_right &&
+           src_layout == o.src_layout && dst_layout == o.dst_layout;
 }
 
 namespace ops {
@@ -203,16 +222,38 @@ void check_geometry(const char* op, const Conv2dGeometry& g) {
                   "{}: the {}x{} kernel is larger than the padded {}x{} image", op, g.k_h, g.k_w, g.in_h, g.in_w);
 }
 
+// A tensor of `channels` channels in `layout` on `device` (ops.h: the blocked layouts only on the
+// CPU, for a multiple of their block of channels).
+void check_layout(const char* op, const char* what, ImageLayout layout, int channels, Device device) {
+    if (layout == ImageLayout::Nchw) return;
+    CUMNIST_CHECK(device == Device::Cpu, "{}: {} in layout {} is CPU-only", op, what, to_string(layout));
+    CUMNIST_CHECK(channels % channel_block(layout) == 0, "{}: {} in layout {} needs a multiple of {} channels, got {}",
+                  op, what, to_string(layout), channel_block(layout), channels);
+}
+
+void check_layouts(const char* op, const Conv2dGeometry& g, Device device) {
+    check_layout(op, "the input", g.src_layout, g.in_c, device);
+    check_layout(op, "the output", g.dst_layout, g.out_c, device);
+}
+
 void check_workspace(const char* op, const Conv2dGeometry& g, MatrixView<uint8_t> ws, Device device) {
     require_data(op, "workspace", ws);
     if (ws.size() > 0) require_device(op, device, ws);
-    (void)g;
+    check_layouts(op, g, device);
 }
 
 }  // namespace
 
+ImageLayouts conv2d_preferred_layouts(const Conv2dGeometry& g, Device device) {
+    check_geometry("conv2d_preferred_layouts", g);
+    if (device != Device::Cpu) return {};
+    cpu::prepare_thread();
+    return cpu::conv2d_preferred_layouts(g);
+}
+
 std::size_t conv2d_workspace_bytes(const Conv2dGeometry& g, Device device) {
     check_geometry("conv2d_workspace_bytes", g);
+    check_layouts("conv2d_workspace_bytes", g, device);
     if (device == Device::Cpu) return cpu::conv2d_workspace_bytes(g);
     return cuda::conv2d_workspace_bytes(g);
 }
@@ -318,6 +359,10 @@ void check_pool(const char* op, const Pool2dGeometry& g) {
     CUMNIST_CHECK(g.k_h <= g.in_h && g.k_w <= g.in_w, "{}: the {}x{} window is larger than the {}x{} image", op, g.k_h,
                   g.k_w, g.in_h, g.in_w);
 }
+void check_pool_layouts(const char* op, const Pool2dGeometry& g, Device device) {
+    check_layout(op, "the input", g.in_layout, g.c, device);
+    check_layout(op, "the output", g.out_layout, g.c, device);
+}
 }  // namespace
 
 void maxpool2d_forward(MatrixView<float> y, MatrixView<int32_t> argmax, MatrixView<const float> x,
@@ -326,6 +371,7 @@ void maxpool2d_forward(MatrixView<float> y, MatrixView<int32_t> argmax, MatrixVi
     check_pool(op, g);
     require_data(op, "y", y), require_data(op, "argmax", argmax), require_data(op, "x", x);
     require_device(op, y.device, argmax, x);
+    check_pool_layouts(op, g, y.device);
     require_shape(op, "x", x, g.n, g.in_size());
     require_shape(op, "y", y, g.n, g.out_size());
     require_shape(op, "argmax", argmax, g.n, g.out_size());
@@ -336,16 +382,28 @@ void maxpool2d_forward(MatrixView<float> y, MatrixView<int32_t> argmax, MatrixVi
 
 void maxpool2d_backward(MatrixView<float> dx, MatrixView<const float> dy, MatrixView<const int32_t> argmax,
                         const Pool2dGeometry& g) {
+    maxpool2d_backward(dx, dy, argmax, g, MatrixView<const float>{});
+}
+
+void maxpool2d_backward(MatrixView<float> dx, MatrixView<const float> dy, MatrixView<const int32_t> argmax,
+                        const Pool2dGeometry& g, MatrixView<const float> relu_y) {
     constexpr const char* op = "maxpool2d_backward";
     check_pool(op, g);
     require_data(op, "dx", dx), require_data(op, "dy", dy), require_data(op, "argmax", argmax);
     require_device(op, dx.device, dy, argmax);
+    check_pool_layouts(op, g, dx.device);
     require_shape(op, "dx", dx, g.n, g.in_size());
     require_shape(op, "dy", dy, g.n, g.out_size());
     require_shape(op, "argmax", argmax, g.n, g.out_size());
     CUMNIST_CHECK(!overlaps(dx, dy) && !overlaps(dx, argmax), "{}: dx overlaps an input", op);
+    const bool gated = relu_y.data != nullptr;
+    if (gated) {
+        require_device(op, dx.device, relu_y);
+        require_shape(op, "relu_y", relu_y, g.n, g.out_size());
+        CUMNIST_CHECK(!overlaps(dx, relu_y), "{}: dx overlaps relu_y", op);
+    }
     if (g.n == 0) return;
-    CUMNIST_DISPATCH(dx.device, maxpool2d_backward, dx.data, dy.data, argmax.data, g);
+    CUMNIST_DISPATCH(dx.device, maxpool2d_backward, dx.data, dy.data, argmax.data, gated ? relu_y.data : nullptr, g);
 }
 
 namespace {

@@ -569,6 +569,15 @@ TEST_P(MaxPool2dVsReference, ForwardArgmaxAndBackwardMatchReference) {
             ops::maxpool2d_backward(dx.view(g.n, g.in_size()), dy.view(g.n, g.out_size()),
                                     argmax.view(g.n, g.out_size()), g);
             EXPECT_TRUE(all_close(dx.to_host(), dx_want.data, gr.tol, "dx"));
+            // With the ReLU gate (x a ReLU's output, relu_y this pooling's y): dx · [x > 0]. x here
+            // also has values ≤ 0 (random in [−1, 1), ties of 0), so the gate shuts somewhere.
+            std::vector<double> gated_want = dx_want.data;
+            for (std::size_t i = 0; i < in_elems; ++i)
+                if (!(d.x[i] > 0.0f)) gated_want[i] = 0.0;
+            Buffer<float> gated = Buffer<float>::from_host(nan_floats(in_elems), dev);
+            ops::maxpool2d_backward(gated.view(g.n, g.in_size()), dy.view(g.n, g.out_size()),
+                                    argmax.view(g.n, g.out_size()), g, y.view(g.n, g.out_size()));
+            EXPECT_TRUE(all_close(gated.to_host(), gated_want, gr.tol, "dx with the ReLU gate"));
         }
     }
 }

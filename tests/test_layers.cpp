@@ -368,6 +368,12 @@ const std::vector<NetCase> kNets = {
     // A ReLU + dropout dense layer before an output layer with an activation of its own (which
     // overwrites its ∂loss/∂y in place before the layer before it reads it).
     {"relu_dropout_then_tanh_output", "conv2k3same,relu,flatten,dense7,relu,dropout0.4,dense3,tanh", {1, 4, 4}, 3},
+    // Multiples of 16 channels: on the CPU the activations between the convolutions and poolings
+    // are channel-blocked (nChw16c), the last pooling's and convolution's outputs NCHW again.
+    {"blocked_16_channels", "conv16k3same,relu,pool2,conv16k2,relu,pool2,flatten,dropout0.3,dense3", {1, 8, 8}, 3},
+    // Blocked with overlapping pooling windows (the general backward), and a blocked pooling input
+    // with an NCHW output before flatten.
+    {"blocked_overlapping_pool", "conv16k3same,relu,pool3s1,conv16k2,tanh,pool2,flatten,dense2", {2, 6, 6}, 2},
 };
 
 using NetParam = std::tuple<Device, NetCase, int>;

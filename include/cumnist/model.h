@@ -1,6 +1,7 @@
 // Layered models: a model is a sequence of layers (Dense, Conv2D, MaxPool2D, Flatten, Dropout and
 // the activations), written once against ops.h for every device. Activations are NCHW, one image
-// per row of a (n, c·h·w) view; conv weights are stored (out, in, kh, kw) and dense weights
+// per row of a (n, c·h·w) view (on the CPU some between convolutions and poolings are channel-
+// blocked: ActivationLayouts); conv weights are stored (out, in, kh, kw) and dense weights
 // (out, in), as in PyTorch and ONNX. All parameters live in one flat buffer, layer after layer
 // (weights, then bias), with per-layer views; gradients mirror it.
 //
@@ -149,9 +150,17 @@ struct StepFolds {
     bool output_dx = false;
 };
 
+// How a model lays out the activations between its layers (ops.h, ImageLayout). Fastest: the
+// output of a convolution or pooling that another convolution or pooling reads is in the layout
+// the convolutions next to it work in (ops::conv2d_preferred_layouts; on the CPU nChw16c with
+// AVX-512 and nChw8c with AVX2, where the channels fill the blocks), so that no reorder runs
+// between their kernels; every other activation, and every one on the GPU, is NCHW. Nchw: all
+// of them NCHW. The results are the same bits either way.
+enum class ActivationLayouts { Fastest, Nchw };
+
 class Model {
 public:
-    Model(ModelSpec spec, Device device);
+    Model(ModelSpec spec, Device device, ActivationLayouts layouts = ActivationLayouts::Fastest);
     ~Model();
     Model(Model&&) noexcept;
     Model& operator=(Model&&) noexcept;
@@ -161,6 +170,8 @@ public:
     int inputs() const { return m_spec.inputs(); }
     int classes() const { return m_spec.classes; }
     const std::vector<LayerLayout>& layout() const { return m_layout; }
+    // The layout of each computing layer's output (one per Workspace::y; Flatten is none).
+    const std::vector<ImageLayout>& output_layouts() const { return m_output_layouts; }
 
     Buffer<float>& parameters() { return m_params; }
     const Buffer<float>& parameters() const { return m_params; }
@@ -197,6 +208,7 @@ private:
     Device m_device;
     std::vector<LayerLayout> m_layout;
     std::vector<std::unique_ptr<detail::Layer>> m_layers;  // the computing layers (Flatten needs none)
+    std::vector<ImageLayout> m_output_layouts;
     Buffer<float> m_params;
     Buffer<float> m_grads;
 };

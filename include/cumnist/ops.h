@@ -31,8 +31,22 @@ struct Dropout {
     bool active() const { return training && rate > 0.0f; }
 };
 
-// NCHW geometry: a batch of images is a (n, c·h·w) view, each row one image in channel-major
-// (c, h, w) order.
+// Image geometry: a batch of images is a (n, c·h·w) view, one image per row, laid out as its
+// ImageLayout says:
+//   Nchw     channel-major (c, h, w): element (c, y, x) at c·h·w + y·w + x. The model's layout
+//            wherever a tensor is read as a vector (dense layers, dropout masks, Flatten, the loss).
+//   Nchw8c, Nchw16c  oneDNN's channel-blocked layouts: c/B blocks of (h, w, B) for B = 8 or 16,
+//            element (c, y, x) at (c/B)·h·w·B + (y·w + x)·B + c mod B; c must be a multiple of B
+//            (so the same size as Nchw). CPU only: its AVX2 and AVX-512 convolutions work in them
+//            (conv2d_preferred_layouts), so a tensor passed between two convolutions or poolings in
+//            one needs no reorder.
+enum class ImageLayout { Nchw, Nchw8c, Nchw16c };
+int channel_block(ImageLayout layout);      // 1, 8, 16
+// A convolution's input and output layouts.
+struct ImageLayouts {
+    ImageLayout src = ImageLayout::Nchw, dst = ImageLayout::Nchw;
+};
+const char* to_string(ImageLayout layout);  // "nchw", "nChw8c", "nChw16c"
 
 // The shape of a 2-D convolution (cross-correlation, as in PyTorch, ONNX and Keras): input
 // (n, in_c, in_h, in_w), weights (out_c, in_c, k_h, k_w), output (n, out_c, out_h, out_w) with
@@ -44,6 +58,8 @@ struct Conv2dGeometry {
     int out_c = 0, k_h = 0, k_w = 0;
     int stride_h = 1, stride_w = 1;
     int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+    ImageLayout src_layout = ImageLayout::Nchw;  // x and dx
+    ImageLayout dst_layout = ImageLayout::Nchw;  // y and dy
     int out_h() const { return (in_h + pad_top + pad_bottom - k_h) / stride_h + 1; }
     int out_w() const { return (in_w + pad_left + pad_right - k_w) / stride_w + 1; }
     int in_size() const { return in_c * in_h * in_w; }      // floats per input image
@@ -62,6 +78,8 @@ struct Conv2dGeometry {
 struct Pool2dGeometry {
     int n = 0, c = 0, in_h = 0, in_w = 0;
     int k_h = 2, k_w = 2, stride_h = 2, stride_w = 2;
+    ImageLayout in_layout = ImageLayout::Nchw;   // x and dx
+    ImageLayout out_layout = ImageLayout::Nchw;  // y, dy and argmax
     int out_h() const { return (in_h - k_h) / stride_h + 1; }
     int out_w() const { return (in_w - k_w) / stride_w + 1; }
     int in_size() const { return c * in_h * in_w; }
@@ -118,7 +136,15 @@ void act_dropout_forward(MatrixView<float> y, MatrixView<const float> x, Activat
 // db (1, cols) = Σ_rows dy (n, cols). Overwrites db. Summed in a fixed order (deterministic).
 void bias_grad(MatrixView<float> db, MatrixView<const float> dy);
 
-// ---- Convolution and pooling, NCHW (Conv2dGeometry, Pool2dGeometry above) --------------------
+// ---- Convolution and pooling (Conv2dGeometry, Pool2dGeometry above) ---------------------------
+// Each tensor is in the layout its geometry names; the results do not depend on the layouts
+// (the same bits in any of them, element for element). The blocked layouts only on the CPU.
+
+// The layouts of x and y in which `device`'s forward convolution of geometry g (its layouts
+// ignored) runs without reordering them: on the CPU those oneDNN chooses for this CPU (e.g.
+// nChw16c with AVX-512, nChw8c with AVX2; Nchw where it chooses one ImageLayout cannot name or
+// the channels do not fill its blocks); NCHW on the GPU.
+ImageLayouts conv2d_preferred_layouts(const Conv2dGeometry& g, Device device);
 
 // Scratch memory the convolutions of geometry g need on `device` (the largest of the three
 // directions, for batches of up to g.n images), in bytes. The caller allocates it once, before
@@ -161,8 +187,14 @@ void maxpool2d_forward(MatrixView<float> y, MatrixView<int32_t> argmax, MatrixVi
                        const Pool2dGeometry& g);
 // dx (n, in_size): each dy element added to its window's argmax element, zero elsewhere;
 // overlapping windows add in row-major window order. Overwrites dx.
+// When relu_y has data, x was a ReLU's output and relu_y (n, out_size) is this pooling's forward
+// output y: dx is then also the ReLU's backward, dx · [x > 0], in the same pass, with exactly the
+// bits act_dropout_backward(ReLU, no dropout, saved = x) gives applied to the plain dx (at a
+// window's argmax x is that window's y, so [x > 0] is [y > 0]; elsewhere dx is 0 either way).
 void maxpool2d_backward(MatrixView<float> dx, MatrixView<const float> dy, MatrixView<const int32_t> argmax,
-                        const Pool2dGeometry& g);
+                        const Pool2dGeometry& g, MatrixView<const float> relu_y);
+void maxpool2d_backward(MatrixView<float> dx, MatrixView<const float> dy, MatrixView<const int32_t> argmax,
+                        const Pool2dGeometry& g);  // without the gate
 
 // Softmax cross-entropy over logits (n, classes) with integer labels (n) in [0, classes):
 //   p = exp(z − max z) / Σ exp(z − max z) per row;  row_loss[r] = −log p[label[r]]

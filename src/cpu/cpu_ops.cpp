@@ -243,6 +243,8 @@ void bias_grad(float* db, const float* dy, int n, int cols) {
     }
 }
 
+ImageLayouts conv2d_preferred_layouts(const Conv2dGeometry& g) { return onednn::preferred_layouts(g); }
+
 std::size_t conv2d_workspace_bytes(const Conv2dGeometry&) { return 0; }  // oneDNN's scratchpads are per primitive
 
 void conv2d_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g, void*,
@@ -343,7 +345,209 @@ void maxpool_row_2x2(float* y, int32_t* argmax, const float* r0, const float* r1
 
 }  // namespace
 
+namespace {
+
+// Pooling where either tensor is channel-blocked (ops.h: nChw8c or nChw16c, so c is a multiple of
+// the block). Each task is one image's group of G channels (G the larger block, 8 or 16), a block
+// of the blocked layout; a window position's G channels are one vector of it. The lanes are
+// independent channels, each given exactly the comparisons (and, backward, the additions) of the
+// NCHW loops, in their order: the same bits.
+
+// Offset of channel c at plane position pos within one image of a layout with channel block
+// `block` (1: NCHW).
+inline std::size_t channel_offset(int block, std::size_t c, std::size_t pos, std::size_t plane) {
+    if (block == 1) return c * plane + pos;
+    const auto b = static_cast<std::size_t>(block);
+    return (c / b) * b * plane + pos * b + c % b;
+}
+
+// G floats (or int32s) as one value: a vector register or two of whatever ISA this is built for
+// (GCC's vector extensions; element-wise operators, comparisons giving 0 / −1 masks, and
+// mask ? a : b selects).
+template <int G>
+struct Lanes {
+    // (typedef: GCC drops the attribute from an alias declaration whose size depends on G.)
+    typedef float F __attribute__((vector_size(G * sizeof(float))));
+    typedef int32_t I __attribute__((vector_size(G * sizeof(int32_t))));
+    static_assert(sizeof(F) == G * sizeof(float) && sizeof(I) == G * sizeof(int32_t), "one value per lane");
+    // (Vectors wider than the ISA's registers pass through these by reference: no ABI question.)
+    template <class V, class T>
+    static void load(V& v, const T* p) {
+        std::memcpy(&v, p, sizeof v);
+    }
+    template <class V, class T>
+    static void store(T* p, const V& v) {
+        std::memcpy(p, &v, sizeof v);
+    }
+};
+
+// Both tensors in the blocked layout of G channels: one vector per window position.
+template <int G>
+void maxpool_forward_blocks(float* y, int32_t* argmax, const float* x, const Pool2dGeometry& g) {
+    using L = Lanes<G>;
+    using F = typename L::F;
+    using I = typename L::I;
+    const int oh = g.out_h(), ow = g.out_w(), groups = g.c / G;
+    const std::size_t in_plane = static_cast<std::size_t>(g.in_h) * g.in_w, out_plane = static_cast<std::size_t>(oh) * ow;
+    const std::size_t tasks = static_cast<std::size_t>(g.n) * groups;
+#pragma omp parallel for schedule(static) if (tasks * G * in_plane >= kParallelThreshold)
+    for (std::size_t t = 0; t < tasks; ++t) {
+        const std::size_t image = t / groups, c0 = (t % groups) * G;
+        const float* xb = x + image * g.in_size() + c0 * in_plane;
+        float* yb = y + image * g.out_size() + c0 * out_plane;
+        int32_t* ab = argmax + image * g.out_size() + c0 * out_plane;
+        for (int oy = 0; oy < oh; ++oy)
+            for (int ox = 0; ox < ow; ++ox) {
+                const int first = oy * g.stride_h * g.in_w + ox * g.stride_w;
+                F best;
+                L::load(best, xb + static_cast<std::size_t>(first) * G);
+                I at = I{} + first;
+                for (int ky = 0; ky < g.k_h; ++ky)
+                    for (int kx = 0; kx < g.k_w; ++kx) {
+                        const int pos = first + ky * g.in_w + kx;
+                        F v;
+                        L::load(v, xb + static_cast<std::size_t>(pos) * G);
+                        const I more = v > best;  // the first maximum; NaN never wins
+                        at = more ? I{} + pos : at;
+                        best = more ? v : best;
+                    }
+                const std::size_t o = (static_cast<std::size_t>(oy) * ow + ox) * G;
+                L::store(yb + o, best);
+                L::store(ab + o, at);
+            }
+    }
+}
+
+template <int G>
+void maxpool_forward_blocked(float* y, int32_t* argmax, const float* x, const Pool2dGeometry& g) {
+    const int oh = g.out_h(), ow = g.out_w(), groups = g.c / G;
+    const int in_block = channel_block(g.in_layout), out_block = channel_block(g.out_layout);
+    if (in_block == G && out_block == G) return maxpool_forward_blocks<G>(y, argmax, x, g);
+    const std::size_t in_plane = static_cast<std::size_t>(g.in_h) * g.in_w, out_plane = static_cast<std::size_t>(oh) * ow;
+    const std::size_t tasks = static_cast<std::size_t>(g.n) * groups;
+#pragma omp parallel for schedule(static) if (tasks * G * in_plane >= kParallelThreshold)
+    for (std::size_t t = 0; t < tasks; ++t) {
+        const std::size_t image = t / groups, c0 = (t % groups) * G;
+        const float* xi = x + image * g.in_size();
+        const float* xb = xi + c0 * in_plane;  // the group's block when in_block == G
+        float gathered[G];
+        // The G channels of plane position `pos`: a vector of the block, or gathered.
+        auto lanes = [&](int pos) -> const float* {
+            if (in_block == G) return xb + static_cast<std::size_t>(pos) * G;
+            for (int l = 0; l < G; ++l) gathered[l] = xi[channel_offset(in_block, c0 + l, pos, in_plane)];
+            return gathered;
+        };
+        float* yi = y + image * g.out_size();
+        int32_t* ai = argmax + image * g.out_size();
+        for (int oy = 0; oy < oh; ++oy)
+            for (int ox = 0; ox < ow; ++ox) {
+                const int first = oy * g.stride_h * g.in_w + ox * g.stride_w;
+                float best[G];
+                int32_t at[G];
+                const float* v0 = lanes(first);
+                for (int l = 0; l < G; ++l) best[l] = v0[l], at[l] = first;
+                for (int ky = 0; ky < g.k_h; ++ky)
+                    for (int kx = 0; kx < g.k_w; ++kx) {
+                        const int pos = first + ky * g.in_w + kx;
+                        const float* v = lanes(pos);
+#pragma omp simd
+                        for (int l = 0; l < G; ++l) {
+                            const bool more = v[l] > best[l];  // the first maximum; NaN never wins
+                            at[l] = more ? pos : at[l];
+                            best[l] = more ? v[l] : best[l];
+                        }
+                    }
+                const std::size_t o = static_cast<std::size_t>(oy) * ow + ox;
+                if (out_block == G) {
+                    const std::size_t at0 = c0 * out_plane + o * G;
+                    std::copy(best, best + G, yi + at0);
+                    std::copy(at, at + G, ai + at0);
+                } else {
+                    for (int l = 0; l < G; ++l) {
+                        const std::size_t at0 = channel_offset(out_block, c0 + l, o, out_plane);
+                        yi[at0] = best[l], ai[at0] = at[l];
+                    }
+                }
+            }
+    }
+}
+
+// relu_y (may be null): ops.h's ReLU gate, read where dy is (the same layout).
+template <int G>
+void maxpool_backward_blocked(float* dx, const float* dy, const int32_t* argmax, const float* relu_y,
+                              const Pool2dGeometry& g) {
+    const int oh = g.out_h(), ow = g.out_w(), groups = g.c / G;
+    const int in_block = channel_block(g.in_layout), out_block = channel_block(g.out_layout);
+    const std::size_t in_plane = static_cast<std::size_t>(g.in_h) * g.in_w, out_plane = static_cast<std::size_t>(oh) * ow;
+    const std::size_t tasks = static_cast<std::size_t>(g.n) * groups;
+    // Windows that do not overlap give each dx element at most one dy element: 0 + dy where it was
+    // the argmax (and the ReLU gate, if any, is open) and 0 elsewhere, the bits of the zero fill
+    // and the additions below, so every element is written once. Positions no window covers still
+    // need the fill.
+    const bool disjoint = in_block == G && out_block == G && g.stride_h >= g.k_h && g.stride_w >= g.k_w;
+    const bool covered = disjoint && g.stride_h == g.k_h && g.stride_w == g.k_w && g.in_h == oh * g.k_h &&
+                         g.in_w == ow * g.k_w;
+#pragma omp parallel for schedule(static) if (tasks * G * in_plane >= kParallelThreshold)
+    for (std::size_t t = 0; t < tasks; ++t) {
+        const std::size_t image = t / groups, c0 = (t % groups) * G;
+        float* dxi = dx + image * g.in_size();
+        const float* dyi = dy + image * g.out_size();
+        const int32_t* ai = argmax + image * g.out_size();
+        const float* gi = relu_y != nullptr ? relu_y + image * g.out_size() : nullptr;
+        if (!covered) {  // the group's G·in_plane elements: one block, or G NCHW planes
+            if (in_block == G) {
+                std::fill(dxi + c0 * in_plane, dxi + (c0 + G) * in_plane, 0.0f);
+            } else {
+                for (int l = 0; l < G; ++l)
+                    for (std::size_t pos = 0; pos < in_plane; ++pos) dxi[channel_offset(in_block, c0 + l, pos, in_plane)] = 0.0f;
+            }
+        }
+        if (disjoint) {
+            using L = Lanes<G>;
+            using F = typename L::F;
+            using I = typename L::I;
+            float* dxb = dxi + c0 * in_plane;
+            const float* dyb = dyi + c0 * out_plane;
+            const int32_t* ab = ai + c0 * out_plane;
+            const float* gb = gi != nullptr ? gi + c0 * out_plane : nullptr;
+            for (int oy = 0; oy < oh; ++oy)
+                for (int ox = 0; ox < ow; ++ox) {
+                    const std::size_t o = (static_cast<std::size_t>(oy) * ow + ox) * G;
+                    const int first = oy * g.stride_h * g.in_w + ox * g.stride_w;
+                    I at;  // the argmax, or −1 where the gate is shut
+                    L::load(at, ab + o);
+                    F v;
+                    if (gb != nullptr) {
+                        L::load(v, gb + o);
+                        at = v > F{} ? at : I{} - 1;
+                    }
+                    L::load(v, dyb + o);
+                    const F sum = F{} + v;  // 0 + dy: the fill's +0 plus dy
+                    for (int ky = 0; ky < g.k_h; ++ky)
+                        for (int kx = 0; kx < g.k_w; ++kx) {
+                            const int pos = first + ky * g.in_w + kx;
+                            L::store(dxb + static_cast<std::size_t>(pos) * G, at == pos ? sum : F{});
+                        }
+                }
+            continue;
+        }
+        // Each channel's windows in row-major order (ops.h), as the NCHW loop adds them.
+        for (std::size_t o = 0; o < out_plane; ++o)
+            for (int l = 0; l < G; ++l) {
+                const std::size_t from = channel_offset(out_block, c0 + l, o, out_plane);
+                if (gi != nullptr && !(gi[from] > 0.0f)) continue;
+                dxi[channel_offset(in_block, c0 + l, static_cast<std::size_t>(ai[from]), in_plane)] += dyi[from];
+            }
+    }
+}
+
+int pool_group(const Pool2dGeometry& g) { return std::max(channel_block(g.in_layout), channel_block(g.out_layout)); }
+
+}  // namespace
+
 void maxpool2d_forward(float* y, int32_t* argmax, const float* x, const Pool2dGeometry& g) {
+    if (pool_group(g) == 16) return maxpool_forward_blocked<16>(y, argmax, x, g);
+    if (pool_group(g) == 8) return maxpool_forward_blocked<8>(y, argmax, x, g);
     const int oh = g.out_h(), ow = g.out_w();
     const std::size_t planes = static_cast<std::size_t>(g.n) * g.c;
     const std::size_t in_plane = static_cast<std::size_t>(g.in_h) * g.in_w, out_plane = static_cast<std::size_t>(oh) * ow;
@@ -375,7 +579,10 @@ void maxpool2d_forward(float* y, int32_t* argmax, const float* x, const Pool2dGe
     }
 }
 
-void maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const Pool2dGeometry& g) {
+void maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const float* relu_y,
+                        const Pool2dGeometry& g) {
+    if (pool_group(g) == 16) return maxpool_backward_blocked<16>(dx, dy, argmax, relu_y, g);
+    if (pool_group(g) == 8) return maxpool_backward_blocked<8>(dx, dy, argmax, relu_y, g);
     const std::size_t planes = static_cast<std::size_t>(g.n) * g.c;
     const std::size_t in_plane = static_cast<std::size_t>(g.in_h) * g.in_w;
     const std::size_t out_plane = static_cast<std::size_t>(g.out_h()) * g.out_w();
@@ -385,6 +592,13 @@ void maxpool2d_backward(float* dx, const float* dy, const int32_t* argmax, const
         const float* dyp = dy + p * out_plane;
         const int32_t* ap = argmax + p * out_plane;
         std::fill(dxp, dxp + in_plane, 0.0f);
+        if (relu_y != nullptr) {
+            // Only where the ReLU passed x (x = y at the argmax); the rest stays +0, as its select writes it.
+            const float* gp = relu_y + p * out_plane;
+            for (std::size_t o = 0; o < out_plane; ++o)
+                if (gp[o] > 0.0f) dxp[ap[o]] += dyp[o];
+            continue;
+        }
         for (std::size_t o = 0; o < out_plane; ++o) dxp[ap[o]] += dyp[o];  // windows in row-major order
     }
 }

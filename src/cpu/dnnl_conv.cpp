@@ -1,10 +1,10 @@
 // oneDNN convolution primitives for the CPU backend, created once per (geometry, direction,
-// thread count) and reused, like the matmuls of dnnl_gemm.cpp. Activations stay in the model's
-// plain NCHW layout and weights in the flat buffer's OIHW layout between ops; each primitive runs in
-// the layouts it chooses (its fast AVX-512 kernels want channel-blocked ones), with reorders to and
-// from the plain ones around it, which cost a small fraction of a convolution (measured: see
-// docs/PERFORMANCE.md). algorithm::convolution_direct: never Winograd, whose transforms change the
-// rounding.
+// thread count) and reused, like the matmuls of dnnl_gemm.cpp. Activations come in the layouts
+// their geometry names (NCHW, or nChw8c/nChw16c between convolutions and poolings) and weights in the
+// flat buffer's OIHW layout; each primitive runs in the layouts it chooses (its fast AVX-512
+// kernels want channel-blocked ones), with reorders to and from the caller's around it wherever
+// the two differ (docs/PERFORMANCE.md measures them). algorithm::convolution_direct: never
+// Winograd, whose transforms change the rounding.
 #include "dnnl_conv.h"
 
 #include <omp.h>
@@ -33,12 +33,12 @@ struct Key {
     bool relu = false;  // Forward: a ReLU post-op
     auto tie() const {
         return std::tie(g.n, g.in_c, g.in_h, g.in_w, g.out_c, g.k_h, g.k_w, g.stride_h, g.stride_w, g.pad_top,
-                        g.pad_left, g.pad_bottom, g.pad_right, direction, threads, relu);
+                        g.pad_left, g.pad_bottom, g.pad_right, g.src_layout, g.dst_layout, direction, threads, relu);
     }
     bool operator<(const Key& o) const { return tie() < o.tie(); }
 };
 
-// One argument of a primitive. `user` is in the model's plain layout and is bound to the caller's
+// One argument of a primitive. `user` is in the caller's layout and is bound to the caller's
 // pointer on every call. When the primitive runs faster in a blocked layout of its own choosing
 // (format_tag::any; e.g. nChw16c for AVX-512's direct convolutions), `inner` holds the argument in
 // that layout (allocated once, here) and `reorder` converts it: user → inner before the primitive
@@ -113,14 +113,24 @@ struct Descs {
     Dims strides, pad_l, pad_r;
 };
 
-// The plain layouts of the model (tag nchw/oihw/x), or with Tag::any what the primitive prefers.
+Tag tag(ImageLayout layout) {
+    switch (layout) {
+        case ImageLayout::Nchw: return Tag::nchw;
+        case ImageLayout::Nchw8c: return Tag::nChw8c;
+        case ImageLayout::Nchw16c: return Tag::nChw16c;
+    }
+    return Tag::nchw;
+}
+
+// The model's layouts (the geometry's image layouts, oihw weights, a plain bias), or with
+// Tag::any what the primitive prefers.
 Descs descs(const Conv2dGeometry& g, bool any) {
     const auto f32 = memory::data_type::f32;
     Descs d;
-    d.src = memory::desc({g.n, g.in_c, g.in_h, g.in_w}, f32, any ? Tag::any : Tag::nchw);
+    d.src = memory::desc({g.n, g.in_c, g.in_h, g.in_w}, f32, any ? Tag::any : tag(g.src_layout));
     d.weights = memory::desc({g.out_c, g.in_c, g.k_h, g.k_w}, f32, any ? Tag::any : Tag::oihw);
     d.bias = memory::desc({g.out_c}, f32, Tag::x);
-    d.dst = memory::desc({g.n, g.out_c, g.out_h(), g.out_w()}, f32, any ? Tag::any : Tag::nchw);
+    d.dst = memory::desc({g.n, g.out_c, g.out_h(), g.out_w()}, f32, any ? Tag::any : tag(g.dst_layout));
     d.strides = {g.stride_h, g.stride_w};
     d.pad_l = {g.pad_top, g.pad_left};
     d.pad_r = {g.pad_bottom, g.pad_right};
@@ -201,6 +211,7 @@ Entry create(const dnnl::engine& engine, const Key& key) {
             e.finish(pd.scratchpad_desc(), engine);
             break;
         }
+        case Direction::Backward: throw Error("convolution backward is made by create_backward");
     }
     return e;
 }
@@ -274,6 +285,28 @@ void run(const Conv2dGeometry& g, Direction direction, std::initializer_list<con
 }
 
 }  // namespace
+
+ImageLayouts preferred_layouts(const Conv2dGeometry& g) {
+    const Conv2dGeometry one = g.with_batch(1);  // the choice depends on the CPU, not on the batch
+    const Descs d = descs(one, true);
+    dnnl::convolution_forward::primitive_desc pd;
+    try {
+        pd = forward_pd(thread_engine().engine, d);
+    } catch (const dnnl::error&) {
+        return {};  // no primitive for g: its ops will say why; NCHW costs nothing here
+    }
+    // The ImageLayout whose oneDNN tag gives exactly the chosen desc, for a channel count that
+    // fills its blocks (a padded blocked tensor is larger than the model's NCHW one).
+    auto layout_of = [](const memory::desc& chosen, const memory::dims& dims) {
+        for (ImageLayout l : {ImageLayout::Nchw16c, ImageLayout::Nchw8c, ImageLayout::Nchw})
+            if (dims[1] % channel_block(l) == 0 && chosen == memory::desc(dims, memory::data_type::f32, tag(l))) return l;
+        return ImageLayout::Nchw;
+    };
+    ImageLayouts out;
+    out.src = layout_of(pd.src_desc(), {1, g.in_c, g.in_h, g.in_w});
+    out.dst = layout_of(pd.dst_desc(), {1, g.out_c, g.out_h(), g.out_w()});
+    return out;
+}
 
 void conv_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g, bool relu) {
     run(g, Direction::Forward, {x, w, bias, y}, relu);

@@ -1,6 +1,7 @@
 // The CPU backend's convolutions through oneDNN: forward, backward-data and backward-weights
-// primitives over plain NCHW activations and OIHW weights, created once per geometry, direction
-// and thread count and cached per calling thread. Builds against oneDNN 2.x (Debian 12) and 3.x.
+// primitives over activations in the geometry's layouts and OIHW weights, created once per
+// geometry, direction and thread count and cached per calling thread. Builds against oneDNN 2.x
+// (Debian 12) and 3.x.
 #pragma once
 
 #include "cumnist/ops.h"
@@ -17,5 +18,7 @@ void conv_backward_weights(float* dw, const float* dy, const float* x, const Con
 // w): dy reordered once for both.
 void conv_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                    const Conv2dGeometry& g);
+// The layouts of x and y the forward primitive of g chooses (ops::conv2d_preferred_layouts).
+ImageLayouts preferred_layouts(const Conv2dGeometry& g);
 
 }  // namespace cumnist::cpu::onednn

@@ -70,13 +70,21 @@ struct DropoutSpec {
 };
 
 std::unique_ptr<Layer> make_dense(int in, int out, Activation act, DropoutSpec dropout);
-std::unique_ptr<Layer> make_conv2d(const Conv2dGeometry& g, Activation act);
-std::unique_ptr<Layer> make_maxpool2d(const Pool2dGeometry& g);
+// relu_backward_in_next / relu_gate: the ReLU of a Conv2D (act Relu) with a MaxPool2D right
+// after it is differentiated by the pooling's backward (ops::maxpool2d_backward's relu_y), not
+// by the convolution's: one pass over the convolution's output gradient fewer.
+std::unique_ptr<Layer> make_conv2d(const Conv2dGeometry& g, Activation act, bool relu_backward_in_next = false);
+std::unique_ptr<Layer> make_maxpool2d(const Pool2dGeometry& g, bool relu_gate = false);
 std::unique_ptr<Layer> make_activation(int size, Activation act);
 std::unique_ptr<Layer> make_dropout(int size, DropoutSpec dropout);
 
-// The computing layers of `spec`, fused (see model.h).
-std::vector<std::unique_ptr<Layer>> make_layers(const ModelSpec& spec);
+// The computing layers of `spec`, fused (see model.h), for `device`, and the layout of each one's
+// output (Model::output_layouts).
+struct Layers {
+    std::vector<std::unique_ptr<Layer>> layers;
+    std::vector<ImageLayout> layouts;
+};
+Layers make_layers(const ModelSpec& spec, Device device, ActivationLayouts layouts);
 
 }  // namespace cumnist::detail
 

@@ -26,46 +26,103 @@ void MlpConfig::validate() const {
 
 namespace detail {
 
-std::vector<std::unique_ptr<Layer>> make_layers(const ModelSpec& spec) {
+namespace {
+
+// One computing layer before it is made: what the spec's tokens fused into it ask for.
+struct Planned {
+    LayerKind kind = LayerKind::Dense;
+    int in_size = 0, units = 0;
+    Activation act = Activation::None;
+    DropoutSpec dropout;
+    Conv2dGeometry conv;
+    Pool2dGeometry pool;
+};
+
+bool spatial(const Planned& p) { return p.kind == LayerKind::Conv2D || p.kind == LayerKind::MaxPool2D; }
+
+}  // namespace
+
+Layers make_layers(const ModelSpec& spec, Device device, ActivationLayouts layouts) {
     const std::vector<Shape> shapes = spec.shapes();
     const std::vector<LayerSpec>& L = spec.layers;
-    std::vector<std::unique_ptr<Layer>> layers;
+    std::vector<Planned> plan;
     uint32_t dropouts = 0;  // dropout layers so far: each draws from its own Philox stream
     auto next_dropout = [&](float rate) { return DropoutSpec{rate, kDropoutStreamBase + dropouts++}; };
     Shape in = spec.input;
     for (std::size_t i = 0; i < L.size(); ++i) {
         const LayerSpec& l = L[i];
         auto is = [&](std::size_t j, LayerKind kind) { return j < L.size() && L[j].kind == kind; };
+        Planned p;
+        p.kind = l.kind;
+        p.in_size = in.size();
         switch (l.kind) {
-            case LayerKind::Dense: {
+            case LayerKind::Dense:
                 // Dense [activation] [dropout]: one GEMM and the fused epilogue.
-                Activation act = Activation::None;
-                if (is(i + 1, LayerKind::Activation)) act = L[++i].activation;
-                DropoutSpec d;
-                if (is(i + 1, LayerKind::Dropout)) d = next_dropout(L[++i].rate);
-                layers.push_back(make_dense(in.size(), l.units, act, d));
+                p.units = l.units;
+                if (is(i + 1, LayerKind::Activation)) p.act = L[++i].activation;
+                if (is(i + 1, LayerKind::Dropout)) p.dropout = next_dropout(L[++i].rate);
                 break;
-            }
-            case LayerKind::Conv2D: {
-                Activation act = Activation::None;
-                if (is(i + 1, LayerKind::Activation)) act = L[++i].activation;
-                layers.push_back(make_conv2d(conv_geometry(l, in), act));
+            case LayerKind::Conv2D:
+                if (is(i + 1, LayerKind::Activation)) p.act = L[++i].activation;
+                p.conv = conv_geometry(l, in);
                 break;
-            }
-            case LayerKind::MaxPool2D: {
-                Pool2dGeometry g;
-                g.c = in.c, g.in_h = in.h, g.in_w = in.w;
-                g.k_h = l.k_h, g.k_w = l.k_w, g.stride_h = l.stride_h, g.stride_w = l.stride_w;
-                layers.push_back(make_maxpool2d(g));
+            case LayerKind::MaxPool2D:
+                p.pool.c = in.c, p.pool.in_h = in.h, p.pool.in_w = in.w;
+                p.pool.k_h = l.k_h, p.pool.k_w = l.k_w, p.pool.stride_h = l.stride_h, p.pool.stride_w = l.stride_w;
                 break;
-            }
             case LayerKind::Flatten: break;  // the same memory read as a vector
-            case LayerKind::Dropout: layers.push_back(make_dropout(in.size(), next_dropout(l.rate))); break;
-            case LayerKind::Activation: layers.push_back(make_activation(in.size(), l.activation)); break;
+            case LayerKind::Dropout: p.dropout = next_dropout(l.rate); break;
+            case LayerKind::Activation: p.act = l.activation; break;
         }
+        if (l.kind != LayerKind::Flatten) plan.push_back(p);
         in = shapes[i];
     }
-    return layers;
+
+    // The activation between two convolutions or poolings stays in the layout the convolutions
+    // next to it work in (ops::conv2d_preferred_layouts: a blocked one on the CPU), so that no
+    // reorder runs between them: the producing convolution's output layout, or the consuming
+    // one's input layout, or where both are convolutions the layout they agree on; between two
+    // poolings the layout of the first one's input. Every other activation (the input, whatever
+    // a dense layer, a dropout mask or Flatten reads) is NCHW.
+    Layers made;
+    made.layouts.assign(plan.size(), ImageLayout::Nchw);
+    if (layouts == ActivationLayouts::Fastest)
+        for (std::size_t i = 0; i + 1 < plan.size(); ++i) {
+            const Planned &from = plan[i], &to = plan[i + 1];
+            if (!spatial(from) || !spatial(to)) continue;
+            const bool from_conv = from.kind == LayerKind::Conv2D, to_conv = to.kind == LayerKind::Conv2D;
+            ImageLayout l = i > 0 ? made.layouts[i - 1] : ImageLayout::Nchw;  // two poolings
+            if (from_conv) l = ops::conv2d_preferred_layouts(from.conv, device).dst;
+            if (to_conv) {
+                const ImageLayout wanted = ops::conv2d_preferred_layouts(to.conv, device).src;
+                l = !from_conv || wanted == l ? wanted : ImageLayout::Nchw;
+            }
+            made.layouts[i] = l;
+        }
+    // A convolution's ReLU followed by a max pooling: the pooling's backward applies the ReLU's.
+    auto relu_into_pool = [&](std::size_t i) {
+        return i + 1 < plan.size() && plan[i].kind == LayerKind::Conv2D && plan[i].act == Activation::Relu &&
+               plan[i + 1].kind == LayerKind::MaxPool2D;
+    };
+    for (std::size_t i = 0; i < plan.size(); ++i) {
+        Planned& p = plan[i];
+        const ImageLayout in_layout = i > 0 ? made.layouts[i - 1] : ImageLayout::Nchw, out_layout = made.layouts[i];
+        switch (p.kind) {
+            case LayerKind::Dense: made.layers.push_back(make_dense(p.in_size, p.units, p.act, p.dropout)); break;
+            case LayerKind::Conv2D:
+                p.conv.src_layout = in_layout, p.conv.dst_layout = out_layout;
+                made.layers.push_back(make_conv2d(p.conv, p.act, relu_into_pool(i)));
+                break;
+            case LayerKind::MaxPool2D:
+                p.pool.in_layout = in_layout, p.pool.out_layout = out_layout;
+                made.layers.push_back(make_maxpool2d(p.pool, i > 0 && relu_into_pool(i - 1)));
+                break;
+            case LayerKind::Dropout: made.layers.push_back(make_dropout(p.in_size, p.dropout)); break;
+            case LayerKind::Activation: made.layers.push_back(make_activation(p.in_size, p.act)); break;
+            case LayerKind::Flatten: break;
+        }
+    }
+    return made;
 }
 
 }  // namespace detail
@@ -87,8 +144,11 @@ Workspace::Workspace(const Model& model, int max_batch_) : max_batch(max_batch_)
     row_correct = Buffer<float>(rows, device);
 }
 
-Model::Model(ModelSpec spec, Device device)
-    : m_spec(std::move(spec)), m_device(device), m_layout(layer_layout(m_spec)), m_layers(detail::make_layers(m_spec)) {
+Model::Model(ModelSpec spec, Device device, ActivationLayouts layouts)
+    : m_spec(std::move(spec)), m_device(device), m_layout(layer_layout(m_spec)) {
+    detail::Layers made = detail::make_layers(m_spec, device, layouts);
+    m_layers = std::move(made.layers);
+    m_output_layouts = std::move(made.layouts);
     const std::size_t n = parameter_count(m_spec);
     m_params = Buffer<float>(n, device);
     m_grads = Buffer<float>(n, device);

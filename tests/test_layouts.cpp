@@ -114,7 +114,7 @@ TEST_P(ConvLayouts, EveryDirectionGivesTheNchwBits) {
     ASSERT_EQ(ops::conv2d_workspace_bytes(g, Device::Cpu), 0u);
 
     struct Results {
-        std::vector<float> y, dx, dw, db, dx_data, dw_filter;
+        std::vector<float> y, dx, dw, db, dx_data, dw_filter, dw_first, db_first;
     };
     auto run = [&](ImageLayout src, ImageLayout dst) {
         Conv2dGeometry gl = g;
@@ -128,6 +128,11 @@ TEST_P(ConvLayouts, EveryDirectionGivesTheNchwBits) {
         ops::conv2d_backward(dx.view(g.n, g.in_size()), dw.view(g.out_c, g.filter_size()), db.view(1, g.out_c),
                              dy.view(g.n, g.out_size()), x.view(g.n, g.in_size()), w.view(g.out_c, g.filter_size()), gl,
                              no_workspace);
+        // Without dx, as a first layer's (on the CPU its own loop where the input channels are few).
+        Buffer<float> dw3(wh.size(), Device::Cpu), db3(bh.size(), Device::Cpu);
+        ops::conv2d_backward({nullptr, 0, 0, Device::Cpu}, dw3.view(g.out_c, g.filter_size()), db3.view(1, g.out_c),
+                             dy.view(g.n, g.out_size()), x.view(g.n, g.in_size()), w.view(g.out_c, g.filter_size()), gl,
+                             no_workspace);
         ops::conv2d_backward_data(dx2.view(g.n, g.in_size()), dy.view(g.n, g.out_size()),
                                   w.view(g.out_c, g.filter_size()), gl, no_workspace);
         ops::conv2d_backward_filter(dw2.view(g.out_c, g.filter_size()), dy.view(g.n, g.out_size()),
@@ -137,6 +142,7 @@ TEST_P(ConvLayouts, EveryDirectionGivesTheNchwBits) {
         r.dx = relayout(dx.to_host(), g.n, g.in_c, in_plane, src, kNchw);
         r.dx_data = relayout(dx2.to_host(), g.n, g.in_c, in_plane, src, kNchw);
         r.dw = dw.to_host(), r.db = db.to_host(), r.dw_filter = dw2.to_host();
+        r.dw_first = dw3.to_host(), r.db_first = db3.to_host();
         return r;
     };
     const Results want = run(kNchw, kNchw);
@@ -152,6 +158,8 @@ TEST_P(ConvLayouts, EveryDirectionGivesTheNchwBits) {
             EXPECT_TRUE(same_bits(got.db, want.db, "db (conv2d_backward)"));
             EXPECT_TRUE(same_bits(got.dx_data, want.dx_data, "dx (conv2d_backward_data)"));
             EXPECT_TRUE(same_bits(got.dw_filter, want.dw_filter, "dw (conv2d_backward_filter)"));
+            EXPECT_TRUE(same_bits(got.dw_first, want.dw_first, "dw (conv2d_backward without dx)"));
+            EXPECT_TRUE(same_bits(got.db_first, want.db_first, "db (conv2d_backward without dx)"));
             ++compared;
         }
     EXPECT_GT(compared, 0) << "no blocked layout applies to this case";

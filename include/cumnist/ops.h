@@ -173,8 +173,12 @@ void channel_bias_grad(MatrixView<float> db, MatrixView<const float> dy, int cha
 // channel_bias_grad (with g.out_c channels) and, unless dx.data is null (a first layer needs
 // none), dx as conv2d_backward_data. Overwrites them. On the CPU dy is reordered into the
 // primitives' layout once for both directions and db comes out of the backward-weights primitive
-// (deterministic for a given thread count, like dw; its summation order is oneDNN's); on the GPU
-// it is the three ops.
+// (deterministic for a given thread count, like dw; its summation order is oneDNN's), except
+// without dx for fewer than 8 input channels (in_c·k_h·k_w ≤ 64, out_c a multiple of 8, x NCHW: a
+// first layer), where oneDNN would pad x to a block of channels: there dw and db come from a loop
+// of cumnist's own, per output channel each image's positions in row-major order and then the
+// images in order (the same bits for any thread count and layout of dy). On the GPU it is the
+// three ops.
 void conv2d_backward(MatrixView<float> dx, MatrixView<float> dw, MatrixView<float> db, MatrixView<const float> dy,
                      MatrixView<const float> x, MatrixView<const float> w, const Conv2dGeometry& g,
                      MatrixView<uint8_t> workspace);

@@ -243,6 +243,100 @@ void bias_grad(float* db, const float* dy, int n, int cols) {
     }
 }
 
+namespace {
+
+// G floats (or int32s) as one value: a vector register or two of whatever ISA this is built for
+// (GCC's vector extensions; element-wise operators, comparisons giving 0 / −1 masks, and
+// mask ? a : b selects).
+template <int G>
+struct Lanes {
+    // (typedef: GCC drops the attribute from an alias declaration whose size depends on G.)
+    typedef float F __attribute__((vector_size(G * sizeof(float))));
+    typedef int32_t I __attribute__((vector_size(G * sizeof(int32_t))));
+    static_assert(sizeof(F) == G * sizeof(float) && sizeof(I) == G * sizeof(int32_t), "one value per lane");
+    // (Vectors wider than the ISA's registers pass through these by reference: no ABI question.)
+    template <class V, class T>
+    static void load(V& v, const T* p) {
+        std::memcpy(&v, p, sizeof v);
+    }
+    template <class V, class T>
+    static void store(T* p, const V& v) {
+        std::memcpy(p, &v, sizeof v);
+    }
+};
+
+// Offset of channel c at plane position pos within one image of a layout with channel block
+// `block` (1: NCHW).
+inline std::size_t channel_offset(int block, std::size_t c, std::size_t pos, std::size_t plane) {
+    if (block == 1) return c * plane + pos;
+    const auto b = static_cast<std::size_t>(block);
+    return (c / b) * b * plane + pos * b + c % b;
+}
+
+// The backward-weights (and bias) of a first layer whose input has fewer channels than a block
+// (MNIST's one): oneDNN pads that input to a whole block of 8 or 16 channels and does as many
+// times the work. Here every filter tap is a vector of G output channels (G the block of dy's
+// layout, or 8 for NCHW), accumulated over an image's output positions in row-major order, the
+// images' sums then added in order: per output channel the same order in every layout and for
+// any thread count (threads own whole groups of output channels).
+constexpr int kMaxNarrowTaps = 64;  // in_c · k_h · k_w of the convolutions taken this way
+
+bool narrow_first_layer(const Conv2dGeometry& g) {
+    return g.in_c < 8 && g.in_c * g.k_h * g.k_w <= kMaxNarrowTaps && g.out_c % 8 == 0 &&
+           g.src_layout == ImageLayout::Nchw;
+}
+
+template <int G>
+void conv_backward_weights_narrow(float* dw, float* db, const float* dy, const float* x, const Conv2dGeometry& g) {
+    using L = Lanes<G>;
+    using F = typename L::F;
+    const int oh = g.out_h(), ow = g.out_w(), taps = g.in_c * g.k_h * g.k_w, groups = g.out_c / G;
+    const int block = channel_block(g.dst_layout);
+    const std::size_t in_plane = static_cast<std::size_t>(g.in_h) * g.in_w, out_plane = static_cast<std::size_t>(oh) * ow;
+#pragma omp parallel for schedule(static) if (static_cast<std::size_t>(g.n) * g.out_size() * taps >= kParallelThreshold)
+    for (int cg = 0; cg < groups; ++cg) {
+        const std::size_t c0 = static_cast<std::size_t>(cg) * G;
+        F total[kMaxNarrowTaps] = {}, total_b = {};
+        for (int n = 0; n < g.n; ++n) {
+            const float* dyi = dy + static_cast<std::size_t>(n) * g.out_size();
+            const float* xi = x + static_cast<std::size_t>(n) * g.in_size();
+            F part[kMaxNarrowTaps] = {}, part_b = {};
+            for (int oy = 0; oy < oh; ++oy)
+                for (int ox = 0; ox < ow; ++ox) {
+                    const std::size_t o = static_cast<std::size_t>(oy) * ow + ox;
+                    F d;
+                    if (block == G) {
+                        L::load(d, dyi + c0 * out_plane + o * G);
+                    } else {
+                        float lanes[G];
+                        for (int l = 0; l < G; ++l) lanes[l] = dyi[channel_offset(block, c0 + l, o, out_plane)];
+                        L::load(d, lanes);
+                    }
+                    part_b += d;
+                    for (int i = 0; i < g.in_c; ++i)
+                        for (int ky = 0; ky < g.k_h; ++ky) {
+                            const int iy = oy * g.stride_h - g.pad_top + ky;
+                            if (iy < 0 || iy >= g.in_h) continue;
+                            const float* row = xi + i * in_plane + static_cast<std::size_t>(iy) * g.in_w;
+                            for (int kx = 0; kx < g.k_w; ++kx) {
+                                const int ix = ox * g.stride_w - g.pad_left + kx;
+                                if (ix < 0 || ix >= g.in_w) continue;
+                                part[(i * g.k_h + ky) * g.k_w + kx] += d * row[ix];
+                            }
+                        }
+                }
+            for (int t = 0; t < taps; ++t) total[t] += part[t];
+            total_b += part_b;
+        }
+        for (int l = 0; l < G; ++l) {
+            for (int t = 0; t < taps; ++t) dw[(c0 + l) * taps + t] = total[t][l];
+            db[c0 + l] = total_b[l];
+        }
+    }
+}
+
+}  // namespace
+
 ImageLayouts conv2d_preferred_layouts(const Conv2dGeometry& g) { return onednn::preferred_layouts(g); }
 
 std::size_t conv2d_workspace_bytes(const Conv2dGeometry&) { return 0; }  // oneDNN's scratchpads are per primitive
@@ -266,6 +360,10 @@ void conv2d_backward_filter(float* dw, const float* dy, const float* x, const Co
 
 void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
                      const Conv2dGeometry& g, void*, std::size_t) {
+    if (dx == nullptr && narrow_first_layer(g)) {
+        if (channel_block(g.dst_layout) == 16) return conv_backward_weights_narrow<16>(dw, db, dy, x, g);
+        return conv_backward_weights_narrow<8>(dw, db, dy, x, g);
+    }
     onednn::conv_backward(dx, dw, db, dy, x, w, g);
 }
 
@@ -353,35 +451,8 @@ namespace {
 // independent channels, each given exactly the comparisons (and, backward, the additions) of the
 // NCHW loops, in their order: the same bits.
 
-// Offset of channel c at plane position pos within one image of a layout with channel block
-// `block` (1: NCHW).
-inline std::size_t channel_offset(int block, std::size_t c, std::size_t pos, std::size_t plane) {
-    if (block == 1) return c * plane + pos;
-    const auto b = static_cast<std::size_t>(block);
-    return (c / b) * b * plane + pos * b + c % b;
-}
-
-// G floats (or int32s) as one value: a vector register or two of whatever ISA this is built for
-// (GCC's vector extensions; element-wise operators, comparisons giving 0 / −1 masks, and
-// mask ? a : b selects).
-template <int G>
-struct Lanes {
-    // (typedef: GCC drops the attribute from an alias declaration whose size depends on G.)
-    typedef float F __attribute__((vector_size(G * sizeof(float))));
-    typedef int32_t I __attribute__((vector_size(G * sizeof(int32_t))));
-    static_assert(sizeof(F) == G * sizeof(float) && sizeof(I) == G * sizeof(int32_t), "one value per lane");
-    // (Vectors wider than the ISA's registers pass through these by reference: no ABI question.)
-    template <class V, class T>
-    static void load(V& v, const T* p) {
-        std::memcpy(&v, p, sizeof v);
-    }
-    template <class V, class T>
-    static void store(T* p, const V& v) {
-        std::memcpy(p, &v, sizeof v);
-    }
-};
-
-// Both tensors in the blocked layout of G channels: one vector per window position.
+// x in the blocked layout of G channels: one vector per window position; y and argmax in that
+// layout too (one vector store) or NCHW (the pooling before a Flatten).
 template <int G>
 void maxpool_forward_blocks(float* y, int32_t* argmax, const float* x, const Pool2dGeometry& g) {
     using L = Lanes<G>;
@@ -394,8 +465,9 @@ void maxpool_forward_blocks(float* y, int32_t* argmax, const float* x, const Poo
     for (std::size_t t = 0; t < tasks; ++t) {
         const std::size_t image = t / groups, c0 = (t % groups) * G;
         const float* xb = x + image * g.in_size() + c0 * in_plane;
-        float* yb = y + image * g.out_size() + c0 * out_plane;
+        float* yb = y + image * g.out_size() + c0 * out_plane;  // the group's block, or its first plane
         int32_t* ab = argmax + image * g.out_size() + c0 * out_plane;
+        const bool blocked_out = g.out_layout != ImageLayout::Nchw;
         for (int oy = 0; oy < oh; ++oy)
             for (int ox = 0; ox < ow; ++ox) {
                 const int first = oy * g.stride_h * g.in_w + ox * g.stride_w;
@@ -411,9 +483,13 @@ void maxpool_forward_blocks(float* y, int32_t* argmax, const float* x, const Poo
                         at = more ? I{} + pos : at;
                         best = more ? v : best;
                     }
-                const std::size_t o = (static_cast<std::size_t>(oy) * ow + ox) * G;
-                L::store(yb + o, best);
-                L::store(ab + o, at);
+                const std::size_t o = static_cast<std::size_t>(oy) * ow + ox;
+                if (blocked_out) {
+                    L::store(yb + o * G, best);
+                    L::store(ab + o * G, at);
+                } else {
+                    for (int l = 0; l < G; ++l) yb[l * out_plane + o] = best[l], ab[l * out_plane + o] = at[l];
+                }
             }
     }
 }
@@ -422,7 +498,7 @@ template <int G>
 void maxpool_forward_blocked(float* y, int32_t* argmax, const float* x, const Pool2dGeometry& g) {
     const int oh = g.out_h(), ow = g.out_w(), groups = g.c / G;
     const int in_block = channel_block(g.in_layout), out_block = channel_block(g.out_layout);
-    if (in_block == G && out_block == G) return maxpool_forward_blocks<G>(y, argmax, x, g);
+    if (in_block == G && (out_block == G || out_block == 1)) return maxpool_forward_blocks<G>(y, argmax, x, g);
     const std::size_t in_plane = static_cast<std::size_t>(g.in_h) * g.in_w, out_plane = static_cast<std::size_t>(oh) * ow;
     const std::size_t tasks = static_cast<std::size_t>(g.n) * groups;
 #pragma omp parallel for schedule(static) if (tasks * G * in_plane >= kParallelThreshold)

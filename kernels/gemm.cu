@@ -1,6 +1,7 @@
 // cuda::gemm: the one place where cumnist's row-major matrices meet column-major cuBLAS. Every
 // matrix product of the model goes through this wrapper, on the context's compute stream.
 #include <algorithm>
+#include <limits>
 
 #include "backend.h"
 #include "cuda_common.cuh"
@@ -20,11 +21,17 @@ namespace cumnist::cuda {
 // beta == 0 makes cuBLAS ignore C's old contents (NaN included).
 void gemm(float* c, const float* a, const float* b, int m, int n, int k, Trans ta, Trans tb, float alpha, float beta) {
     if (m <= 0 || n <= 0) return;
-    if (k == 0 && beta == 0.0f) {
-        // An empty product: C = 0, even over NaN (as the CPU backend does), without relying on
-        // cuBLAS's handling of k == 0.
-        CUDA_CHECK(cudaMemsetAsync(c, 0, static_cast<std::size_t>(m) * static_cast<std::size_t>(n) * sizeof(float),
-                                   context().stream()));
+    if (k == 0) {
+        // An empty product: C = beta · C (C = 0 for beta == 0, even over NaN, as the CPU backend
+        // does), without relying on cuBLAS's handling of k == 0 (A and B may be null then).
+        const std::size_t count = static_cast<std::size_t>(m) * static_cast<std::size_t>(n);
+        if (beta == 0.0f) {
+            CUDA_CHECK(cudaMemsetAsync(c, 0, count * sizeof(float), context().stream()));
+        } else if (beta != 1.0f) {
+            CUMNIST_CHECK(count <= static_cast<std::size_t>(std::numeric_limits<int>::max()),
+                          "gemm: {} elements of C exceed one cuBLAS scaling", count);
+            CUBLAS_CHECK(cublasSscal(context().cublas(), static_cast<int>(count), &beta, c, 1));
+        }
         return;
     }
     const cublasOperation_t op_a = ta == Trans::No ? CUBLAS_OP_N : CUBLAS_OP_T;

@@ -29,6 +29,11 @@ if ! probe=$("$cumnist" bench --device gpu --data "$data" --batch-sizes 32 --gpu
   if [ "${CUMNIST_REQUIRE_GPU:-0}" = 1 ]; then
     fail "CUMNIST_REQUIRE_GPU=1 but the GPU is not usable: $reason"
   fi
+  # A GPU that is there but unusable (no code for its architecture, a broken driver) is a broken
+  # build or installation, not a machine without a GPU (as the GoogleTest cases treat it).
+  if [ -e /dev/nvidia0 ] || nvidia-smi -L > /dev/null 2>&1; then
+    fail "a GPU is present but this build cannot use it: $reason"
+  fi
   echo "SKIPPED: $reason"
   exit 77
 fi
@@ -71,10 +76,12 @@ cp -r gpu to-cpu
 "${train[@]}" --device cpu --resume to-cpu/last.safetensors --epochs 3 > resume-cpu.log 2>&1 ||
   { cat resume-cpu.log; fail "a GPU checkpoint did not resume on the CPU"; }
 grep -q '^Epoch 3/3' resume-cpu.log || fail "the CPU resume of a GPU checkpoint ran no third epoch"
+! grep -q '^Epoch [12]/3' resume-cpu.log || fail "the CPU resume of a GPU checkpoint trained from the start again"
 "${train[@]}" --device cpu --epochs 1 --save cpu > train-cpu.log 2>&1 || { cat train-cpu.log; fail "train --device cpu failed"; }
 "${train[@]}" --device gpu --resume cpu/last.safetensors --epochs 2 > resume-gpu.log 2>&1 ||
   { cat resume-gpu.log; fail "a CPU checkpoint did not resume on the GPU"; }
 grep -q '^Epoch 2/2' resume-gpu.log || fail "the GPU resume of a CPU checkpoint ran no second epoch"
+! grep -q '^Epoch 1/2' resume-gpu.log || fail "the GPU resume of a CPU checkpoint trained from the start again"
 
 # bench on the GPU prints the captured step's node count.
 "$cumnist" bench --device gpu --data "$data" --batch-sizes 32 --gpu-steps 200 > bench.log 2>&1 ||

@@ -211,6 +211,8 @@ const std::vector<ConvCase> kConvCases = {
     {"Image28x28_K3_Same_FirstLayer32", 33, 1, 32, 28, 28, 3, 3, 1, 1, Padding::Same, 0, 0, 0, 0},
     {"Image5x7_K3_Same_S2_In3Out16", 33, 3, 16, 5, 7, 3, 3, 2, 2, Padding::Same, 0, 0, 0, 0},
     {"Image6x6_K3_Valid_In7Out8", 1, 7, 8, 6, 6, 3, 3, 1, 1, Padding::Valid, 0, 0, 0, 0},
+    {"Image6x5_K2_Same_S2x1_In1Out16_AsymmetricPad", 33, 1, 16, 6, 5, 2, 2, 2, 1, Padding::Same, 0, 0, 0, 0},
+    {"Image6x6_K4_Valid_In4Out8_64Taps", 1, 4, 8, 6, 6, 4, 4, 1, 1, Padding::Valid, 0, 0, 0, 0},  // the loop's limit
 };
 
 using ConvParam = std::tuple<Device, ConvCase>;
@@ -375,6 +377,9 @@ TEST_P(Conv2dVsReference, AllDirectionsMatchReference) {
                              dy.view(g.n, out_size), x.view(g.n, in_size), w.view(g.out_c, filter_size), g, ws.view);
         EXPECT_TRUE(bits_equal(dw3.to_host(), dw2.to_host())) << "conv2d_backward's dw is not deterministic";
         EXPECT_TRUE(bits_equal(db3.to_host(), db2.to_host())) << "conv2d_backward's db is not deterministic";
+        if (with_dx) {
+            EXPECT_TRUE(bits_equal(dx3.to_host(), dx2.to_host())) << "conv2d_backward's dx is not deterministic";
+        }
     }
 
     // The inputs are only read.
@@ -586,6 +591,10 @@ TEST_P(MaxPool2dVsReference, ForwardArgmaxAndBackwardMatchReference) {
             ops::maxpool2d_backward(gated.view(g.n, g.in_size()), dy.view(g.n, g.out_size()),
                                     argmax.view(g.n, g.out_size()), g, y.view(g.n, g.out_size()));
             EXPECT_TRUE(all_close(gated.to_host(), gated_want, gr.tol, "dx with the ReLU gate"));
+            // And exactly the bits of the ReLU's own backward (saved = x) run on the plain dx, on this device.
+            ops::act_dropout_backward(dx.view(g.n, g.in_size()), dx.view(g.n, g.in_size()), x.view(g.n, g.in_size()),
+                                      Activation::Relu, {}, nullptr);
+            EXPECT_TRUE(bits_equal(gated.to_host(), dx.to_host())) << "the gate differs from the ReLU backward";
         }
     }
 }

@@ -369,7 +369,7 @@ const std::vector<NetCase> kNets = {
     // overwrites its ∂loss/∂y in place before the layer before it reads it).
     {"relu_dropout_then_tanh_output", "conv2k3same,relu,flatten,dense7,relu,dropout0.4,dense3,tanh", {1, 4, 4}, 3},
     // Multiples of 16 channels: on the CPU the activations between the convolutions and poolings
-    // are channel-blocked (nChw16c), the last pooling's and convolution's outputs NCHW again.
+    // are channel-blocked (nChw8c or nChw16c); the last pooling writes NCHW for flatten.
     {"blocked_16_channels", "conv16k3same,relu,pool2,conv16k2,relu,pool2,flatten,dropout0.3,dense3", {1, 8, 8}, 3},
     // Blocked with overlapping pooling windows (the general backward), and a blocked pooling input
     // with an NCHW output before flatten.

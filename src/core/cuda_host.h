@@ -130,12 +130,12 @@ private:
     std::unique_ptr<Impl> m_impl;
 };
 
-// Elapsed time between two points on the compute stream, in milliseconds (CUDA events).
 // Testing: the calling thread's next StepGraph::capture() fails the way a capture-unsafe call
 // inside the step makes it fail (it synchronises the capturing stream), so that the fallback to
 // plain launches can be tested. Throws "built without CUDA support" in a build without CUDA.
 void fail_next_capture_for_testing();
 
+// Elapsed time between two points on the compute stream, in milliseconds (CUDA events).
 class StreamTimer {
 public:
     StreamTimer();

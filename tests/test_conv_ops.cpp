@@ -436,8 +436,8 @@ TEST(Conv2dCases, AsymmetricPaddingAsIntended) {
             EXPECT_GE(g.in_w + 2 * g.pad_left - g.k_w, 0) << c.name;
         }
     }
-    EXPECT_EQ(asym, 4);
-    EXPECT_EQ(rejected, 3);
+    EXPECT_EQ(asym, 5);      // the four "AsymmetricPad" cases and the first-layer one
+    EXPECT_EQ(rejected, 4);  // all but the one whose extra column no window reaches
     const ref::Pad1 upper = ref::pad_same(4, 2, 1);  // SAME_UPPER, even kernel: the extra row goes after
     EXPECT_EQ(upper.before, 0);
     EXPECT_EQ(upper.after, 1);

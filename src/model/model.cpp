@@ -35,6 +35,7 @@ struct Planned {
     Activation act = Activation::None;
     DropoutSpec dropout;
     Conv2dGeometry conv;
+    ImageLayouts prefers;  // a convolution's: ops::conv2d_preferred_layouts, asked once
     Pool2dGeometry pool;
 };
 
@@ -65,6 +66,7 @@ Layers make_layers(const ModelSpec& spec, Device device, ActivationLayouts layou
             case LayerKind::Conv2D:
                 if (is(i + 1, LayerKind::Activation)) p.act = L[++i].activation;
                 p.conv = conv_geometry(l, in);
+                if (layouts == ActivationLayouts::Fastest) p.prefers = ops::conv2d_preferred_layouts(p.conv, device);
                 break;
             case LayerKind::MaxPool2D:
                 p.pool.c = in.c, p.pool.in_h = in.h, p.pool.in_w = in.w;
@@ -92,11 +94,8 @@ Layers make_layers(const ModelSpec& spec, Device device, ActivationLayouts layou
             if (!spatial(from) || !spatial(to)) continue;
             const bool from_conv = from.kind == LayerKind::Conv2D, to_conv = to.kind == LayerKind::Conv2D;
             ImageLayout l = i > 0 ? made.layouts[i - 1] : ImageLayout::Nchw;  // two poolings
-            if (from_conv) l = ops::conv2d_preferred_layouts(from.conv, device).dst;
-            if (to_conv) {
-                const ImageLayout wanted = ops::conv2d_preferred_layouts(to.conv, device).src;
-                l = !from_conv || wanted == l ? wanted : ImageLayout::Nchw;
-            }
+            if (from_conv) l = from.prefers.dst;
+            if (to_conv) l = !from_conv || to.prefers.src == l ? to.prefers.src : ImageLayout::Nchw;
             made.layouts[i] = l;
         }
     // A convolution's ReLU followed by a max pooling: the pooling's backward applies the ReLU's.

@@ -186,6 +186,24 @@ slow=(--hidden 1024,1024 --threads 1)
 pid=$!
 for _ in $(seq 1 600); do grep -q "^Epoch 1/1" cut.log && break; sleep 0.1; done
 sleep 1
+# No thread that computes may take the signal: a handler's frame written below the stack pointer of
+# a oneDNN kernel that has pointed it into a heap workspace corrupts the heap. Every thread of the
+# run (main, the loader's, OpenMP's) has SIGINT and SIGTERM blocked, but the one that takes them in
+# sigwait() (which shows them unblocked while it waits).
+threads=0 receivers=0
+for task in /proc/"$pid"/task/*; do
+  blocked=$(sed -n 's/^SigBlk:[[:space:]]*//p' "$task/status" 2>/dev/null) || continue
+  [ -n "$blocked" ] || continue  # a thread that has just exited
+  if [ "$(cat "$task/comm" 2>/dev/null)" = cumnist-signals ]; then
+    receivers=$((receivers + 1))
+    continue
+  fi
+  threads=$((threads + 1))
+  (( (16#$blocked & 16#4002) == 16#4002 )) || fail "thread $task has SIGINT or SIGTERM unblocked (SigBlk $blocked)"
+done
+[ "$receivers" -eq 1 ] || fail "the training run has $receivers signal threads, expected 1"
+[ "$threads" -ge 1 ] || fail "found no thread of the training run but the signal thread"
+echo "signals: blocked in all $threads computing threads of the training run, taken by its signal thread"
 kill -TERM "$pid"
 rc=0
 wait "$pid" || rc=$?

@@ -103,29 +103,6 @@ int run_reporting_errors(const std::function<int()>& command, std::FILE* err) {
     return 1;
 }
 
-std::atomic<bool> g_stop_requested{false};
-static_assert(std::atomic<bool>::is_always_lock_free, "the signal handler needs a lock-free flag");
-
-namespace {
-volatile std::sig_atomic_t g_stop_signal = 0;
-
-extern "C" void on_stop_signal(int signal_number) {
-    request_stop(signal_number);
-    std::signal(signal_number, SIG_DFL);
-}
-}  // namespace
-
-void request_stop(int signal_number) noexcept {
-    if (g_stop_signal == 0) g_stop_signal = signal_number;
-    g_stop_requested.store(true, std::memory_order_relaxed);
-}
-
-void install_stop_handlers() {
-    std::signal(SIGINT, on_stop_signal);
-    std::signal(SIGTERM, on_stop_signal);
-}
-
-int stop_signal() { return static_cast<int>(g_stop_signal); }
 
 std::string count_of(long long n, const std::string& noun) { return fmt::format("{} {}{}", n, noun, n == 1 ? "" : "s"); }
 

@@ -55,13 +55,20 @@ void set_threads(int threads, std::FILE* err = stderr);
 // status 1 (std::bad_alloc as "out of memory"); else returns the command's status.
 int run_reporting_errors(const std::function<int()>& command, std::FILE* err = stderr);
 
-// SIGINT and SIGTERM as train handles them: the first one sets stop_requested() (a run stops after
-// the step in flight and saves) and remembers which signal it was; a second one gets the default
-// action, ending the process at once.
-void install_stop_handlers();
+// SIGINT and SIGTERM reach no thread that computes: main calls start_signal_thread() first, which
+// blocks both (in main and so in every thread started after it) and starts one thread that takes
+// them with sigwait(). Until a command arms it, a signal gets its default action (or is ignored,
+// when the process was started with it ignored).
+void start_signal_thread();
+// Arms the signal thread. Without `forward`, as train handles the signals: the first one sets
+// stop_requested() (a run stops after the step in flight and saves) and remembers which signal it
+// was; a second one gets the default action, ending the process at once. With `forward`, every
+// signal sets stop_requested() and is passed to forward(signal), which runs on the signal thread.
+using SignalForward = void (*)(int);
+void install_stop_handlers(SignalForward forward = nullptr);
 extern std::atomic<bool> g_stop_requested;
 int stop_signal();  // the signal that set g_stop_requested (0: none)
-// What the first signal does, for a caller's own handler (async-signal-safe).
+// What the first signal does (callable from a signal handler too).
 void request_stop(int signal_number) noexcept;
 
 // A data set loaded once and shared, read-only, by the runs made in this process (a sweep's trials).

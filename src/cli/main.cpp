@@ -45,6 +45,7 @@ std::string readable(const std::string& message) {
 int main(int argc, char** argv) {
     using namespace cumnist;
     bound_openmp_spinning(argv);
+    cli::start_signal_thread();  // before any other thread exists: every thread then has SIGINT and SIGTERM blocked
     CLI::App app{"cumnist: train MNIST-format image classifiers on an NVIDIA GPU (CUDA + cuBLAS) or the CPU"};
     app.name("cumnist");
     app.require_subcommand(1);

@@ -54,13 +54,13 @@ constexpr int kMaxParallel = 64;
 // in its own process group, so that a Ctrl-C is delivered to it once): the trials save and stop,
 // the sweep records nothing for them and stops too.
 std::atomic<int> g_children[kMaxParallel] = {};  // the pid each worker waits for (0: none)
-static_assert(std::atomic<int>::is_always_lock_free, "the signal handler reads the pids");
-volatile std::sig_atomic_t g_stop = 0;
-extern "C" void forward_signal(int signal_number) {
-    if (g_stop == 0) g_stop = signal_number;
-    request_stop(signal_number);
+std::atomic<int> g_stop{0};
+// Runs on the signal thread (install_stop_handlers), which has already set the trials' stop flag.
+void forward_signal(int signal_number) {
+    int none = 0;
+    g_stop.compare_exchange_strong(none, signal_number);
     for (int k = 0; k < kMaxParallel; ++k)
-        if (const int pid = g_children[k].load(std::memory_order_relaxed); pid > 0) ::kill(pid, signal_number);
+        if (const int pid = g_children[k].load(); pid > 0) ::kill(pid, signal_number);
 }
 
 // A fixed set of worker threads that runs batches of jobs: the same threads for every rung, so that
@@ -178,7 +178,7 @@ std::string self_exe() {
 }
 
 // Runs `args` with stdout and stderr into `log`; returns the exit status (128 + signal when killed).
-// `slot`: where the signal handler finds the child's pid (one per trial running at once).
+// `slot`: where the signal thread finds the child's pid (one per trial running at once).
 int run_child(const std::vector<std::string>& args, const std::string& log, int slot = 0) {
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
@@ -189,20 +189,23 @@ int run_child(const std::vector<std::string>& args, const std::string& log, int 
     argv.push_back(nullptr);
     posix_spawnattr_t attr;
     posix_spawnattr_init(&attr);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
     posix_spawnattr_setpgroup(&attr, 0);
     sigset_t defaults;
     sigemptyset(&defaults);
     sigaddset(&defaults, SIGINT);
     sigaddset(&defaults, SIGTERM);
     posix_spawnattr_setsigdefault(&attr, &defaults);  // not ignored, as a shell's background job would have them
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawnattr_setsigmask(&attr, &none);  // not blocked, as every thread here has them (start_signal_thread)
     pid_t pid = 0;
     const int rc = posix_spawn(&pid, argv[0], &actions, &attr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&actions);
     posix_spawnattr_destroy(&attr);
     if (rc != 0) throw Error(fmt::format("sweep: cannot start '{}': {}", args[0], std::strerror(rc)));
     g_children[slot].store(pid);
-    if (g_stop != 0) ::kill(pid, g_stop);  // a signal that came while it was starting
+    if (const int s = g_stop.load(); s != 0) ::kill(pid, s);  // a signal that came while it was starting
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0)
         if (errno != EINTR) {
@@ -490,10 +493,9 @@ int run_sweep(SweepOptions& o) {
     } else {
         fmt::print("  trials    child processes (--isolate), {} at a time{}\n", o.parallel, threads_note);
     }
-    std::signal(SIGINT, forward_signal);
-    std::signal(SIGTERM, forward_signal);
-    auto stopping = [] { return g_stop != 0; };
-    auto stop_status = [] { return 128 + static_cast<int>(g_stop); };
+    install_stop_handlers(forward_signal);
+    auto stopping = [] { return g_stop.load() != 0; };
+    auto stop_status = [] { return 128 + g_stop.load(); };
     if (!done.empty())
         fmt::print("  resuming  {} already in {}\n", count_of(static_cast<long long>(done.size()), "finished run"),
                    results_path);

@@ -570,8 +570,10 @@ void maxpool_backward_blocked(float* dx, const float* dy, const int32_t* argmax,
     // Windows that do not overlap give each dx element at most one dy element: 0 + dy where it was
     // the argmax (and the ReLU gate, if any, is open) and 0 elsewhere, the bits of the zero fill
     // and the additions below, so every element is written once. Positions no window covers still
-    // need the fill.
-    const bool disjoint = in_block == G && out_block == G && g.stride_h >= g.k_h && g.stride_w >= g.k_w;
+    // need the fill. dy, argmax and the gate are read a vector per window, or gathered from G NCHW
+    // planes (the pooling before a Flatten).
+    const bool disjoint =
+        in_block == G && (out_block == G || out_block == 1) && g.stride_h >= g.k_h && g.stride_w >= g.k_w;
     const bool covered = disjoint && g.stride_h == g.k_h && g.stride_w == g.k_w && g.in_h == oh * g.k_h &&
                          g.in_w == ow * g.k_w;
 #pragma omp parallel for schedule(static) if (tasks * G * in_plane >= kParallelThreshold)
@@ -594,21 +596,29 @@ void maxpool_backward_blocked(float* dx, const float* dy, const int32_t* argmax,
             using F = typename L::F;
             using I = typename L::I;
             float* dxb = dxi + c0 * in_plane;
+            // The group's block, or its first plane.
             const float* dyb = dyi + c0 * out_plane;
             const int32_t* ab = ai + c0 * out_plane;
             const float* gb = gi != nullptr ? gi + c0 * out_plane : nullptr;
+            const auto load = [&](auto& v, const auto* from, std::size_t o) {
+                if (out_block == G) {
+                    L::load(v, from + o * G);
+                } else {
+                    for (int l = 0; l < G; ++l) v[l] = from[l * out_plane + o];
+                }
+            };
             for (int oy = 0; oy < oh; ++oy)
                 for (int ox = 0; ox < ow; ++ox) {
-                    const std::size_t o = (static_cast<std::size_t>(oy) * ow + ox) * G;
+                    const std::size_t o = static_cast<std::size_t>(oy) * ow + ox;
                     const int first = oy * g.stride_h * g.in_w + ox * g.stride_w;
                     I at;  // the argmax, or −1 where the gate is shut
-                    L::load(at, ab + o);
+                    load(at, ab, o);
                     F v;
                     if (gb != nullptr) {
-                        L::load(v, gb + o);
+                        load(v, gb, o);
                         at = v > F{} ? at : I{} - 1;
                     }
-                    L::load(v, dyb + o);
+                    load(v, dyb, o);
                     const F sum = F{} + v;  // 0 + dy: the fill's +0 plus dy
                     for (int ky = 0; ky < g.k_h; ++ky)
                         for (int kx = 0; kx < g.k_w; ++kx) {

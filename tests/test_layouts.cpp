@@ -21,6 +21,7 @@
 #include "cumnist/model.h"
 #include "cumnist/ops.h"
 #include "model/layer.h"  // conv_geometry
+#include "reference/reference.h"
 #include "test_support.h"
 
 namespace {
@@ -35,9 +36,13 @@ using cumnist::MatrixView;
 using cumnist::Model;
 using cumnist::Pool2dGeometry;
 namespace ops = cumnist::ops;
+using cumnist_test::all_close;
 using cumnist_test::expect_rejected;
+using cumnist_test::make_workspace;
+using cumnist_test::reduction_tolerance;
 using cumnist_test::uniform_bytes;
 using cumnist_test::uniform_floats;
+using cumnist_test::Workspace;
 
 constexpr ImageLayout kNchw = ImageLayout::Nchw;
 constexpr ImageLayout kBlocked = ImageLayout::Nchw16c;
@@ -112,8 +117,7 @@ TEST_P(ConvLayouts, EveryDirectionGivesTheNchwBits) {
     const std::vector<float> bh = uniform_floats(static_cast<std::size_t>(g.out_c), -0.5f, 0.5f, 5103);
     const std::vector<float> dyh = uniform_floats(y_n, -1.0f, 1.0f, 5104);
     const Buffer<float> w = Buffer<float>::from_host(wh, Device::Cpu), b = Buffer<float>::from_host(bh, Device::Cpu);
-    const MatrixView<uint8_t> no_workspace{nullptr, 0, 0, Device::Cpu};  // the CPU needs none (ops.h)
-    ASSERT_EQ(ops::conv2d_workspace_bytes(g, Device::Cpu), 0u);
+    const Workspace ws = make_workspace(g, Device::Cpu);  // (only a first layer's loop needs one on the CPU)
 
     struct Results {
         std::vector<float> y, dx, dw, db, dx_data, dw_filter, dw_first, db_first;
@@ -126,19 +130,19 @@ TEST_P(ConvLayouts, EveryDirectionGivesTheNchwBits) {
         Buffer<float> y(y_n, Device::Cpu), dx(x_n, Device::Cpu), dx2(x_n, Device::Cpu);
         Buffer<float> dw(wh.size(), Device::Cpu), dw2(wh.size(), Device::Cpu), db(bh.size(), Device::Cpu);
         ops::conv2d_forward(y.view(g.n, g.out_size()), x.view(g.n, g.in_size()), w.view(g.out_c, g.filter_size()),
-                            b.view(1, g.out_c), gl, no_workspace, c.act);
+                            b.view(1, g.out_c), gl, ws.view, c.act);
         ops::conv2d_backward(dx.view(g.n, g.in_size()), dw.view(g.out_c, g.filter_size()), db.view(1, g.out_c),
                              dy.view(g.n, g.out_size()), x.view(g.n, g.in_size()), w.view(g.out_c, g.filter_size()), gl,
-                             no_workspace);
+                             ws.view);
         // Without dx, as a first layer's (on the CPU its own loop where the input channels are few).
         Buffer<float> dw3(wh.size(), Device::Cpu), db3(bh.size(), Device::Cpu);
         ops::conv2d_backward({nullptr, 0, 0, Device::Cpu}, dw3.view(g.out_c, g.filter_size()), db3.view(1, g.out_c),
                              dy.view(g.n, g.out_size()), x.view(g.n, g.in_size()), w.view(g.out_c, g.filter_size()), gl,
-                             no_workspace);
+                             ws.view);
         ops::conv2d_backward_data(dx2.view(g.n, g.in_size()), dy.view(g.n, g.out_size()),
-                                  w.view(g.out_c, g.filter_size()), gl, no_workspace);
+                                  w.view(g.out_c, g.filter_size()), gl, ws.view);
         ops::conv2d_backward_filter(dw2.view(g.out_c, g.filter_size()), dy.view(g.n, g.out_size()),
-                                    x.view(g.n, g.in_size()), gl, no_workspace);
+                                    x.view(g.n, g.in_size()), gl, ws.view);
         Results r;
         r.y = relayout(y.to_host(), g.n, g.out_c, out_plane, dst, kNchw);
         r.dx = relayout(dx.to_host(), g.n, g.in_c, in_plane, src, kNchw);
@@ -166,29 +170,57 @@ TEST_P(ConvLayouts, EveryDirectionGivesTheNchwBits) {
 
 // A first layer's backward without dx (on the CPU cumnist's own loop for few input channels)
 // gives the same bits on one thread as on all of them (ops.h).
+// The first-layer loop shares the images between the threads and adds their sums in image order:
+// the same bits on one thread and on all, for one group of output channels (16) and for two, and
+// for a batch whose per-image sums do not fit the workspace at once (summed a chunk at a time).
 TEST(ConvLayouts, FirstLayerBackwardIsTheSameOnAnyThreadCount) {
-    Conv2dGeometry g;
-    g.n = 9, g.in_c = 1, g.in_h = g.in_w = 28, g.out_c = 32, g.k_h = g.k_w = 3;
-    g.pad_top = g.pad_left = g.pad_bottom = g.pad_right = 1;
-    const std::vector<float> xh = uniform_floats(static_cast<std::size_t>(g.n) * g.in_size(), 0.0f, 1.0f, 5111);
-    const std::vector<float> dyh = uniform_floats(static_cast<std::size_t>(g.n) * g.out_size(), -1.0f, 1.0f, 5112);
-    const Buffer<float> x = Buffer<float>::from_host(xh, Device::Cpu), dy = Buffer<float>::from_host(dyh, Device::Cpu);
-    const Buffer<float> w(static_cast<std::size_t>(g.out_c) * g.filter_size(), Device::Cpu);
-    const int before = omp_get_max_threads();
-    auto run = [&](int threads) {
-        omp_set_num_threads(threads);
-        Buffer<float> dw(w.size(), Device::Cpu), db(static_cast<std::size_t>(g.out_c), Device::Cpu);
-        ops::conv2d_backward({nullptr, 0, 0, Device::Cpu}, dw.view(g.out_c, g.filter_size()), db.view(1, g.out_c),
-                             dy.view(g.n, g.out_size()), x.view(g.n, g.in_size()), w.view(g.out_c, g.filter_size()), g,
-                             {nullptr, 0, 0, Device::Cpu});
-        std::vector<float> out = dw.to_host();
-        const std::vector<float> b = db.to_host();
-        out.insert(out.end(), b.begin(), b.end());
-        return out;
+    struct Case {
+        int n, out_c, k;
     };
-    const std::vector<float> one = run(1), many = run(std::max(2, before));
-    omp_set_num_threads(before);
-    EXPECT_TRUE(same_bits(many, one, "dw and db, all threads vs one"));
+    for (const Case c : {Case{9, 32, 3}, Case{33, 16, 3}, Case{1, 8, 5}, Case{400, 32, 7}}) {
+        SCOPED_TRACE(testing::Message() << c.n << " images, " << c.out_c << " filters of " << c.k << "x" << c.k);
+        Conv2dGeometry g;
+        g.n = c.n, g.in_c = 1, g.in_h = g.in_w = 28, g.out_c = c.out_c, g.k_h = g.k_w = c.k;
+        g.pad_top = g.pad_left = g.pad_bottom = g.pad_right = c.k / 2;
+        const std::vector<float> xh = uniform_floats(static_cast<std::size_t>(g.n) * g.in_size(), 0.0f, 1.0f, 5111);
+        const std::vector<float> dyh = uniform_floats(static_cast<std::size_t>(g.n) * g.out_size(), -1.0f, 1.0f, 5112);
+        const Buffer<float> x = Buffer<float>::from_host(xh, Device::Cpu), dy = Buffer<float>::from_host(dyh, Device::Cpu);
+        const Buffer<float> w(static_cast<std::size_t>(g.out_c) * g.filter_size(), Device::Cpu);
+        Workspace ws = make_workspace(g, Device::Cpu);
+        ASSERT_GT(ws.buffer.size(), 0u) << "the first-layer loop keeps its per-image sums in the workspace";
+        const int before = omp_get_max_threads();
+        auto run = [&](int threads) {
+            omp_set_num_threads(threads);
+            Buffer<float> dw(w.size(), Device::Cpu), db(static_cast<std::size_t>(g.out_c), Device::Cpu);
+            ops::conv2d_backward({nullptr, 0, 0, Device::Cpu}, dw.view(g.out_c, g.filter_size()), db.view(1, g.out_c),
+                                 dy.view(g.n, g.out_size()), x.view(g.n, g.in_size()), w.view(g.out_c, g.filter_size()),
+                                 g, ws.view);
+            std::vector<float> out = dw.to_host();
+            const std::vector<float> b = db.to_host();
+            out.insert(out.end(), b.begin(), b.end());
+            return out;
+        };
+        const std::vector<float> one = run(1), many = run(std::max(2, before));
+        omp_set_num_threads(before);
+        EXPECT_TRUE(same_bits(many, one, "dw and db, all threads vs one"));
+        // The sums themselves: against the double reference's filter gradient.
+        const ref::Tensor4 rdy = ref::Tensor4::from_float(dyh, g.n, g.out_c, g.out_h(), g.out_w());
+        const ref::Tensor4 rx = ref::Tensor4::from_float(xh, g.n, g.in_c, g.in_h, g.in_w);
+        const ref::Tensor4 dw_want = ref::conv2d_backward_filter(rdy, rx, g.k_h, g.k_w, 1, 1, ref::pad_same(g.in_h, c.k, 1),
+                                                                 ref::pad_same(g.in_w, c.k, 1));
+        const std::vector<float> dw_got(one.begin(), one.begin() + static_cast<std::ptrdiff_t>(w.size()));
+        EXPECT_TRUE(all_close(dw_got, dw_want.data, reduction_tolerance(g.n * g.out_h() * g.out_w()), "dw"));
+        // A workspace short of what conv2d_workspace_bytes asks for is refused, not overrun.
+        expect_rejected(
+            [&] {
+                Buffer<float> dw(w.size(), Device::Cpu), db(static_cast<std::size_t>(g.out_c), Device::Cpu);
+                ops::conv2d_backward({nullptr, 0, 0, Device::Cpu}, dw.view(g.out_c, g.filter_size()),
+                                     db.view(1, g.out_c), dy.view(g.n, g.out_size()), x.view(g.n, g.in_size()),
+                                     w.view(g.out_c, g.filter_size()), g,
+                                     ws.buffer.view(1, static_cast<int>(ws.buffer.size()) - 1));
+            },
+            "conv2d_backward", "workspace");
+    }
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, ConvLayouts, ::testing::ValuesIn(kConvCases),

@@ -12,14 +12,17 @@
 #include <ostream>
 #include <random>
 #include <sstream>
+#include <stdexcept>
 #include <string>
 #include <typeinfo>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "cumnist/buffer.h"
 #include "cumnist/device.h"
 #include "cumnist/error.h"
+#include "cumnist/ops.h"
 
 // In a test fixture's SetUp (or a test body): skip, visibly and with the reason, when no GPU is
 // usable; but fail instead, with the reason, where a skip would hide that the GPU checks did not
@@ -101,6 +104,10 @@ struct Tolerance {
     double rel;
 };
 
+// A float sum of `terms` products of size ≤ 1: 1e-4 absolute + 1e-4 relative up to 100 terms, the
+// absolute part scaled by √(terms / 100) beyond.
+inline Tolerance reduction_tolerance(double terms) { return {1e-4 * std::max(1.0, std::sqrt(terms / 100.0)), 1e-4}; }
+
 template <class Got>
 ::testing::AssertionResult all_close(const std::vector<Got>& got, const std::vector<double>& want, Tolerance tol,
                                      const std::string& what = "values") {
@@ -147,5 +154,21 @@ inline Tolerance scaled_to_max(const std::vector<double>& want, double scale) {
 inline std::vector<double> widen(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
 inline std::string device_label(cumnist::Device d) { return d == cumnist::Device::Cpu ? "Cpu" : "Cuda"; }
+
+// The convolution workspace of geometry g on `device`, allocated as the trainer does: once, with
+// conv2d_workspace_bytes(g), and an empty view when it is 0.
+struct Workspace {
+    cumnist::Buffer<uint8_t> buffer;
+    cumnist::MatrixView<uint8_t> view;
+};
+
+inline Workspace make_workspace(const cumnist::Conv2dGeometry& g, cumnist::Device device) {
+    const std::size_t bytes = cumnist::ops::conv2d_workspace_bytes(g, device);
+    if (bytes > cumnist::kMaxViewElements) throw std::runtime_error("workspace larger than one view");
+    Workspace ws;
+    ws.buffer = cumnist::Buffer<uint8_t>(bytes, device);
+    ws.view = bytes > 0 ? ws.buffer.view(1, static_cast<int>(bytes)) : cumnist::MatrixView<uint8_t>{nullptr, 0, 0, device};
+    return ws;
+}
 
 }  // namespace cumnist_test

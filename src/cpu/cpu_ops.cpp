@@ -278,18 +278,36 @@ inline std::size_t channel_offset(int block, std::size_t c, std::size_t pos, std
 // times the work. Here every filter tap is a vector of G output channels (G the block of dy's
 // layout, or 8 for NCHW), accumulated over an image's output positions in row-major order, the
 // images' sums then added in order: per output channel the same order in every layout and for
-// any thread count (threads own whole groups of output channels).
-constexpr int kMaxNarrowTaps = 64;  // in_c · k_h · k_w of the convolutions taken this way
+// any thread count. The threads share the images (each image's sums go to the workspace), then
+// the vectors of the sums over images, so that a layer of a single group of channels keeps both
+// threads busy too.
+constexpr int kMaxNarrowTaps = 64;                       // in_c · k_h · k_w of the convolutions taken this way
+constexpr std::size_t kNarrowChunkBytes = 1 << 20;       // the per-image sums of at most this many bytes at once
 
 bool narrow_first_layer(const Conv2dGeometry& g) {
     return g.in_c < 8 && g.in_c * g.k_h * g.k_w <= kMaxNarrowTaps && g.out_c % 8 == 0 &&
            g.src_layout == ImageLayout::Nchw;
 }
 
+// One image's sums, in floats: out_c per filter tap and out_c for the bias.
+std::size_t narrow_image_floats(const Conv2dGeometry& g) {
+    return static_cast<std::size_t>(g.out_c) * (static_cast<std::size_t>(g.in_c) * g.k_h * g.k_w + 1);
+}
+// Images whose sums the workspace holds at once (g.n or fewer).
+int narrow_chunk(const Conv2dGeometry& g) {
+    const std::size_t fit = kNarrowChunkBytes / (narrow_image_floats(g) * sizeof(float));
+    return static_cast<int>(std::clamp<std::size_t>(fit, 1, static_cast<std::size_t>(std::max(g.n, 1))));
+}
+// A chunk's per-image sums, then the running totals.
+std::size_t narrow_workspace_bytes(const Conv2dGeometry& g) {
+    return (static_cast<std::size_t>(narrow_chunk(g)) + 1) * narrow_image_floats(g) * sizeof(float);
+}
+
 // IC, KH, KW > 0: those extents fixed at compile time (the filter's taps then stay in registers
 // instead of a stack array), with the same additions in the same order.
 template <int G, int IC = 0, int KH = 0, int KW = 0>
-void conv_backward_weights_narrow(float* dw, float* db, const float* dy, const float* x, const Conv2dGeometry& g) {
+void conv_backward_weights_narrow(float* dw, float* db, const float* dy, const float* x, const Conv2dGeometry& g,
+                                  float* workspace) {
     using L = Lanes<G>;
     using F = typename L::F;
     const int in_c = IC > 0 ? IC : g.in_c, k_h = KH > 0 ? KH : g.k_h, k_w = KW > 0 ? KW : g.k_w;
@@ -297,47 +315,76 @@ void conv_backward_weights_narrow(float* dw, float* db, const float* dy, const f
     const int oh = g.out_h(), ow = g.out_w(), taps = in_c * k_h * k_w, groups = g.out_c / G;
     const int block = channel_block(g.dst_layout);
     const std::size_t in_plane = static_cast<std::size_t>(g.in_h) * g.in_w, out_plane = static_cast<std::size_t>(oh) * ow;
-#pragma omp parallel for schedule(static) if (static_cast<std::size_t>(g.n) * g.out_size() * taps >= kParallelThreshold)
-    for (int cg = 0; cg < groups; ++cg) {
-        const std::size_t c0 = static_cast<std::size_t>(cg) * G;
-        F total[kTaps] = {}, total_b = {};
-        for (int n = 0; n < g.n; ++n) {
-            const float* dyi = dy + static_cast<std::size_t>(n) * g.out_size();
-            const float* xi = x + static_cast<std::size_t>(n) * g.in_size();
-            F part[kTaps] = {}, part_b = {};
-            for (int oy = 0; oy < oh; ++oy)
-                for (int ox = 0; ox < ow; ++ox) {
-                    const std::size_t o = static_cast<std::size_t>(oy) * ow + ox;
-                    F d;
-                    if (block == G) {
-                        L::load(d, dyi + c0 * out_plane + o * G);
-                    } else {
-                        float lanes[G];
-                        for (int l = 0; l < G; ++l) lanes[l] = dyi[channel_offset(block, c0 + l, o, out_plane)];
-                        L::load(d, lanes);
-                    }
-                    part_b += d;
-#pragma GCC unroll 8
-                    for (int i = 0; i < in_c; ++i)
-#pragma GCC unroll 8
-                        for (int ky = 0; ky < k_h; ++ky) {
-                            const int iy = oy * g.stride_h - g.pad_top + ky;
-                            if (iy < 0 || iy >= g.in_h) continue;
-                            const float* row = xi + i * in_plane + static_cast<std::size_t>(iy) * g.in_w;
-#pragma GCC unroll 8
-                            for (int kx = 0; kx < k_w; ++kx) {
-                                const int ix = ox * g.stride_w - g.pad_left + kx;
-                                if (ix < 0 || ix >= g.in_w) continue;
-                                part[(i * k_h + ky) * k_w + kx] += d * row[ix];
-                            }
+    // Vector v of an image's sums: group v / (taps + 1), tap v % (taps + 1) (the last one: the bias).
+    const int vectors = groups * (taps + 1);
+    const int chunk = narrow_chunk(g);
+    float* const parts = workspace;
+    float* const totals = parts + static_cast<std::size_t>(chunk) * vectors * G;
+    const bool parallel = static_cast<std::size_t>(g.n) * g.out_size() * taps >= kParallelThreshold;
+    for (int n0 = 0; n0 < g.n; n0 += chunk) {
+        const int images = std::min(chunk, g.n - n0);
+        const bool first = n0 == 0, last = n0 + images == g.n;
+#pragma omp parallel if (parallel)
+        {
+#pragma omp for schedule(static)
+            for (int task = 0; task < images * groups; ++task) {
+                const int j = task / groups, cg = task % groups;
+                const std::size_t c0 = static_cast<std::size_t>(cg) * G;
+                const float* dyi = dy + static_cast<std::size_t>(n0 + j) * g.out_size();
+                const float* xi = x + static_cast<std::size_t>(n0 + j) * g.in_size();
+                F part[kTaps] = {}, part_b = {};
+                for (int oy = 0; oy < oh; ++oy)
+                    for (int ox = 0; ox < ow; ++ox) {
+                        const std::size_t o = static_cast<std::size_t>(oy) * ow + ox;
+                        F d;
+                        if (block == G) {
+                            L::load(d, dyi + c0 * out_plane + o * G);
+                        } else {
+                            float lanes[G];
+                            for (int l = 0; l < G; ++l) lanes[l] = dyi[channel_offset(block, c0 + l, o, out_plane)];
+                            L::load(d, lanes);
                         }
+                        part_b += d;
+#pragma GCC unroll 8
+                        for (int i = 0; i < in_c; ++i)
+#pragma GCC unroll 8
+                            for (int ky = 0; ky < k_h; ++ky) {
+                                const int iy = oy * g.stride_h - g.pad_top + ky;
+                                if (iy < 0 || iy >= g.in_h) continue;
+                                const float* row = xi + i * in_plane + static_cast<std::size_t>(iy) * g.in_w;
+#pragma GCC unroll 8
+                                for (int kx = 0; kx < k_w; ++kx) {
+                                    const int ix = ox * g.stride_w - g.pad_left + kx;
+                                    if (ix < 0 || ix >= g.in_w) continue;
+                                    part[(i * k_h + ky) * k_w + kx] += d * row[ix];
+                                }
+                            }
+                    }
+                float* out = parts + (static_cast<std::size_t>(j) * vectors + static_cast<std::size_t>(cg) * (taps + 1)) * G;
+                for (int t = 0; t < taps; ++t) L::store(out + static_cast<std::size_t>(t) * G, part[t]);
+                L::store(out + static_cast<std::size_t>(taps) * G, part_b);
+            }
+            // (the loop's barrier: every image's sums are written)
+#pragma omp for schedule(static)
+            for (int v = 0; v < vectors; ++v) {
+                F total = {};
+                if (!first) L::load(total, totals + static_cast<std::size_t>(v) * G);
+                for (int j = 0; j < images; ++j) {
+                    F part;
+                    L::load(part, parts + (static_cast<std::size_t>(j) * vectors + v) * G);
+                    total += part;
                 }
-            for (int t = 0; t < taps; ++t) total[t] += part[t];
-            total_b += part_b;
-        }
-        for (int l = 0; l < G; ++l) {
-            for (int t = 0; t < taps; ++t) dw[(c0 + l) * taps + t] = total[t][l];
-            db[c0 + l] = total_b[l];
+                if (!last) {
+                    L::store(totals + static_cast<std::size_t>(v) * G, total);
+                    continue;
+                }
+                const std::size_t c0 = static_cast<std::size_t>(v / (taps + 1)) * G;
+                const int t = v % (taps + 1);
+                for (int l = 0; l < G; ++l) {
+                    if (t == taps) db[c0 + l] = total[l];
+                    else dw[(c0 + l) * taps + t] = total[l];
+                }
+            }
         }
     }
 }
@@ -346,7 +393,8 @@ void conv_backward_weights_narrow(float* dw, float* db, const float* dy, const f
 
 ImageLayouts conv2d_preferred_layouts(const Conv2dGeometry& g) { return onednn::preferred_layouts(g); }
 
-std::size_t conv2d_workspace_bytes(const Conv2dGeometry&) { return 0; }  // oneDNN's scratchpads are per primitive
+// oneDNN's scratchpads are per primitive; only the first-layer loop needs one.
+std::size_t conv2d_workspace_bytes(const Conv2dGeometry& g) { return narrow_first_layer(g) ? narrow_workspace_bytes(g) : 0; }
 
 void conv2d_forward(float* y, const float* x, const float* w, const float* bias, const Conv2dGeometry& g, void*,
                     std::size_t, Activation act) {
@@ -366,14 +414,18 @@ void conv2d_backward_filter(float* dw, const float* dy, const float* x, const Co
 }
 
 void conv2d_backward(float* dx, float* dw, float* db, const float* dy, const float* x, const float* w,
-                     const Conv2dGeometry& g, void*, std::size_t) {
+                     const Conv2dGeometry& g, void* workspace, std::size_t workspace_bytes) {
     if (dx == nullptr && narrow_first_layer(g)) {
+        CUMNIST_CHECK(workspace_bytes >= narrow_workspace_bytes(g),
+                      "conv2d_backward: a workspace of {} bytes, {} needed (conv2d_workspace_bytes)", workspace_bytes,
+                      narrow_workspace_bytes(g));
+        float* ws = static_cast<float*>(workspace);
         const bool mnist_3x3 = g.in_c == 1 && g.k_h == 3 && g.k_w == 3;  // the cnn preset's first layer
         if (channel_block(g.dst_layout) == 16)
-            return mnist_3x3 ? conv_backward_weights_narrow<16, 1, 3, 3>(dw, db, dy, x, g)
-                             : conv_backward_weights_narrow<16>(dw, db, dy, x, g);
-        return mnist_3x3 ? conv_backward_weights_narrow<8, 1, 3, 3>(dw, db, dy, x, g)
-                         : conv_backward_weights_narrow<8>(dw, db, dy, x, g);
+            return mnist_3x3 ? conv_backward_weights_narrow<16, 1, 3, 3>(dw, db, dy, x, g, ws)
+                             : conv_backward_weights_narrow<16>(dw, db, dy, x, g, ws);
+        return mnist_3x3 ? conv_backward_weights_narrow<8, 1, 3, 3>(dw, db, dy, x, g, ws)
+                         : conv_backward_weights_narrow<8>(dw, db, dy, x, g, ws);
     }
     onednn::conv_backward(dx, dw, db, dy, x, w, g);
 }
@@ -604,7 +656,9 @@ void maxpool_backward_blocked(float* dx, const float* dy, const int32_t* argmax,
                 if (out_block == G) {
                     L::load(v, from + o * G);
                 } else {
-                    for (int l = 0; l < G; ++l) v[l] = from[l * out_plane + o];
+                    std::remove_const_t<std::remove_pointer_t<decltype(from)>> lanes[G];
+                    for (int l = 0; l < G; ++l) lanes[l] = from[l * out_plane + o];
+                    L::load(v, lanes);
                 }
             };
             for (int oy = 0; oy < oh; ++oy)

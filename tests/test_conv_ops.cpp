@@ -192,6 +192,12 @@ const std::vector<ConvCase> kConvCases = {
     // Few input channels and whole blocks of output channels: on the CPU a first layer's
     // backward (no dx) runs cumnist's own loop rather than oneDNN's padded one.
     {"Image28x28_K3_Same_FirstLayer32", 33, 1, 32, 28, 28, 3, 3, 1, 1, Padding::Same, 0, 0, 0, 0},
+    // The same loop's 1-channel 3x3 form checks the bounds only outside the positions whose taps
+    // all lie inside the image: those with none such, a stride, no padding, a padding of 2.
+    {"Image2x2_K3_Same_In1Out16_KernelLargerThanImage", 1, 1, 16, 2, 2, 3, 3, 1, 1, Padding::Same, 0, 0, 0, 0},
+    {"Image5x7_K3_Same_S2_In1Out8", 33, 1, 8, 5, 7, 3, 3, 2, 2, Padding::Same, 0, 0, 0, 0},
+    {"Image6x5_K3_Valid_S2x1_In1Out8", 33, 1, 8, 6, 5, 3, 3, 2, 1, Padding::Valid, 0, 0, 0, 0},
+    {"Image5x5_K3_Pad2_In1Out8", 1, 1, 8, 5, 5, 3, 3, 1, 1, Padding::Explicit, 2, 2, 2, 2},
     {"Image5x7_K3_Same_S2_In3Out16", 33, 3, 16, 5, 7, 3, 3, 2, 2, Padding::Same, 0, 0, 0, 0},
     {"Image6x6_K3_Valid_In7Out8", 1, 7, 8, 6, 6, 3, 3, 1, 1, Padding::Valid, 0, 0, 0, 0},
     {"Image6x5_K2_Same_S2x1_In1Out16_AsymmetricPad", 33, 1, 16, 6, 5, 2, 2, 2, 1, Padding::Same, 0, 0, 0, 0},

@@ -8,9 +8,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "backend.h"
 #include "cumnist/philox.h"
@@ -303,18 +305,100 @@ std::size_t narrow_workspace_bytes(const Conv2dGeometry& g) {
     return (static_cast<std::size_t>(narrow_chunk(g)) + 1) * narrow_image_floats(g) * sizeof(float);
 }
 
-// IC, KH, KW > 0: those extents fixed at compile time (the filter's taps then stay in registers
-// instead of a stack array), with the same additions in the same order.
+template <class Fn, int... I>
+inline void unrolled(Fn&& fn, std::integer_sequence<int, I...>) {
+    (fn(std::integral_constant<int, I>{}), ...);
+}
+
+// One image's sums for output channels [c0, c0 + G): out[t] (a vector of G) = Σ over output
+// positions in row-major order of dy · the input under filter tap t, out[taps] = Σ dy. IC, KH, KW
+// > 0: those extents fixed at compile time, every tap a named accumulator (registers, not a stack
+// array) and the bounds checked only at the image's edges; the same additions in the same order.
+template <int G, int IC, int KH, int KW>
+void narrow_image_sums(float* out, const float* dyi, const float* xi, std::size_t c0, const Conv2dGeometry& g) {
+    using L = Lanes<G>;
+    using F = typename L::F;
+    const int oh = g.out_h(), ow = g.out_w(), in_h = g.in_h, in_w = g.in_w;
+    const int stride_h = g.stride_h, stride_w = g.stride_w, pad_top = g.pad_top, pad_left = g.pad_left;
+    const int block = channel_block(g.dst_layout);
+    const std::size_t in_plane = static_cast<std::size_t>(in_h) * in_w, out_plane = static_cast<std::size_t>(oh) * ow;
+    const auto load_dy = [&](F& d, std::size_t o) {
+        if (block == G) {
+            L::load(d, dyi + c0 * out_plane + o * G);
+        } else {
+            float lanes[G];
+            for (int l = 0; l < G; ++l) lanes[l] = dyi[channel_offset(block, c0 + l, o, out_plane)];
+            L::load(d, lanes);
+        }
+    };
+    if constexpr (IC > 0 && KH > 0 && KW > 0) {
+        constexpr int kTaps = IC * KH * KW;
+        std::array<F, kTaps> part{};
+        F part_b = {};
+        // Output positions whose every tap is inside the image: rows [y0, y1), columns [x0, x1).
+        const auto first_inside = [](int pad, int stride) { return (pad + stride - 1) / stride; };
+        const auto end_inside = [](int in, int k, int pad, int stride, int extent) {  // oy·stride − pad + k − 1 < in
+            return in - k + pad < 0 ? 0 : std::min((in - k + pad) / stride + 1, extent);
+        };
+        const int y0 = std::min(first_inside(pad_top, stride_h), oh), y1 = std::max(y0, end_inside(in_h, KH, pad_top, stride_h, oh));
+        const int x0 = std::min(first_inside(pad_left, stride_w), ow), x1 = std::max(x0, end_inside(in_w, KW, pad_left, stride_w, ow));
+        const auto position = [&](int oy, int ox, auto checked) {
+            F d;
+            load_dy(d, static_cast<std::size_t>(oy) * ow + ox);
+            part_b += d;
+            const int iy0 = oy * stride_h - pad_top, ix0 = ox * stride_w - pad_left;
+            unrolled(
+                [&](auto t) {
+                    constexpr int i = t / (KH * KW), ky = t / KW % KH, kx = t % KW;
+                    const int iy = iy0 + ky, ix = ix0 + kx;
+                    if (checked && (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w)) return;
+                    std::get<t>(part) += d * xi[i * in_plane + static_cast<std::size_t>(iy) * in_w + ix];
+                },
+                std::make_integer_sequence<int, kTaps>{});
+        };
+        for (int oy = 0; oy < oh; ++oy) {
+            if (oy < y0 || oy >= y1) {
+                for (int ox = 0; ox < ow; ++ox) position(oy, ox, std::true_type{});
+                continue;
+            }
+            for (int ox = 0; ox < x0; ++ox) position(oy, ox, std::true_type{});
+            for (int ox = x0; ox < x1; ++ox) position(oy, ox, std::false_type{});
+            for (int ox = x1; ox < ow; ++ox) position(oy, ox, std::true_type{});
+        }
+        for (int t = 0; t < kTaps; ++t) L::store(out + static_cast<std::size_t>(t) * G, part[t]);
+        L::store(out + static_cast<std::size_t>(kTaps) * G, part_b);
+    } else {
+        const int in_c = g.in_c, k_h = g.k_h, k_w = g.k_w, taps = in_c * k_h * k_w;
+        F part[kMaxNarrowTaps] = {}, part_b = {};
+        for (int oy = 0; oy < oh; ++oy)
+            for (int ox = 0; ox < ow; ++ox) {
+                F d;
+                load_dy(d, static_cast<std::size_t>(oy) * ow + ox);
+                part_b += d;
+                for (int i = 0; i < in_c; ++i)
+                    for (int ky = 0; ky < k_h; ++ky) {
+                        const int iy = oy * stride_h - pad_top + ky;
+                        if (iy < 0 || iy >= in_h) continue;
+                        const float* row = xi + i * in_plane + static_cast<std::size_t>(iy) * in_w;
+                        for (int kx = 0; kx < k_w; ++kx) {
+                            const int ix = ox * stride_w - pad_left + kx;
+                            if (ix < 0 || ix >= in_w) continue;
+                            part[(i * k_h + ky) * k_w + kx] += d * row[ix];
+                        }
+                    }
+            }
+        for (int t = 0; t < taps; ++t) L::store(out + static_cast<std::size_t>(t) * G, part[t]);
+        L::store(out + static_cast<std::size_t>(taps) * G, part_b);
+    }
+}
+
+// IC, KH, KW > 0: those extents fixed at compile time (narrow_image_sums).
 template <int G, int IC = 0, int KH = 0, int KW = 0>
 void conv_backward_weights_narrow(float* dw, float* db, const float* dy, const float* x, const Conv2dGeometry& g,
                                   float* workspace) {
     using L = Lanes<G>;
     using F = typename L::F;
-    const int in_c = IC > 0 ? IC : g.in_c, k_h = KH > 0 ? KH : g.k_h, k_w = KW > 0 ? KW : g.k_w;
-    constexpr int kTaps = IC > 0 && KH > 0 && KW > 0 ? IC * KH * KW : kMaxNarrowTaps;
-    const int oh = g.out_h(), ow = g.out_w(), taps = in_c * k_h * k_w, groups = g.out_c / G;
-    const int block = channel_block(g.dst_layout);
-    const std::size_t in_plane = static_cast<std::size_t>(g.in_h) * g.in_w, out_plane = static_cast<std::size_t>(oh) * ow;
+    const int taps = g.in_c * g.k_h * g.k_w, groups = g.out_c / G;
     // Vector v of an image's sums: group v / (taps + 1), tap v % (taps + 1) (the last one: the bias).
     const int vectors = groups * (taps + 1);
     const int chunk = narrow_chunk(g);
@@ -332,37 +416,8 @@ void conv_backward_weights_narrow(float* dw, float* db, const float* dy, const f
                 const std::size_t c0 = static_cast<std::size_t>(cg) * G;
                 const float* dyi = dy + static_cast<std::size_t>(n0 + j) * g.out_size();
                 const float* xi = x + static_cast<std::size_t>(n0 + j) * g.in_size();
-                F part[kTaps] = {}, part_b = {};
-                for (int oy = 0; oy < oh; ++oy)
-                    for (int ox = 0; ox < ow; ++ox) {
-                        const std::size_t o = static_cast<std::size_t>(oy) * ow + ox;
-                        F d;
-                        if (block == G) {
-                            L::load(d, dyi + c0 * out_plane + o * G);
-                        } else {
-                            float lanes[G];
-                            for (int l = 0; l < G; ++l) lanes[l] = dyi[channel_offset(block, c0 + l, o, out_plane)];
-                            L::load(d, lanes);
-                        }
-                        part_b += d;
-#pragma GCC unroll 8
-                        for (int i = 0; i < in_c; ++i)
-#pragma GCC unroll 8
-                            for (int ky = 0; ky < k_h; ++ky) {
-                                const int iy = oy * g.stride_h - g.pad_top + ky;
-                                if (iy < 0 || iy >= g.in_h) continue;
-                                const float* row = xi + i * in_plane + static_cast<std::size_t>(iy) * g.in_w;
-#pragma GCC unroll 8
-                                for (int kx = 0; kx < k_w; ++kx) {
-                                    const int ix = ox * g.stride_w - g.pad_left + kx;
-                                    if (ix < 0 || ix >= g.in_w) continue;
-                                    part[(i * k_h + ky) * k_w + kx] += d * row[ix];
-                                }
-                            }
-                    }
                 float* out = parts + (static_cast<std::size_t>(j) * vectors + static_cast<std::size_t>(cg) * (taps + 1)) * G;
-                for (int t = 0; t < taps; ++t) L::store(out + static_cast<std::size_t>(t) * G, part[t]);
-                L::store(out + static_cast<std::size_t>(taps) * G, part_b);
+                narrow_image_sums<G, IC, KH, KW>(out, dyi, xi, c0, g);
             }
             // (the loop's barrier: every image's sums are written)
 #pragma omp for schedule(static)

@@ -3,7 +3,7 @@
 CPU, configured to be as fast as PyTorch gets here, measured the way `cumnist bench` measures.
 
 The model is --model as cumnist takes it: mlp (default: 784-512-256-10, ReLU, dropout 0.2 after
-each hidden layer), cnn (cumnist's preset, conv32k3same,relu,pool2,conv64k3same,relu,pool2,flatten,
+each hidden layer), cnn (cumnist's preset, conv32k3same,relu,pool2,conv16k3same,relu,pool2,flatten,
 dropout0.25,dense128,relu,dropout0.5,dense10) or a layer string: comma-separated dense<units>,
 conv<filters>k<k>[x<kw>][s<stride>][same], pool<k>[x<kw>][s<stride>], flatten, dropout<rate>, relu,
 sigmoid, tanh (parsed by scripts/load_checkpoint.py, which also reads these models from cumnist's

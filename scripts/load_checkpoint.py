@@ -56,7 +56,7 @@ MAX_HEADER_BYTES = 100 << 20
 FORMAT_VERSION = 2  # the newest checkpoint format this reader knows
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
 LAYER_TYPES = ("dense", "conv2d", "maxpool2d", "flatten", "dropout", "activation")
-CNN_PRESET = "conv32k3same,relu,pool2,conv64k3same,relu,pool2,flatten,dropout0.25,dense128,relu,dropout0.5,dense10"
+CNN_PRESET = "conv32k3same,relu,pool2,conv16k3same,relu,pool2,flatten,dropout0.25,dense128,relu,dropout0.5,dense10"
 FORWARD_CHUNK = 256  # images per im2col block: bounds the memory a convolution's columns take
 
 

@@ -99,7 +99,8 @@ const std::vector<ConvCase> kConvCases = {
     {"C1to16_6x6_Same_Relu", 33, 1, 6, 6, 16, 3, 1, true, Activation::Relu},  // only the output blocked
     {"C16to3_4x4_Tanh", 1, 16, 4, 4, 3, 2, 1, false, Activation::Tanh},       // only the input blocked
     {"C8to24_5x5_Same_Relu", 2, 8, 5, 5, 24, 3, 1, true, Activation::Relu},   // 8c only
-    {"C32to64_14x14_Preset", 4, 32, 14, 14, 64, 3, 1, true, Activation::Relu},  // the cnn preset's conv2
+    {"C32to64_14x14", 4, 32, 14, 14, 64, 3, 1, true, Activation::Relu},
+    {"C32to16_14x14_Preset", 4, 32, 14, 14, 16, 3, 1, true, Activation::Relu},  // the cnn preset's conv2
 };
 
 class ConvLayouts : public ::testing::TestWithParam<ConvCase> {};

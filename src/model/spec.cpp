@@ -345,7 +345,7 @@ ModelSpec parse_model(const std::string& text, Shape input, int classes, const M
     return spec;
 }
 
-const char* cnn_preset() { return "conv32k3same,relu,pool2,conv64k3same,relu,pool2,flatten,dropout0.25,dense128,relu,dropout0.5,dense10"; }
+const char* cnn_preset() { return "conv32k3same,relu,pool2,conv16k3same,relu,pool2,flatten,dropout0.25,dense128,relu,dropout0.5,dense10"; }
 
 std::vector<LayerLayout> layer_layout(const ModelSpec& spec) {
     const std::vector<Shape> shapes = spec.shapes();

@@ -151,7 +151,8 @@ ImageLayouts conv2d_preferred_layouts(const Conv2dGeometry& g, Device device);
 // the first step, and passes it to every call: the ops allocate nothing. On the GPU this also
 // creates the cuDNN handle and chooses the algorithms (deterministic ones: the same inputs give
 // the same bits every run). On the CPU, whose primitives keep their own scratchpads, only the
-// first-layer loop of conv2d_backward needs one (its per-image sums, at most ~1 MiB); else 0.
+// first-layer loop of conv2d_backward needs one (its per-image sums: about 1 MiB, or two images'
+// sums where one image's are larger); else 0.
 std::size_t conv2d_workspace_bytes(const Conv2dGeometry& g, Device device);
 
 // y (n, out_size) = act(conv(x (n, in_size), w (out_c, filter_size)) + bias (1, out_c)), act as

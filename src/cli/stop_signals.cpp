@@ -40,9 +40,13 @@ sigset_t stop_set() {
     return set;
 }
 
-// Never runs (the signals are blocked everywhere); installed so that a signal the process was
-// started with ignored (a shell's background job) is still queued for sigwait() once armed.
-extern "C" void never_called(int) {}
+// Installed so that a signal the process was started with ignored (a shell's background job) is
+// still queued for sigwait() once armed. It runs only on a thread that existed before
+// start_signal_thread() (a process that did not call it first): there it does what the signal
+// thread would for an armed process, as far as a handler can.
+extern "C" void on_unblocked_thread(int signal_number) {
+    if (static_cast<Mode>(g_mode.load()) != Mode::Default) request_stop(signal_number);
+}
 
 // The signal's default action, as if no handler had been installed: the process ends with it.
 [[noreturn]] void die_of(int signal_number) {
@@ -82,17 +86,19 @@ void receive_signals() {
 void start_signal_thread() {
     static std::once_flag started;
     std::call_once(started, [] {
+        // Blocked first: a signal that comes meanwhile stays pending for sigwait(), not lost to
+        // the handler.
+        const sigset_t set = stop_set();
+        pthread_sigmask(SIG_BLOCK, &set, nullptr);
         for (int k = 0; k < 2; ++k) {
             struct sigaction old {};
             sigaction(kStopSignals[k], nullptr, &old);
             g_ignored_at_start[k] = old.sa_handler == SIG_IGN;
-            struct sigaction quiet {};
-            quiet.sa_handler = never_called;
-            sigemptyset(&quiet.sa_mask);
-            sigaction(kStopSignals[k], &quiet, nullptr);
+            struct sigaction queued {};
+            queued.sa_handler = on_unblocked_thread;
+            sigemptyset(&queued.sa_mask);
+            sigaction(kStopSignals[k], &queued, nullptr);
         }
-        const sigset_t set = stop_set();
-        pthread_sigmask(SIG_BLOCK, &set, nullptr);
         std::thread(receive_signals).detach();
     });
 }
@@ -100,7 +106,7 @@ void start_signal_thread() {
 void request_stop(int signal_number) noexcept {
     int none = 0;
     g_stop_signal.compare_exchange_strong(none, signal_number);
-    g_stop_requested.store(true, std::memory_order_relaxed);
+    g_stop_requested.store(true, std::memory_order_release);  // after the signal: stop_signal() then reads it
 }
 
 void install_stop_handlers(SignalForward forward) {

@@ -206,13 +206,18 @@ int run_child(const std::vector<std::string>& args, const std::string& log, int 
     if (rc != 0) throw Error(fmt::format("sweep: cannot start '{}': {}", args[0], std::strerror(rc)));
     g_children[slot].store(pid);
     if (const int s = g_stop.load(); s != 0) ::kill(pid, s);  // a signal that came while it was starting
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0)
+    // Waited for without reaping it first: until the slot is cleared the signal thread may still
+    // kill(pid), which must not reach another process given the same pid.
+    siginfo_t ended {};
+    while (::waitid(P_PID, static_cast<id_t>(pid), &ended, WEXITED | WNOWAIT) < 0)
         if (errno != EINTR) {
             g_children[slot].store(0);
             throw Error(fmt::format("sweep: waiting for a trial: {}", std::strerror(errno)));
         }
     g_children[slot].store(0);
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR) throw Error(fmt::format("sweep: waiting for a trial: {}", std::strerror(errno)));
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
     return WEXITSTATUS(status);
 }

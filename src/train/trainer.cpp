@@ -327,7 +327,7 @@ EpochMetrics Trainer::train_epoch(int epoch, const ResidentData* test, const Pro
             progress(b + 1, n_steps, readable ? m_totals.data()[0] / seen : std::nan(""),
                      readable ? m_totals.data()[1] / seen : std::nan(""));
         }
-        stopped = m_stop != nullptr && m_stop->load(std::memory_order_relaxed);
+        stopped = m_stop != nullptr && m_stop->load(std::memory_order_acquire);
     }
     // The device's batch index is now b: train_steps() continues from there (or wraps).
     m_bench_batch = b;

@@ -103,7 +103,6 @@ int run_reporting_errors(const std::function<int()>& command, std::FILE* err) {
     return 1;
 }
 
-
 std::string count_of(long long n, const std::string& noun) { return fmt::format("{} {}{}", n, noun, n == 1 ? "" : "s"); }
 
 std::string format_duration(double s) {

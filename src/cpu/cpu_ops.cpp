@@ -275,6 +275,19 @@ inline std::size_t channel_offset(int block, std::size_t c, std::size_t pos, std
     return (c / b) * b * plane + pos * b + c % b;
 }
 
+// Channels [c0, c0 + G) at plane position pos of one image in a layout with channel block `block`
+// (c0 a multiple of G): one vector of the block when block == G, else gathered.
+template <int G, class V, class T>
+void load_channels(V& v, const T* image, int block, std::size_t c0, std::size_t pos, std::size_t plane) {
+    if (block == G) {
+        Lanes<G>::load(v, image + c0 * plane + pos * G);
+        return;
+    }
+    std::remove_const_t<T> lanes[G];
+    for (int l = 0; l < G; ++l) lanes[l] = image[channel_offset(block, c0 + l, pos, plane)];
+    Lanes<G>::load(v, lanes);
+}
+
 // The backward-weights (and bias) of a first layer whose input has fewer channels than a block
 // (MNIST's one): oneDNN pads that input to a whole block of 8 or 16 channels and does as many
 // times the work. Here every filter tap is a vector of G output channels (G the block of dy's
@@ -322,15 +335,6 @@ void narrow_image_sums(float* out, const float* dyi, const float* xi, std::size_
     const int stride_h = g.stride_h, stride_w = g.stride_w, pad_top = g.pad_top, pad_left = g.pad_left;
     const int block = channel_block(g.dst_layout);
     const std::size_t in_plane = static_cast<std::size_t>(in_h) * in_w, out_plane = static_cast<std::size_t>(oh) * ow;
-    const auto load_dy = [&](F& d, std::size_t o) {
-        if (block == G) {
-            L::load(d, dyi + c0 * out_plane + o * G);
-        } else {
-            float lanes[G];
-            for (int l = 0; l < G; ++l) lanes[l] = dyi[channel_offset(block, c0 + l, o, out_plane)];
-            L::load(d, lanes);
-        }
-    };
     if constexpr (IC > 0 && KH > 0 && KW > 0) {
         constexpr int kTaps = IC * KH * KW;
         std::array<F, kTaps> part{};
@@ -344,7 +348,7 @@ void narrow_image_sums(float* out, const float* dyi, const float* xi, std::size_
         const int x0 = std::min(first_inside(pad_left, stride_w), ow), x1 = std::max(x0, end_inside(in_w, KW, pad_left, stride_w, ow));
         const auto position = [&](int oy, int ox, auto checked) {
             F d;
-            load_dy(d, static_cast<std::size_t>(oy) * ow + ox);
+            load_channels<G>(d, dyi, block, c0, static_cast<std::size_t>(oy) * ow + ox, out_plane);
             part_b += d;
             const int iy0 = oy * stride_h - pad_top, ix0 = ox * stride_w - pad_left;
             unrolled(
@@ -373,7 +377,7 @@ void narrow_image_sums(float* out, const float* dyi, const float* xi, std::size_
         for (int oy = 0; oy < oh; ++oy)
             for (int ox = 0; ox < ow; ++ox) {
                 F d;
-                load_dy(d, static_cast<std::size_t>(oy) * ow + ox);
+                load_channels<G>(d, dyi, block, c0, static_cast<std::size_t>(oy) * ow + ox, out_plane);
                 part_b += d;
                 for (int i = 0; i < in_c; ++i)
                     for (int ky = 0; ky < k_h; ++ky) {
@@ -703,31 +707,18 @@ void maxpool_backward_blocked(float* dx, const float* dy, const int32_t* argmax,
             using F = typename L::F;
             using I = typename L::I;
             float* dxb = dxi + c0 * in_plane;
-            // The group's block, or its first plane.
-            const float* dyb = dyi + c0 * out_plane;
-            const int32_t* ab = ai + c0 * out_plane;
-            const float* gb = gi != nullptr ? gi + c0 * out_plane : nullptr;
-            const auto load = [&](auto& v, const auto* from, std::size_t o) {
-                if (out_block == G) {
-                    L::load(v, from + o * G);
-                } else {
-                    std::remove_const_t<std::remove_pointer_t<decltype(from)>> lanes[G];
-                    for (int l = 0; l < G; ++l) lanes[l] = from[l * out_plane + o];
-                    L::load(v, lanes);
-                }
-            };
             for (int oy = 0; oy < oh; ++oy)
                 for (int ox = 0; ox < ow; ++ox) {
                     const std::size_t o = static_cast<std::size_t>(oy) * ow + ox;
                     const int first = oy * g.stride_h * g.in_w + ox * g.stride_w;
                     I at;  // the argmax, or −1 where the gate is shut
-                    load(at, ab, o);
+                    load_channels<G>(at, ai, out_block, c0, o, out_plane);
                     F v;
-                    if (gb != nullptr) {
-                        load(v, gb, o);
+                    if (gi != nullptr) {
+                        load_channels<G>(v, gi, out_block, c0, o, out_plane);
                         at = v > F{} ? at : I{} - 1;
                     }
-                    load(v, dyb, o);
+                    load_channels<G>(v, dyi, out_block, c0, o, out_plane);
                     const F sum = F{} + v;  // 0 + dy: the fill's +0 plus dy
                     for (int ky = 0; ky < g.k_h; ++ky)
                         for (int kx = 0; kx < g.k_w; ++kx) {
